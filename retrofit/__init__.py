@@ -1,0 +1,34 @@
+"""retrofit: turn any trained image classifier into a globally interpretable one, post hoc."""
+
+from retrofit.config import RetrofitConfig
+from retrofit.errors import (
+    CacheError,
+    ConfigError,
+    DataError,
+    ExportError,
+    FeatureError,
+    InfeasibleSettingsError,
+    LayerNotFoundError,
+    ModelError,
+    RetrofitError,
+    SolverError,
+)
+from retrofit.featureset import FeatureSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheError",
+    "ConfigError",
+    "DataError",
+    "ExportError",
+    "FeatureError",
+    "FeatureSet",
+    "InfeasibleSettingsError",
+    "LayerNotFoundError",
+    "ModelError",
+    "RetrofitConfig",
+    "RetrofitError",
+    "SolverError",
+    "__version__",
+]

@@ -1,0 +1,85 @@
+"""The one config dataclass that `convert`'s keyword arguments mirror; stored in every export."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from retrofit.errors import ConfigError
+
+METHODS = ("qpm", "qsenn", "sparse", "dense")
+FINETUNE_MODES = ("adapter", "none", "backbone")
+SOLVERS = ("cbc", "highs", "gurobi")
+
+
+@dataclass
+class RetrofitConfig:
+    """Settings of one conversion. Validated on construction so mistakes fail before any work."""
+
+    method: str = "qpm"
+    n_features: int = 50
+    per_class: int = 5
+    feature_layer: str | None = None
+    finetune: str = "adapter"
+    solver: str = "cbc"
+    time_limit: float | None = None
+    mip_gap: float | None = None
+    threads: int | None = None
+    balanced: bool = False
+    rounds: int = 4
+    linear_mix: bool = False
+    distill: float = 0.0
+    epochs: int = 20
+    lr: float = 1e-2
+    batch_size: int = 64
+    seed: int = 0
+    cache_dir: str | None = None
+    device: str | None = None
+    progress: bool = True
+    class_names: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("finetune", self.finetune, FINETUNE_MODES)
+        _check_choice("solver", self.solver, SOLVERS)
+        _check_positive_int("n_features", self.n_features)
+        _check_positive_int("per_class", self.per_class)
+        _check_positive_int("rounds", self.rounds)
+        _check_positive_int("epochs", self.epochs, allow_zero=True)
+        _check_positive_int("batch_size", self.batch_size)
+        if self.per_class > self.n_features:
+            raise ConfigError(
+                f"per_class={self.per_class} is larger than n_features={self.n_features}: "
+                "a class cannot use more features than are selected. Lower per_class or raise n_features."
+            )
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ConfigError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}.")
+        if self.mip_gap is not None and not 0 <= self.mip_gap < 1:
+            raise ConfigError(f"mip_gap must be in [0, 1), got {self.mip_gap!r}.")
+        if self.distill < 0:
+            raise ConfigError(f"distill must be >= 0, got {self.distill!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetrofitConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown config keys {unknown}; known keys are {sorted(known)}.")
+        return cls(**data)
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+
+
+def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}.")

@@ -1,0 +1,43 @@
+"""One error hierarchy: every problem a user can cause is a RetrofitError that says what and how to fix it."""
+
+from __future__ import annotations
+
+
+class RetrofitError(Exception):
+    """Base class of every error retrofit raises on purpose."""
+
+
+class ConfigError(RetrofitError, ValueError):
+    """An argument or setting is invalid (wrong value, type or combination)."""
+
+
+class DataError(RetrofitError, ValueError):
+    """The data loader yields something retrofit cannot use (empty, bad labels, bad shapes)."""
+
+
+class ModelError(RetrofitError):
+    """The model cannot be used as given (output width, unsupported output type)."""
+
+
+class LayerNotFoundError(ModelError, LookupError):
+    """The feature layer does not exist or cannot be detected automatically."""
+
+
+class FeatureError(RetrofitError, ValueError):
+    """Extracted features are unusable (non-finite values, wrong shape)."""
+
+
+class CacheError(RetrofitError, OSError):
+    """The feature cache cannot be written or read (permissions, corruption, mismatch)."""
+
+
+class InfeasibleSettingsError(ConfigError):
+    """Settings that no assignment can satisfy (e.g. per_class > n_features)."""
+
+
+class SolverError(RetrofitError, RuntimeError):
+    """The optimisation solver failed or is not available."""
+
+
+class ExportError(RetrofitError):
+    """An export folder is missing, corrupted or inconsistent."""

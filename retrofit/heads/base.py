@@ -1,0 +1,67 @@
+"""What every head method returns, and the registry that maps a method name to its file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from retrofit.config import RetrofitConfig
+from retrofit.errors import ConfigError
+
+
+@dataclass
+class HeadResult:
+    """A fitted head on standardised selected features.
+
+    logits = ((x[:, selected] - mean) / std) @ weight.T + bias
+    For quantised heads weight == scale * assignment.
+    """
+
+    selected: torch.Tensor  # (n_f,) int64 indices into the D penultimate features, in rank order
+    weight: torch.Tensor  # (C, n_f) float32
+    bias: torch.Tensor  # (C,) float32
+    mean: torch.Tensor  # (n_f,) float32, training-set mean of the selected features
+    std: torch.Tensor  # (n_f,) float32, population std, clamped >= 1e-6
+    assignment: torch.Tensor | None = None  # (C, n_f) int8 in {-1, 0, 1}; None for dense/sparse
+    scale: float = 1.0
+    stats: dict[str, Any] = field(default_factory=dict)  # solver status, objective, bound, gap, time
+
+
+class HeadMethod(Protocol):
+    def __call__(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        config: RetrofitConfig,
+        maps: torch.Tensor | None = None,
+    ) -> HeadResult: ...
+
+
+_REGISTRY: dict[str, HeadMethod] = {}
+
+
+def register_head(name: str) -> Callable[[HeadMethod], HeadMethod]:
+    """Register a head-fitting function under `name` (one file per method)."""
+
+    def decorate(fn: HeadMethod) -> HeadMethod:
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_head(name: str) -> HeadMethod:
+    import retrofit.heads  # noqa: F401  (imports every method file so it registers)
+
+    if name not in _REGISTRY:
+        raise ConfigError(f"Unknown method {name!r}; registered methods are {sorted(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def available_heads() -> list[str]:
+    import retrofit.heads  # noqa: F401
+
+    return sorted(_REGISTRY)

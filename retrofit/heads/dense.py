@@ -1,0 +1,1 @@
+"""Head method 'dense' (being implemented)."""

@@ -1,0 +1,1 @@
+"""Head method 'qpm' (being implemented)."""

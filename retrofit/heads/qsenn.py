@@ -1,0 +1,1 @@
+"""Head method 'qsenn' (being implemented)."""

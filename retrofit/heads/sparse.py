@@ -1,0 +1,1 @@
+"""Head method 'sparse' (being implemented)."""
