@@ -1,0 +1,23 @@
+"""Model families retrofit knows, one file each (shipped as `retrofit.adapters`)."""
+
+from retrofit.adapters import generic, open_clip, timm, torchvision, transformers
+from retrofit.adapters.base import (
+    ModelAdapter,
+    adapter_for,
+    available_adapters,
+    get_adapter,
+    register_adapter,
+)
+
+__all__ = [
+    "ModelAdapter",
+    "adapter_for",
+    "available_adapters",
+    "generic",
+    "get_adapter",
+    "open_clip",
+    "register_adapter",
+    "timm",
+    "torchvision",
+    "transformers",
+]

@@ -13,6 +13,7 @@ from retrofit.errors import (
     RetrofitError,
     SolverError,
 )
+from retrofit.features import extract
 from retrofit.featureset import FeatureSet
 
 __version__ = "0.1.0"
@@ -31,4 +32,5 @@ __all__ = [
     "RetrofitError",
     "SolverError",
     "__version__",
+    "extract",
 ]

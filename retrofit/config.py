@@ -55,7 +55,9 @@ class RetrofitConfig:
                 "a class cannot use more features than are selected. Lower per_class or raise n_features."
             )
         if self.time_limit is not None and not self.time_limit > 0:
-            raise ConfigError(f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}.")
+            raise ConfigError(
+                f"time_limit must be a positive number of seconds or None, got {self.time_limit!r}."
+            )
         if self.mip_gap is not None and not 0 <= self.mip_gap < 1:
             raise ConfigError(f"mip_gap must be in [0, 1), got {self.mip_gap!r}.")
         if self.distill < 0:
@@ -79,7 +81,11 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 
 def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    ok = (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value >= 0 if allow_zero else value > 0)
+    )
     if not ok:
         bound = ">= 0" if allow_zero else ">= 1"
         raise ConfigError(f"{name} must be an integer {bound}, got {value!r}.")

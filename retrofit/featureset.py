@@ -60,7 +60,9 @@ class FeatureSet:
         n = len(self)
         n_val = max(1, int(round(n * val_fraction)))
         if n_val >= n:
-            raise ConfigError(f"Cannot split {n} images into train and validation; provide more data.")
+            raise ConfigError(
+                f"Cannot split {n} images into train and validation; provide more data."
+            )
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(n, generator=generator)
         return self.subset(order[n_val:].sort().values), self.subset(order[:n_val].sort().values)

@@ -27,7 +27,10 @@ class HeadResult:
     std: torch.Tensor  # (n_f,) float32, population std, clamped >= 1e-6
     assignment: torch.Tensor | None = None  # (C, n_f) int8 in {-1, 0, 1}; None for dense/sparse
     scale: float = 1.0
-    stats: dict[str, Any] = field(default_factory=dict)  # solver status, objective, bound, gap, time
+    # solver status, objective, bound, gap, time
+    stats: dict[str, Any] = field(default_factory=dict)
+    # the trained retrofit.adapter.Adapter when the method fine-tuned one itself (qsenn rounds)
+    adapter: torch.nn.Module | None = None
 
 
 class HeadMethod(Protocol):

@@ -1,0 +1,53 @@
+"""timm models: the head is `get_classifier()` (plus `head_dist` for distilled models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from retrofit.adapters.base import ModelAdapter, module_name, register_adapter
+
+
+def _is_timm(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.") and hasattr(model, "get_classifier")
+
+
+def _heads(model: nn.Module) -> list[str]:
+    classifier = model.get_classifier()
+    modules = list(classifier) if isinstance(classifier, tuple) else [classifier]
+    head_dist = getattr(model, "head_dist", None)
+    if isinstance(head_dist, nn.Module) and all(head_dist is not m for m in modules):
+        modules.append(head_dist)
+    names = [module_name(model, m) for m in modules]
+    return [n for n in names if n]
+
+
+def load_timm(
+    name: str, pretrained: bool = False, checkpoint_path: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """timm.create_model(name, pretrained=..., checkpoint_path=...)."""
+    import timm
+
+    return timm.create_model(
+        name, pretrained=pretrained, checkpoint_path=checkpoint_path or "", **kwargs
+    )
+
+
+def _describe(model: nn.Module) -> dict[str, Any]:
+    return {
+        "family": "timm",
+        "name": getattr(model, "default_cfg", {}).get("architecture", type(model).__name__),
+    }
+
+
+TIMM = register_adapter(
+    ModelAdapter(
+        name="timm",
+        matches=_is_timm,
+        preferred_heads=_heads,
+        load=load_timm,
+        describe=_describe,
+        priority=10,
+    )
+)

@@ -1,0 +1,223 @@
+"""On-disk feature cache: per-batch chunks while extracting, one memory-mapped store when done.
+
+Layout under `<cache_dir>/<key>/`:
+  chunks/chunk_00012.safetensors   one extracted batch, with its data fingerprint in metadata
+  store/pooled.safetensors         features, labels, logits of every image
+  store/maps.npy                   (N, D, H, W) float16 maps, memory-mapped on load
+  store/meta.json                  batch fingerprints and sizes; written last, so a store
+                                   without it is incomplete and never read
+Every file is written to a temporary name and renamed, so a crash leaves either the old file
+or the new one, never a torn one. Chunks let an interrupted extraction resume; the per-batch
+fingerprints make sure rows are only reused for the very same pixels and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from retrofit.errors import CacheError
+
+STORE_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Batch:
+    """One batch's extracted tensors (CPU)."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    maps: torch.Tensor | None = None
+
+
+class Store:
+    """A complete extraction: pooled tensors in RAM, maps memory-mapped from disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.meta: dict[str, Any] = json.loads((path / "meta.json").read_text())
+        if self.meta.get("version") != STORE_VERSION:
+            raise CacheError(
+                f"Cache store {path} has an unknown version; delete the folder to re-extract."
+            )
+        pooled = load_file(str(path / "pooled.safetensors"))
+        self.features, self.labels, self.logits = (
+            pooled["features"],
+            pooled["labels"],
+            pooled["logits"],
+        )
+        maps_file = path / "maps.npy"
+        self.maps = (
+            torch.from_numpy(np.load(maps_file, mmap_mode="c", allow_pickle=False))
+            if maps_file.exists()
+            else None
+        )
+        sizes = self.meta["batch_sizes"]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+
+    def batch(self, index: int, fingerprint: str) -> Batch | None:
+        hashes = self.meta["batch_hashes"]
+        if index >= len(hashes) or hashes[index] != fingerprint:
+            return None
+        lo, hi = self.offsets[index], self.offsets[index + 1]
+        maps = None if self.maps is None else self.maps[lo:hi]
+        return Batch(self.features[lo:hi], self.labels[lo:hi], self.logits[lo:hi], maps)
+
+
+class FeatureCache:
+    """The cache folder of one (model, layer, data, settings) key."""
+
+    def __init__(self, root: str | os.PathLike, key: str) -> None:
+        self.root = Path(root)
+        self.path = self.root / key
+        self.chunks = self.path / "chunks"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{uuid.uuid4().hex}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as error:
+            raise CacheError(
+                f"Cannot write to the cache directory {self.root} ({error.strerror or error}). "
+                "Pass cache_dir= a writable folder, or cache_dir=None to keep features in memory."
+            ) from error
+
+    def store(self) -> Store | None:
+        """The complete store, or None when there is none (or it is unreadable and so ignored)."""
+        if not (self.path / "store" / "meta.json").exists():
+            return None
+        try:
+            return Store(self.path / "store")
+        except (OSError, ValueError, KeyError, json.JSONDecodeError, CacheError):
+            return None
+
+    def _chunk_path(self, index: int) -> Path:
+        return self.chunks / f"chunk_{index:06d}.safetensors"
+
+    def has_chunk(self, index: int, fingerprint: str) -> bool:
+        """Whether batch `index` was already extracted from exactly this data."""
+        try:
+            with safe_open(str(self._chunk_path(index)), framework="pt") as handle:
+                return (handle.metadata() or {}).get("batch") == fingerprint
+        except Exception:  # missing or unreadable: recompute
+            return False
+
+    def read_chunk(self, index: int, fingerprint: str, with_maps: bool = True) -> Batch | None:
+        path = self._chunk_path(index)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if (handle.metadata() or {}).get("batch") != fingerprint:
+                    return None
+                names = [k for k in handle.keys() if with_maps or k != "maps"]  # noqa: SIM118
+                tensors = {k: handle.get_tensor(k) for k in names}
+        except Exception:  # a chunk that cannot be read is recomputed, never trusted
+            return None
+        return Batch(tensors["features"], tensors["labels"], tensors["logits"], tensors.get("maps"))
+
+    def write_chunk(self, index: int, fingerprint: str, batch: Batch) -> None:
+        tensors = {"features": batch.features, "labels": batch.labels, "logits": batch.logits}
+        if batch.maps is not None:
+            tensors["maps"] = batch.maps
+        try:
+            self.chunks.mkdir(exist_ok=True)
+            atomic_save_safetensors(tensors, self._chunk_path(index), {"batch": fingerprint})
+        except OSError as error:
+            raise CacheError(
+                f"Could not write a feature chunk to {self.chunks}: {error}."
+            ) from error
+
+    def finalize(
+        self,
+        sources: list[Batch | None],
+        hashes: list[str],
+        extra: dict[str, Any],
+    ) -> Store:
+        """Write a new store from per-batch sources (None: read the chunk), then swap it in."""
+        tmp = self.path / f"store.tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+
+            def load(index: int, with_maps: bool) -> Batch:
+                batch = sources[index] or self.read_chunk(index, hashes[index], with_maps=with_maps)
+                if batch is None:
+                    raise CacheError(
+                        f"A feature chunk in {self.chunks} vanished while finalising; run again."
+                    )
+                return batch
+
+            pooled = [load(i, with_maps=False) for i in range(len(sources))]
+            tensors = {
+                "features": torch.cat([b.features for b in pooled]),
+                "labels": torch.cat([b.labels for b in pooled]),
+                "logits": torch.cat([b.logits for b in pooled]),
+            }
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / "pooled.safetensors")
+            )
+            first_maps = load(0, with_maps=True).maps
+            if first_maps is not None:
+                map_shape = tuple(first_maps.shape[1:])
+                out = np.lib.format.open_memmap(
+                    tmp / "maps.npy",
+                    mode="w+",
+                    dtype=np.float16,
+                    shape=(len(tensors["labels"]), *map_shape),
+                )
+                offset = 0
+                for i in range(len(sources)):
+                    maps = load(i, with_maps=True).maps
+                    out[offset : offset + maps.shape[0]] = maps.numpy()
+                    offset += maps.shape[0]
+                out.flush()
+                del out
+            meta = {
+                "version": STORE_VERSION,
+                "batch_hashes": hashes,
+                "batch_sizes": [b.features.shape[0] for b in pooled],
+                **extra,
+            }
+            atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=1).encode())
+            self._swap_in(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(self.chunks, ignore_errors=True)
+        return Store(self.path / "store")
+
+    def _swap_in(self, tmp: Path) -> None:
+        target = self.path / "store"
+        old = self.path / f"store.old-{uuid.uuid4().hex}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)

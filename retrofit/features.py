@@ -1,0 +1,250 @@
+"""extract(): run a classifier once over a loader and keep its penultimate features."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from retrofit.cache import Batch, FeatureCache
+from retrofit.errors import ConfigError, DataError, FeatureError, ModelError
+from retrofit.featureset import FeatureSet
+from retrofit.fingerprint import batch_fingerprint, model_fingerprint, settings_fingerprint
+from retrofit.hooks import FeatureCapture, LayerSpec, detect_layers
+from retrofit.loaders import as_batches, dataset_length, iterate
+from retrofit.outputs import logits_of
+
+logger = logging.getLogger(__name__)
+
+PROBE_IMAGES = 2
+AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """The device to run on: the one asked for, else where the model's weights already are."""
+    if device is not None:
+        return torch.device(device)
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _autocast(
+    device: torch.device, dtype: str | torch.dtype | None
+) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    if isinstance(dtype, str):
+        if dtype not in AUTOCAST_DTYPES:
+            raise ConfigError(
+                f"autocast={dtype!r} is not supported; use one of {list(AUTOCAST_DTYPES)} or None."
+            )
+        dtype = AUTOCAST_DTYPES[dtype]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Extractor:
+    """A model with its detected feature layer, ready to turn image batches into Batches."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: LayerSpec,
+        device: torch.device,
+        with_maps: bool = False,
+        autocast: str | torch.dtype | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.device = device
+        self.with_maps = with_maps
+        self.autocast = autocast
+        self.channels_last = channels_last
+        self.capture = FeatureCapture(model, spec, with_maps=with_maps)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.capture.attached(), torch.no_grad(), _autocast(self.device, self.autocast):
+            logits = logits_of(self.model(images))
+        features = self.capture.features().float().cpu()
+        maps = (
+            self.capture.maps.half().cpu()
+            if self.with_maps and self.capture.maps is not None
+            else None
+        )
+        self.capture.clear()
+        if not torch.isfinite(features).all():
+            raise FeatureError(
+                "The extracted features contain NaN or infinite values. Check the model's weights and "
+                "the input normalisation; with autocast='float16', try autocast=None or 'bfloat16'."
+            )
+        return Batch(features, labels.cpu(), logits.float().cpu(), maps)
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][:5].tolist()
+        raise DataError(
+            f"Labels must lie in [0, {num_classes}) for a model with {num_classes} outputs; found {bad}. "
+            "Remap the labels to class indices, or pass the model whose head matches your classes."
+        )
+
+
+def _check_classes(width: int, num_classes: int | None, class_names: list[str] | None) -> None:
+    if num_classes is not None and num_classes != width:
+        raise ModelError(
+            f"The model outputs {width} logits but num_classes={num_classes}. Pass the model trained "
+            "for these classes, or fix num_classes."
+        )
+    if class_names is not None and len(class_names) != width:
+        raise ConfigError(
+            f"class_names has {len(class_names)} entries but the model outputs {width} logits."
+        )
+
+
+def extract(
+    model: nn.Module,
+    loader: Iterable | Any,
+    *,
+    feature_layer: str | None = None,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    with_maps: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    autocast: str | torch.dtype | None = None,
+    channels_last: bool = False,
+    workers: int = 0,
+    transform: Callable | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Pooled penultimate features, labels and original logits of every image in `loader`.
+
+    With `cache_dir`, results are kept on disk under a fingerprint of the model weights, the
+    layer, the settings and the data, reused only for the very same inputs, and an interrupted
+    run resumes from the last finished batch.
+    """
+    from retrofit.adapters import adapter_for
+
+    batches = iterate(
+        as_batches(loader, batch_size=batch_size, workers=workers, transform=transform)
+    )
+    first = next(batches, None)
+    if first is None:
+        raise DataError("The loader yielded no batches. Check that the dataset is not empty.")
+    device = resolve_device(model, device)
+    was_training = model.training
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        adapter = adapter_for(model)
+        probe = first[0][:PROBE_IMAGES].to(device)
+        spec, probe_logits = detect_layers(
+            model, probe, feature_layer, adapter.preferred_heads(model)
+        )
+        width = probe_logits.shape[1]
+        _check_classes(width, num_classes, class_names)
+        extractor = Extractor(model, spec, device, with_maps, autocast, channels_last)
+        cache = None
+        if cache_dir is not None:
+            key = settings_fingerprint(
+                {
+                    "model": model_fingerprint(model),
+                    "layer": spec.to_dict(),
+                    "maps": with_maps,
+                    "autocast": str(autocast),
+                    "channels_last": channels_last,
+                    "first_batch": batch_fingerprint(*first),
+                }
+            )
+            cache = FeatureCache(cache_dir, key)
+        result = _run(
+            extractor,
+            itertools.chain([first], batches),
+            width,
+            cache,
+            dataset_length(loader),
+            progress,
+        )
+    finally:
+        model.train(was_training)
+    return FeatureSet(
+        features=result.features,
+        labels=result.labels,
+        logits=result.logits,
+        maps=result.maps if with_maps else None,
+        layer=spec.name,
+        class_names=list(class_names) if class_names is not None else None,
+        fingerprint=cache.path.name if cache is not None else "",
+        meta={"layer_spec": spec.to_dict(), "family": adapter.name},
+    )
+
+
+def _run(
+    extractor: Extractor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    width: int,
+    cache: FeatureCache | None,
+    total: int | None,
+    progress: bool,
+) -> Batch:
+    """Extract every batch, reusing cached rows whose data fingerprint matches."""
+    store = cache.store() if cache is not None else None
+    sources: list[Batch | None] = []
+    hashes: list[str] = []
+    with tqdm(total=total, unit="img", desc="extract", disable=not progress) as bar:
+        for index, (images, labels) in enumerate(batches):
+            _check_labels(labels, width)
+            if cache is None:
+                sources.append(_compute(extractor, images, labels, width))
+            else:
+                fingerprint = batch_fingerprint(images, labels)
+                hashes.append(fingerprint)
+                batch = store.batch(index, fingerprint) if store is not None else None
+                if batch is None and not cache.has_chunk(index, fingerprint):
+                    cache.write_chunk(
+                        index, fingerprint, _compute(extractor, images, labels, width)
+                    )
+                sources.append(batch)
+            bar.update(len(labels))
+    if cache is None:
+        return _concat(sources)
+    if (
+        store is not None
+        and all(s is not None for s in sources)
+        and hashes == store.meta["batch_hashes"]
+    ):
+        logger.info("Reusing cached features from %s", cache.path)
+    else:
+        store = cache.finalize(sources, hashes, extra={"layer": extractor.spec.to_dict()})
+    return Batch(store.features, store.labels, store.logits, store.maps)
+
+
+def _compute(extractor: Extractor, images: torch.Tensor, labels: torch.Tensor, width: int) -> Batch:
+    batch = extractor(images, labels)
+    if batch.logits.shape[1] != width:
+        raise ModelError(
+            f"The model's output width changed between batches ({width} -> {batch.logits.shape[1]})."
+        )
+    return batch
+
+
+def _concat(batches: list[Batch]) -> Batch:
+    maps = [b.maps for b in batches]
+    return Batch(
+        torch.cat([b.features for b in batches]),
+        torch.cat([b.labels for b in batches]),
+        torch.cat([b.logits for b in batches]),
+        torch.cat(maps) if maps[0] is not None else None,
+    )

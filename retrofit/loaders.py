@@ -1,0 +1,137 @@
+"""Read (images, labels) batches from the loader formats users have.
+
+Accepted: an iterable of (images, labels) tuples or lists, of dicts with `pixel_values` and
+`labels` (HuggingFace style), or a torch Dataset (items (image, label) with PIL images or
+tensors; `transform` turns PIL images into tensors) which is batched here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from retrofit.errors import DataError
+
+IMAGE_KEYS = ("pixel_values", "images", "image", "img", "x")
+LABEL_KEYS = ("labels", "label", "targets", "target", "y")
+
+
+def _to_tensor_image(image: Any) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        return image
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(image)
+    if hasattr(image, "convert"):  # a PIL image without a transform
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1)
+    raise DataError(
+        f"Cannot turn a {type(image).__name__} into an image tensor; give the dataset a transform."
+    )
+
+
+class _TransformedDataset(Dataset):
+    """A dataset whose images go through `transform`, so PIL datasets can be batched."""
+
+    def __init__(self, dataset: Dataset, transform: Callable | None) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.dataset[index]
+        if isinstance(item, Mapping):
+            image, label = _pick(item, IMAGE_KEYS, "image"), _pick(item, LABEL_KEYS, "label")
+        elif isinstance(item, (tuple, list)) and len(item) >= 2:
+            image, label = item[0], item[1]
+        else:
+            raise DataError(
+                "Dataset items must be (image, label) pairs or dicts with an image and a label."
+            )
+        if self.transform is not None:
+            image = self.transform(image)
+        return _to_tensor_image(image), int(label)
+
+
+def _pick(batch: Mapping, keys: tuple[str, ...], what: str) -> Any:
+    for key in keys:
+        if key in batch:
+            return batch[key]
+    raise DataError(
+        f"A batch dict has no {what}; expected one of the keys {list(keys)}, got {list(batch)}."
+    )
+
+
+def as_batches(
+    data: Iterable | Dataset,
+    batch_size: int = 64,
+    workers: int = 0,
+    transform: Callable | None = None,
+) -> Iterable:
+    """An iterable of raw batches: DataLoaders pass through; Datasets are batched in order."""
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        if not hasattr(data, "__len__"):
+            raise DataError("A map-style Dataset must define __len__.")
+        return DataLoader(
+            _TransformedDataset(data, transform),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+        )
+    if transform is not None:
+        raise DataError(
+            "transform= applies to Datasets only; put it in your DataLoader's dataset instead."
+        )
+    if not isinstance(data, Iterable):
+        raise DataError(
+            f"Expected a DataLoader, an iterable of batches or a Dataset, got {type(data).__name__}."
+        )
+    return data
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of one batch in any supported format, validated."""
+    if isinstance(batch, Mapping):
+        images, labels = _pick(batch, IMAGE_KEYS, "image tensor"), _pick(batch, LABEL_KEYS, "label")
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        images, labels = batch[0], batch[1]
+    else:
+        raise DataError(
+            f"Cannot read a batch of type {type(batch).__name__}: yield (images, labels) tuples, "
+            "or dicts with 'pixel_values' and 'labels'."
+        )
+    images = _to_tensor_image(images)
+    if images.ndim != 4:
+        raise DataError(
+            f"An image batch must have 4 dimensions (batch, channels, height, width); got shape "
+            f"{tuple(images.shape)}. Batch single images with a DataLoader."
+        )
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"Labels must be one integer per image: got labels of shape {tuple(labels.shape)} for "
+            f"{images.shape[0]} images."
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise DataError(f"Labels must be integer class indices, got dtype {labels.dtype}.")
+    return images, labels.long()
+
+
+def iterate(data: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Validated (images, labels) pairs from an iterable of batches."""
+    for batch in data:
+        yield split_batch(batch)
+
+
+def dataset_length(data: Any) -> int | None:
+    """Number of images when the loader can tell without iterating, else None."""
+    dataset = getattr(data, "dataset", data)
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
