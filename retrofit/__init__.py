@@ -1,5 +1,6 @@
 """retrofit: turn any trained image classifier into a globally interpretable one, post hoc."""
 
+from retrofit.api import convert
 from retrofit.config import RetrofitConfig
 from retrofit.errors import (
     CacheError,
@@ -15,6 +16,7 @@ from retrofit.errors import (
 )
 from retrofit.features import extract
 from retrofit.featureset import FeatureSet
+from retrofit.model import InterpretableModel
 
 __version__ = "0.1.0"
 
@@ -26,11 +28,13 @@ __all__ = [
     "FeatureError",
     "FeatureSet",
     "InfeasibleSettingsError",
+    "InterpretableModel",
     "LayerNotFoundError",
     "ModelError",
     "RetrofitConfig",
     "RetrofitError",
     "SolverError",
     "__version__",
+    "convert",
     "extract",
 ]

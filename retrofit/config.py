@@ -21,6 +21,7 @@ class RetrofitConfig:
     n_features: int = 50
     per_class: int = 5
     feature_layer: str | None = None
+    maps: bool = False  # cache spatial maps: enables the diversity loss and QPM's locality term
     finetune: str = "adapter"
     solver: str = "cbc"
     time_limit: float | None = None
@@ -31,6 +32,8 @@ class RetrofitConfig:
     linear_mix: bool = False
     distill: float = 0.0
     epochs: int = 20
+    backbone_epochs: int = 1
+    backbone_lr: float = 1e-4
     lr: float = 1e-2
     batch_size: int = 64
     seed: int = 0

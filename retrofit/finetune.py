@@ -1,0 +1,44 @@
+"""finetune="backbone": train the backbone and adapter from images with the head fixed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from retrofit.loaders import iterate
+from retrofit.model import InterpretableModel
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_backbone(
+    imodel: InterpretableModel, batches: Iterable, device: torch.device
+) -> dict[str, list[float]]:
+    """SGD with momentum 0.95 and weight decay 5e-4 (the references' setting) on backbone + adapter."""
+    config = imodel.config
+    torch.manual_seed(config.seed)
+    imodel.to(device).train()
+    params = [p for p in imodel.backbone.parameters() if p.requires_grad]
+    params += list(imodel.adapter.parameters())
+    optimiser = torch.optim.SGD(params, lr=config.backbone_lr, momentum=0.95, weight_decay=5e-4)
+    history: dict[str, list[float]] = {"loss": []}
+    for _ in tqdm(
+        range(config.backbone_epochs), desc="backbone fine-tuning", disable=not config.progress
+    ):
+        total, count = 0.0, 0
+        for images, labels in iterate(batches):
+            images, labels = images.to(device), labels.to(device)
+            loss = F.cross_entropy(imodel(images), labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss) * len(labels)
+            count += len(labels)
+        history["loss"].append(total / max(count, 1))
+        logger.info("backbone epoch loss %.4f", history["loss"][-1])
+    imodel.eval()
+    return history

@@ -1,0 +1,113 @@
+"""InterpretableModel: backbone ▸ hook ▸ adapter ▸ head, as one nn.Module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from retrofit.adapter import Adapter, FixedHead
+from retrofit.config import RetrofitConfig
+from retrofit.hooks import FeatureCapture, LayerSpec
+
+
+class InterpretableModel(nn.Module):
+    """The original backbone with its head replaced by a compact, interpretable one.
+
+    forward(images) returns logits; `forward_features` does the same from cached pooled
+    features, which is how every stage after extraction works without rerunning the backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        spec: LayerSpec,
+        adapter: Adapter,
+        head: FixedHead,
+        config: RetrofitConfig,
+        class_names: list[str] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.spec = spec
+        self.adapter = adapter
+        self.head = head
+        self.config = config
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else [f"class_{c}" for c in range(head.weight.shape[0])]
+        )
+        self.stats: dict[str, Any] = dict(stats or {})
+        self.concepts: list[list[dict[str, Any]]] = [[] for _ in range(self.n_features)]
+
+    @property
+    def n_features(self) -> int:
+        return int(self.head.weight.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.weight.shape[0])
+
+    @property
+    def selected_features(self) -> torch.Tensor:
+        """Indices of the backbone's penultimate features the head uses, in rank order."""
+        return self.adapter.selected.clone()
+
+    @property
+    def assignment(self) -> torch.Tensor:
+        """(C, n_features) int8 in {-1, 0, 1}: the sign of each class's weight on each feature."""
+        return torch.sign(self.head.weight).to(torch.int8)
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features of `images` (the backbone's own head still runs, unused)."""
+        capture = FeatureCapture(self.backbone, self.spec)
+        with capture.attached():
+            self.backbone(images)
+        return capture.features()
+
+    def concept_activations(self, images: torch.Tensor) -> torch.Tensor:
+        """The n_features standardised feature activations the head reads."""
+        return self.adapter(self.backbone_features(images))
+
+    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled penultimate features (N, D)."""
+        return self.head(self.adapter(features))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(self.backbone_features(images))
+
+    def feature_name(self, index: int) -> str:
+        """The best concept name of feature `index`, or a neutral id when it has none."""
+        names = self.concepts[index]
+        return names[0]["concept"] if names else f"feature_{int(self.adapter.selected[index])}"
+
+    def global_explanation(self) -> dict[str, list[dict[str, Any]]]:
+        """Every class with the features it uses: position, backbone index, sign, weight, name."""
+        table: dict[str, list[dict[str, Any]]] = {}
+        weight = self.head.weight.detach().cpu()
+        for c, name in enumerate(self.class_names):
+            row = weight[c]
+            order = torch.argsort(row.abs(), descending=True, stable=True)
+            table[name] = [
+                {
+                    "feature": int(j),
+                    "backbone_index": int(self.adapter.selected[j]),
+                    "sign": int(torch.sign(row[j])),
+                    "weight": float(row[j]),
+                    "name": self.feature_name(int(j)),
+                }
+                for j in order.tolist()
+                if row[j] != 0
+            ]
+        return table
+
+    def format_global_explanation(self) -> str:
+        """The global explanation as a plain-text table, one class per line."""
+        lines = []
+        for name, features in self.global_explanation().items():
+            parts = [("+" if f["sign"] > 0 else "-") + f["name"] for f in features]
+            lines.append(f"{name}: {', '.join(parts) if parts else '(no features)'}")
+        return "\n".join(lines)
