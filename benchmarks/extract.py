@@ -64,8 +64,8 @@ def main() -> None:
                 "extract_to_new_cache": lambda m=model, d=cache_root: retrofit.extract(
                     m, loader, with_maps=True, cache_dir=tempfile.mkdtemp(dir=d), progress=False
                 ),
-                "extract_cache_hit": lambda m=model: retrofit.extract(
-                    m, loader, with_maps=True, cache_dir=cached_dir, progress=False
+                "extract_cache_hit": lambda m=model, d=cached_dir: retrofit.extract(
+                    m, loader, with_maps=True, cache_dir=d, progress=False
                 ),
             }
             medians = interleaved_medians(variants, args.repeats)
