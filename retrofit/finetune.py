@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from retrofit.errors import FeatureError
 from retrofit.loaders import iterate
 from retrofit.model import InterpretableModel
 
@@ -33,10 +34,15 @@ def finetune_backbone(
         for images, labels in iterate(batches):
             images, labels = images.to(device), labels.to(device)
             loss = F.cross_entropy(imodel(images), labels)
+            if not torch.isfinite(loss):
+                raise FeatureError(
+                    f"Backbone fine-tuning diverged (loss {float(loss)}); lower backbone_lr "
+                    f"(now {config.backbone_lr})."
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(labels)
+            total += loss.item() * len(labels)
             count += len(labels)
         history["loss"].append(total / max(count, 1))
         logger.info("backbone epoch loss %.4f", history["loss"][-1])
