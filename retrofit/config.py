@@ -21,6 +21,8 @@ class RetrofitConfig:
     n_features: int = 50
     per_class: int = 5
     feature_layer: str | None = None
+    # how to rebuild the backbone on load, e.g. "torchvision:resnet50:IMAGENET1K_V2", "hf:ORG/NAME"
+    base_model: str | None = None
     maps: bool = False  # cache spatial maps: enables the diversity loss and QPM's locality term
     finetune: str = "adapter"
     solver: str = "cbc"
