@@ -9,6 +9,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 NUM_CLASSES = 5
 
+# The tests use small tensors, for which one thread is fastest and least sensitive to load.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

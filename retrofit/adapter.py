@@ -1,0 +1,256 @@
+"""The adapter between a frozen backbone and a fixed interpretable head, trained on cached features.
+
+Adapter: pooled penultimate features (N, D) -> the n_f standardised selected features, with a
+trainable normalisation and an optional learned linear mix. FixedHead: the frozen linear head.
+Training only the adapter keeps the head's sparsity pattern and values exactly as assigned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retrofit.config import RetrofitConfig
+from retrofit.errors import ConfigError, FeatureError, SolverError
+from retrofit.losses import DIVERSITY_BETA, feature_diversity_loss
+from retrofit.solvers.stats import MIN_STD
+
+if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would be circular
+    from retrofit.heads.base import HeadResult
+
+logger = logging.getLogger(__name__)
+
+_EVAL_ROWS = 8192  # rows per no-grad pass over the cache
+
+
+class Adapter(nn.Module):
+    """(x[:, selected] − mean) / std, or (x @ mixᵀ − mean) / std with a learned mix.
+
+    The mix is initialised to the selection, so both variants start as the same function.
+    """
+
+    def __init__(
+        self,
+        selected: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        in_features: int,
+        linear_mix: bool = False,
+    ) -> None:
+        super().__init__()
+        selected = torch.as_tensor(selected, dtype=torch.long).reshape(-1)
+        n_f = selected.numel()
+        if mean.shape != (n_f,) or std.shape != (n_f,):
+            raise ConfigError(
+                f"mean and std must have one entry per selected feature ({n_f}), "
+                f"got {tuple(mean.shape)} and {tuple(std.shape)}."
+            )
+        if n_f and (int(selected.min()) < 0 or int(selected.max()) >= in_features):
+            raise ConfigError(
+                f"selected indices must lie in [0, {in_features}), got {selected.tolist()}."
+            )
+        self.in_features = int(in_features)
+        self.register_buffer("selected", selected.clone())
+        self.mean = nn.Parameter(mean.detach().float().clone())
+        self.log_std = nn.Parameter(std.detach().float().clamp_min(MIN_STD).log())
+        if linear_mix:
+            mix = torch.zeros(n_f, in_features, device=mean.device)
+            mix[torch.arange(n_f, device=mean.device), selected.to(mean.device)] = 1.0
+            self.mix = nn.Parameter(mix)
+        else:
+            self.register_parameter("mix", None)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.log_std.exp()
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The linear part before normalisation: the selected columns or their learned mix."""
+        if features.ndim != 2 or features.shape[1] != self.in_features:
+            raise FeatureError(
+                f"the adapter expects (N, {self.in_features}) features, got shape {tuple(features.shape)}."
+            )
+        features = features.to(self.mean.dtype)
+        return features[:, self.selected] if self.mix is None else features @ self.mix.T
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (self.project(features) - self.mean) / self.std
+
+    def project_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Spatial maps (B, D, H, W) -> (B, n_f, H, W) through the same linear part as `project`."""
+        if maps.ndim != 4 or maps.shape[1] != self.in_features:
+            raise FeatureError(
+                f"maps must be (B, {self.in_features}, H, W), got shape {tuple(maps.shape)}."
+            )
+        maps = maps.to(self.mean.dtype)
+        if self.mix is None:
+            return maps[:, self.selected]
+        return torch.einsum("fd,bdhw->bfhw", self.mix, maps)
+
+    @torch.no_grad()
+    def transform(self, features: torch.Tensor) -> torch.Tensor:
+        """forward() over a whole cache in chunks, without autograd."""
+        return torch.cat(
+            [self(features[s : s + _EVAL_ROWS]) for s in range(0, len(features), _EVAL_ROWS)]
+        )
+
+
+class FixedHead(nn.Module):
+    """A linear layer whose weight and bias are frozen buffers (never seen by an optimiser)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+            raise ConfigError(
+                f"head weight must be (C, n_f) and bias (C,), got {tuple(weight.shape)} and {tuple(bias.shape)}."
+            )
+        self.register_buffer("weight", weight.detach().float().clone())
+        self.register_buffer("bias", bias.detach().float().clone())
+
+    @classmethod
+    def from_result(cls, result: HeadResult) -> FixedHead:
+        """weight = scale·assignment for quantised heads, else the fitted weight."""
+        if result.assignment is not None:
+            return cls(result.scale * result.assignment.float(), result.bias)
+        return cls(result.weight, result.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.linear(z, self.weight, self.bias)
+
+
+def build_adapter(
+    result: HeadResult, config: RetrofitConfig, in_features: int | None = None
+) -> Adapter:
+    """The adapter that reproduces `result`'s normalisation; the mix needs `in_features` (D).
+
+    D is taken from `in_features`, else result.stats["in_features"], else (without a mix) from
+    the largest selected index.
+    """
+    d = in_features if in_features is not None else result.stats.get("in_features")
+    if d is None:
+        if config.linear_mix:
+            raise ConfigError(
+                "linear_mix needs the feature width: pass in_features (D) to build_adapter."
+            )
+        d = int(result.selected.max().item()) + 1 if result.selected.numel() else 0
+    return Adapter(
+        result.selected, result.mean, result.std, int(d), linear_mix=config.linear_mix
+    ).to(result.mean.device)
+
+
+def finetune_adapter(
+    adapter: Adapter,
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    config: RetrofitConfig,
+    logits: torch.Tensor | None = None,
+    maps: torch.Tensor | None = None,
+    *,
+    lr: float | None = None,
+    epochs: int | None = None,
+) -> dict[str, list[float]]:
+    """Train the adapter with the head fixed, on cached features (Adam, seeded minibatches).
+
+    Loss: cross-entropy + config.distill · KL(original ‖ ours) when `logits` are given
+    + the Feature Diversity Loss on `adapter.project_maps(maps)` when `maps` are given and the
+    adapter has a linear mix (β from config.extra["diversity_beta"], default 0.196; without a
+    mix the maps do not depend on any trainable parameter, so the loss would be a constant and
+    is skipped). Runs on the device of `features`;
+    `maps` may stay on the CPU and are moved per batch. Returns per-epoch mean loss and
+    training accuracy, plus the accuracy before training.
+    """
+    n = features.shape[0]
+    device = features.device
+    if labels.shape != (n,):
+        raise FeatureError(f"labels must be (N,) with N = {n}, got shape {tuple(labels.shape)}.")
+    if logits is not None and logits.shape[0] != n:
+        raise FeatureError(
+            f"logits must have one row per sample ({n}), got shape {tuple(logits.shape)}."
+        )
+    if maps is not None and maps.shape[0] != n:
+        raise FeatureError(
+            f"maps must have one entry per sample ({n}), got shape {tuple(maps.shape)}."
+        )
+    lr = config.lr if lr is None else lr
+    epochs = config.epochs if epochs is None else epochs
+    beta = float(config.extra.get("diversity_beta", DIVERSITY_BETA))
+    adapter.to(device)
+    head.to(device)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    labels = labels.to(device)
+    teacher = None
+    if logits is not None and config.distill > 0:
+        teacher = F.log_softmax(logits.to(device).float(), dim=1)
+    history: dict[str, list[float]] = {
+        "loss": [],
+        "accuracy": [],
+        "initial_accuracy": [_accuracy(adapter, head, features, labels)],
+    }
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    if not params or epochs == 0:
+        return history
+    optimiser = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = config.batch_size
+    was_training = adapter.training
+    adapter.train()
+    epoch_iter = range(epochs)
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="adapter fine-tuning", leave=False)
+    for _ in epoch_iter:
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            index_dev = index.to(device)
+            out = head(adapter(features[index_dev]))
+            loss = F.cross_entropy(out, labels[index_dev])
+            if teacher is not None:
+                loss = loss + config.distill * F.kl_div(
+                    F.log_softmax(out, dim=1),
+                    teacher[index_dev],
+                    log_target=True,
+                    reduction="batchmean",
+                )
+            if maps is not None and adapter.mix is not None:
+                local = adapter.project_maps(maps[index.to(maps.device)].to(device))
+                loss = loss + feature_diversity_loss(
+                    local, head.weight, out.argmax(dim=1).detach(), beta
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.item()) * len(index)
+        if not math.isfinite(total):
+            raise SolverError("adapter fine-tuning diverged (non-finite loss); lower config.lr.")
+        history["loss"].append(total / n)
+        history["accuracy"].append(_accuracy(adapter, head, features, labels))
+        logger.debug(
+            "adapter epoch loss=%.4f accuracy=%.4f", history["loss"][-1], history["accuracy"][-1]
+        )
+    adapter.train(was_training)
+    return history
+
+
+@torch.no_grad()
+def _accuracy(
+    adapter: Adapter, head: nn.Module, features: torch.Tensor, labels: torch.Tensor
+) -> float:
+    correct = 0
+    for s in range(0, len(features), _EVAL_ROWS):
+        correct += int(
+            (
+                head(adapter(features[s : s + _EVAL_ROWS])).argmax(dim=1)
+                == labels[s : s + _EVAL_ROWS]
+            ).sum()
+        )
+    return correct / max(1, len(features))

@@ -1,0 +1,122 @@
+"""Adapter, frozen head, fine-tuning on cached features and the Feature Diversity Loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retrofit.adapter import Adapter, FixedHead, build_adapter, finetune_adapter
+from retrofit.config import RetrofitConfig
+from retrofit.errors import FeatureError
+from retrofit.heads.base import HeadResult
+from retrofit.losses import feature_diversity_loss
+
+C, D = 3, 12
+
+
+def problem(n: int = 300, seed: int = 0):
+    """Class c raises feature c; a quantised head reads features [0, 1, 2] with scale 1."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % C
+    x = torch.randn(n, D, generator=g).abs()
+    x[torch.arange(n), y] += 1.0
+    selected = torch.tensor([0, 1, 2])
+    result = HeadResult(
+        selected=selected,
+        weight=torch.eye(C),
+        bias=torch.zeros(C),
+        mean=torch.full((C,), 0.5),
+        std=torch.tensor([0.3, 3.0, 1.0]),  # mis-scaled on purpose: fine-tuning can fix it
+        assignment=torch.eye(C, dtype=torch.int8),
+        scale=1.0,
+        stats={"in_features": D},
+    )
+    return x, y, result
+
+
+def cfg(**kw) -> RetrofitConfig:
+    return RetrofitConfig(**{"epochs": 15, "lr": 0.05, "batch_size": 32, "progress": False, **kw})
+
+
+def test_adapter_reproduces_the_normalisation_with_and_without_mix():
+    x, _, result = problem()
+    plain = build_adapter(result, cfg())
+    mixed = build_adapter(result, cfg(linear_mix=True))
+    expected = (x[:, :3] - result.mean) / result.std
+    assert torch.allclose(plain(x), expected, atol=1e-6)
+    assert torch.allclose(mixed(x), expected, atol=1e-6)
+    assert mixed.mix.shape == (C, D) and plain.mix is None
+    with pytest.raises(FeatureError):
+        plain(x[:, :5])
+
+
+def test_fixed_head_is_frozen_and_uses_scale_times_assignment():
+    _, _, result = problem()
+    result.scale = 0.25
+    head = FixedHead.from_result(result)
+    assert list(head.parameters()) == []
+    assert torch.equal(head.weight, 0.25 * torch.eye(C))
+
+
+def test_finetuning_raises_training_accuracy_and_leaves_the_head_alone():
+    x, y, result = problem()
+    adapter, head = build_adapter(result, cfg()), FixedHead.from_result(result)
+    before = head.weight.clone()
+    history = finetune_adapter(adapter, head, x, y, cfg())
+    assert len(history["loss"]) == len(history["accuracy"]) == 15
+    assert history["accuracy"][-1] >= history["initial_accuracy"][0] + 0.05
+    assert history["loss"][-1] < history["loss"][0]
+    assert torch.equal(head.weight, before)
+    assert not torch.allclose(adapter.std, result.std)
+
+
+def test_finetuning_is_deterministic_and_distillation_changes_it():
+    x, y, result = problem()
+    teacher = torch.randn(len(y), C, generator=torch.Generator().manual_seed(5)) * 3
+    runs = []
+    for distill in (0.0, 0.0, 1.0):
+        adapter = build_adapter(result, cfg())
+        history = finetune_adapter(
+            adapter, FixedHead.from_result(result), x, y, cfg(distill=distill), logits=teacher
+        )
+        runs.append((adapter.state_dict(), history))
+    assert runs[0][1] == runs[1][1]
+    assert all(torch.equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
+    assert runs[2][1]["loss"][0] > runs[0][1]["loss"][0]  # the KL term is part of the loss
+
+
+def test_diversity_loss_prefers_features_that_look_at_different_places():
+    weight = torch.ones(1, 2)
+    same = torch.zeros(1, 2, 4, 4)
+    same[0, :, 0, 0] = 8.0
+    apart = same.clone()
+    apart[0, 1, 0, 0], apart[0, 1, 3, 3] = 0.0, 8.0
+    predicted = torch.zeros(1, dtype=torch.long)
+    loss_same = feature_diversity_loss(same, weight, predicted, beta=1.0)
+    loss_apart = feature_diversity_loss(apart, weight, predicted, beta=1.0)
+    assert -(2**0.5) <= loss_apart < loss_same < 0.0  # bounded by -β·Σ_j ω_j = -β·√F
+
+
+def test_project_maps_matches_project_on_pooled_maps_and_trains_the_mix():
+    g = torch.Generator().manual_seed(2)
+    x, y, result = problem(n=64)
+    maps = torch.rand(64, D, 3, 3, generator=g).half()
+    pooled = maps.float().mean(dim=(2, 3))
+    adapter = build_adapter(result, cfg(linear_mix=True))
+    assert torch.allclose(
+        adapter.project_maps(maps).mean(dim=(2, 3)), adapter.project(pooled), atol=1e-5
+    )
+    start = adapter.mix.detach().clone()
+    finetune_adapter(
+        adapter, FixedHead.from_result(result), pooled, y, cfg(epochs=2, linear_mix=True), maps=maps
+    )
+    assert not torch.equal(adapter.mix, start)
+
+
+def test_adapter_rejects_mismatched_shapes():
+    with pytest.raises(Exception, match="one entry per selected feature"):
+        Adapter(torch.tensor([0, 1]), torch.zeros(3), torch.ones(3), in_features=4)
+    x, y, result = problem(n=20)
+    adapter = build_adapter(result, cfg())
+    with pytest.raises(FeatureError):
+        finetune_adapter(adapter, FixedHead.from_result(result), x, y[:-1], cfg())
