@@ -1,6 +1,7 @@
 """retrofit: turn any trained image classifier into a globally interpretable one, post hoc."""
 
 from retrofit.api import convert
+from retrofit.check import CheckFailedError, Report, check
 from retrofit.config import RetrofitConfig
 from retrofit.errors import (
     CacheError,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheError",
+    "CheckFailedError",
     "ConfigError",
     "DataError",
     "ExportError",
@@ -31,10 +33,12 @@ __all__ = [
     "InterpretableModel",
     "LayerNotFoundError",
     "ModelError",
+    "Report",
     "RetrofitConfig",
     "RetrofitError",
     "SolverError",
     "__version__",
+    "check",
     "convert",
     "extract",
 ]

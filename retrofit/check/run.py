@@ -1,0 +1,635 @@
+"""check(): measure how faithful and how interpretable a converted model is — orchestration only.
+
+One pass over the loader runs the backbone once per batch and keeps what every later part
+needs: the adapter outputs, both models' logits, the per-image Diversity@5 / SID@5 (so the
+spatial maps are never stored), the first `max_pixel_images` images for Captum and the
+top-activating images of each feature for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from retrofit.check import metrics as M
+from retrofit.check.concept_deletion import concept_deletion, contribution_order
+from retrofit.check.fidelity import fidelity
+from retrofit.check.pixel import (
+    PIXEL_METHODS,
+    PixelSettings,
+    batched,
+    gradcam,
+    has_spatial_layer,
+    pixel_faithfulness,
+    validate_methods,
+)
+from retrofit.check.report import Report, evaluate_thresholds, validate_thresholds
+from retrofit.errors import ConfigError, DataError, ModelError
+from retrofit.hooks import FeatureCapture
+from retrofit.loaders import as_batches, dataset_length, iterate
+from retrofit.model import InterpretableModel
+from retrofit.outputs import logits_of
+
+logger = logging.getLogger(__name__)
+
+FEATURE_MAPS_PER_IMAGE = 5  # features per explained image whose Grad-CAM is computed
+_NEEDS_REFERENCE = ("min_fidelity", "max_accuracy_drop", "min_mistake_agreement")
+
+
+@dataclass
+class _Collected:
+    z: list[torch.Tensor] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    reference_logits: list[torch.Tensor] = field(default_factory=list)
+    labels: list[torch.Tensor] = field(default_factory=list)
+    loc: list[torch.Tensor] = field(default_factory=list)
+    sid: list[torch.Tensor] = field(default_factory=list)
+    pixel_images: list[torch.Tensor] = field(default_factory=list)
+    top_values: torch.Tensor | None = None
+    top_index: torch.Tensor | None = None
+    stored: dict[int, torch.Tensor] = field(default_factory=dict)
+    seen: int = 0
+
+    def n_pixel(self) -> int:
+        return sum(len(x) for x in self.pixel_images)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one check() call was asked to do, validated."""
+
+    limits: dict[str, float]
+    methods: tuple[str, ...]
+    settings: PixelSettings
+    max_pixel_images: int
+    masks: Any
+    attributes: torch.Tensor | None
+    concept_names: Sequence[str] | None
+    top_images: int
+    max_explanations: int
+    seed: int
+    progress: bool
+    raise_on_failure: bool
+
+
+def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else fallback
+
+
+def _update_top(state: _Collected, z: torch.Tensor, images: torch.Tensor, k: int) -> None:
+    """Keep the k highest-activating images of every feature seen so far (earlier wins ties)."""
+    index = torch.arange(state.seen, state.seen + len(z))
+    values = z.T.cpu()
+    if state.top_values is not None:
+        values = torch.cat([state.top_values, values], dim=1)
+        index = torch.cat([state.top_index, index.expand(len(values), -1)], dim=1)
+    else:
+        index = index.expand(len(values), -1)
+    keep = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    state.top_values = values.gather(1, keep)
+    state.top_index = index.gather(1, keep)
+    wanted = set(state.top_index.flatten().tolist())
+    for offset, image in enumerate(images):
+        if state.seen + offset in wanted:
+            state.stored[state.seen + offset] = image.detach().to("cpu", torch.float16)
+    state.stored = {i: v for i, v in state.stored.items() if i in wanted}
+
+
+@torch.no_grad()
+def _collect(
+    imodel: InterpretableModel,
+    loader: Any,
+    reference: nn.Module | None,
+    max_pixel_images: int,
+    top_images: int,
+    batch_size: int,
+    progress: bool,
+) -> _Collected:
+    device = imodel.head.weight.device
+    reference_device = _device_of(reference, device) if reference is not None else device
+    weight = imodel.head.weight
+    spatial = has_spatial_layer(imodel)
+    capture = FeatureCapture(imodel.backbone, imodel.spec, with_maps=spatial)
+    state = _Collected()
+    batches = iterate(as_batches(loader, batch_size=batch_size))
+    bar = tqdm(total=dataset_length(loader), unit="img", desc="check", disable=not progress)
+    with bar, capture.attached():
+        for images, labels in batches:
+            images = images.to(device)
+            output = imodel.backbone(images)
+            pooled, maps = capture.features(), capture.maps
+            capture.clear()
+            z = imodel.adapter(pooled)
+            logits = imodel.head(z)
+            if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+                raise DataError(
+                    f"Labels must lie in [0, {logits.shape[1]}) for a model with "
+                    f"{logits.shape[1]} classes; remap them to the classes the model was converted with."
+                )
+            if reference is imodel.backbone:
+                state.reference_logits.append(logits_of(output).float().cpu())
+            elif reference is not None:
+                state.reference_logits.append(
+                    logits_of(reference(images.to(reference_device))).float().cpu()
+                )
+            if maps is not None:
+                projected = imodel.adapter.project_maps(maps)
+                predicted = logits.argmax(dim=1)
+                state.loc.append(M.localisation_per_image(projected, weight, predicted))
+                state.sid.append(
+                    M.localisation_per_image(projected, weight, predicted, scale_invariant=True)
+                )
+            need = max_pixel_images - state.n_pixel()
+            if need > 0:
+                state.pixel_images.append(images[:need].detach().cpu().float())
+            if top_images:
+                _update_top(state, z, images, top_images)
+            state.z.append(z.float().cpu())
+            state.logits.append(logits.float().cpu())
+            state.labels.append(labels.cpu())
+            state.seen += len(labels)
+            bar.update(len(labels))
+    if not state.seen:
+        raise DataError("The loader yielded no images. Check that the dataset is not empty.")
+    return state
+
+
+def _mask_entry(entry: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(objects (n, H, W) bool, their concepts (n, K) bool or None) from one user mask entry."""
+    concepts = None
+    if isinstance(entry, tuple) and len(entry) == 2:
+        entry, concepts = entry
+        concepts = torch.as_tensor(concepts).bool()
+    mask = torch.as_tensor(entry)
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise DataError(
+            f"A mask must be (H, W) or (objects, H, W), got shape {tuple(mask.shape)}; pass masks "
+            "as a (N, H, W) tensor, a list of masks, or a callable index -> mask."
+        )
+    if concepts is not None and concepts.shape[0] != mask.shape[0]:
+        raise DataError(
+            f"{mask.shape[0]} object masks but {concepts.shape[0]} rows of object concepts."
+        )
+    return mask.bool(), concepts
+
+
+def _load_masks(
+    masks: Any, n: int, size: tuple[int, int]
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Masks of the first n images the loader yields, resized (nearest) to the input size."""
+    if callable(masks):
+        entries = [masks(i) for i in range(n)]
+    else:
+        if len(masks) < n:
+            raise DataError(
+                f"masks cover {len(masks)} images but the pixel checks use the first {n}; give one "
+                "mask per image, in loader order."
+            )
+        entries = [masks[i] for i in range(n)]
+    out = []
+    for entry in entries:
+        mask, concepts = _mask_entry(entry)
+        if tuple(mask.shape[1:]) != size:
+            mask = torch.nn.functional.interpolate(mask[None].float(), size=size, mode="nearest")[0]
+        out.append((mask.bool(), concepts))
+    return out
+
+
+def _concept_index(imodel: InterpretableModel, names: Sequence[str] | None) -> list[int | None]:
+    """Per feature, the column of its best concept name in `names` (None when unnamed/unknown)."""
+    lookup = {name: k for k, name in enumerate(names or [])}
+    return [lookup.get(c[0]["concept"]) if c else None for c in imodel.concepts]
+
+
+def _localisation(
+    loaded: list[tuple[torch.Tensor, torch.Tensor | None]],
+    relevance: dict[tuple[str, str], torch.Tensor],
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    concept_of: list[int | None],
+) -> dict[str, Any]:
+    """Share of attribution mass inside the objects, and of named features inside their concept."""
+    union = torch.stack([m.any(dim=0) for m, _ in loaded])
+    result: dict[str, Any] = {"object_area": float(union.float().mean())}
+    for (level, method), maps in relevance.items():
+        result[f"object_{level}_{method}"] = M.nanmean(M.mass_inside(maps, union))
+    rows, features, feature_maps = pairs
+    inside, areas = [], []
+    if feature_maps is not None:
+        for row, feature, heat in zip(rows.tolist(), features.tolist(), feature_maps):
+            k = concept_of[feature]
+            objects, concepts = loaded[row]
+            if k is None or concepts is None or not concepts[:, k].any():
+                continue
+            mask = objects[concepts[:, k]].any(dim=0)
+            inside.append(float(M.mass_inside(heat[None], mask[None])[0]))
+            areas.append(float(mask.float().mean()))
+    if inside:
+        result["concept_gradcam"] = M.nanmean(torch.tensor(inside))
+        result["concept_area"] = float(torch.tensor(areas).mean())
+        result["concept_pairs"] = len(inside)
+    return result
+
+
+def _feature_pairs(
+    weight: torch.Tensor, z: torch.Tensor, predicted: torch.Tensor, per_image: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, features): each image's top features by contribution that its class uses."""
+    contribution = M.contributions(z, weight.cpu(), predicted)
+    order = contribution_order(contribution)[:, :per_image]
+    used = weight.cpu()[predicted[:, None], order] != 0
+    rows = torch.arange(len(z))[:, None].expand_as(order)
+    return rows[used], order[used]
+
+
+def _gradcam_pairs(
+    imodel: InterpretableModel,
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    features: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor:
+    device = imodel.head.weight.device
+    if not len(rows):
+        return torch.zeros(0, *images.shape[2:])
+    return batched(
+        lambda x, t: gradcam(imodel, x.to(device).float(), t.to(device), "feature").cpu(),
+        images[rows],
+        features,
+        batch_size,
+    ).clamp_min(0)
+
+
+def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    value = fn()
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    return value
+
+
+def check(
+    imodel: InterpretableModel,
+    loader: Iterable | Any,
+    reference: nn.Module | None = None,
+    *,
+    min_fidelity: float | None = None,
+    min_accuracy: float | None = None,
+    max_accuracy_drop: float | None = None,
+    min_mistake_agreement: float | None = None,
+    min_concept_deletion_gain: float | None = None,
+    min_pixel_deletion_gain: float | None = None,
+    min_diversity: float | None = None,
+    max_dependence: float | None = None,
+    raise_on_failure: bool = False,
+    pixel_methods: Sequence[str] = PIXEL_METHODS,
+    max_pixel_images: int = 32,
+    ig_steps: int = 32,
+    curve_steps: int = 20,
+    perturb_samples: int = 8,
+    internal_batch_size: int = 64,
+    masks: Any = None,
+    attributes: torch.Tensor | None = None,
+    concept_names: Sequence[str] | None = None,
+    top_images: int = 6,
+    max_explanations: int = 8,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> Report:
+    """Measure fidelity, concept- and pixel-level faithfulness and interpretability metrics.
+
+    `reference` is the original model (fidelity needs it). `masks` (per image in loader order:
+    a (N, H, W) tensor, a list, or a callable index -> mask, (objects, H, W) masks or
+    (masks, object_concepts) as `SyntheticConceptDataset.masks` returns) enables localisation;
+    `attributes` (classes x attributes) enables Structural Grounding. Thresholds (min_*/max_*)
+    decide `Report.passed`; with `raise_on_failure` a miss raises CheckFailedError.
+    The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
+    `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
+    """
+    if not isinstance(imodel, InterpretableModel):
+        raise ConfigError(
+            f"check() needs an InterpretableModel (from retrofit.convert or retrofit.load), got "
+            f"{type(imodel).__name__}."
+        )
+    limits = validate_thresholds(
+        {
+            "min_fidelity": min_fidelity,
+            "min_accuracy": min_accuracy,
+            "max_accuracy_drop": max_accuracy_drop,
+            "min_mistake_agreement": min_mistake_agreement,
+            "min_concept_deletion_gain": min_concept_deletion_gain,
+            "min_pixel_deletion_gain": min_pixel_deletion_gain,
+            "min_diversity": min_diversity,
+            "max_dependence": max_dependence,
+        }
+    )
+    missing = [name for name in _NEEDS_REFERENCE if name in limits and reference is None]
+    if missing:
+        raise ConfigError(
+            f"{missing} compare with the original model: pass reference=<the model you converted>."
+        )
+    methods = validate_methods(pixel_methods)
+    for name, value in (
+        ("max_pixel_images", max_pixel_images),
+        ("top_images", top_images),
+        ("max_explanations", max_explanations),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
+    settings = PixelSettings(
+        ig_steps=ig_steps,
+        curve_steps=curve_steps,
+        perturb_samples=perturb_samples,
+        internal_batch_size=internal_batch_size,
+        batch_size=batch_size,
+    )
+    if concept_names is None:
+        concept_names = getattr(getattr(loader, "dataset", loader), "concept_names", None)
+    plan = _Plan(
+        limits,
+        methods,
+        settings,
+        max_pixel_images,
+        masks,
+        attributes,
+        concept_names,
+        top_images,
+        max_explanations,
+        seed,
+        progress,
+        raise_on_failure,
+    )
+
+    modules = [imodel] + ([reference] if reference is not None else [])
+    modes = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    try:
+        return _check(imodel, loader, reference, plan)
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
+def _check(
+    imodel: InterpretableModel, loader: Any, reference: nn.Module | None, plan: _Plan
+) -> Report:
+    timings: dict[str, float] = {}
+    device = imodel.head.weight.device
+    weight, bias = imodel.head.weight.detach(), imodel.head.bias.detach()
+    state = _timed(
+        timings,
+        "forward",
+        lambda: _collect(
+            imodel,
+            loader,
+            reference,
+            plan.max_pixel_images,
+            plan.top_images,
+            plan.settings.batch_size,
+            plan.progress,
+        ),
+    )
+    z, logits, labels = torch.cat(state.z), torch.cat(state.logits), torch.cat(state.labels)
+    reference_logits = torch.cat(state.reference_logits) if state.reference_logits else None
+    if reference_logits is not None and reference_logits.shape != logits.shape:
+        raise ModelError(
+            f"The reference outputs {reference_logits.shape[1]} classes but the interpretable "
+            f"model {logits.shape[1]}; pass the model it was converted from."
+        )
+    predicted = logits.argmax(dim=1)
+    results: dict[str, Any] = {
+        "fidelity": _timed(timings, "fidelity", lambda: fidelity(logits, labels, reference_logits)),
+        "concept_deletion": _timed(
+            timings,
+            "concept_deletion",
+            lambda: concept_deletion(z, weight.cpu(), bias.cpu(), seed=plan.seed),
+        ),
+    }
+
+    pixel_images = torch.cat(state.pixel_images) if state.pixel_images else torch.zeros(0)
+    n_pixel = len(pixel_images)
+    pixel_predicted = predicted[:n_pixel]
+    rows, features = _feature_pairs(weight, z[:n_pixel], pixel_predicted, FEATURE_MAPS_PER_IMAGE)
+    contribution = M.contributions(z[:n_pixel], weight.cpu(), pixel_predicted)
+    top_feature = contribution_order(contribution)[:, 0]
+    relevance: dict[tuple[str, str], torch.Tensor] = {}
+    with torch.enable_grad():
+        if n_pixel and plan.methods:
+            pixel, relevance, pixel_timings = pixel_faithfulness(
+                imodel,
+                pixel_images.to(device),
+                pixel_predicted,
+                top_feature,
+                plan.methods,
+                plan.settings,
+                plan.seed,
+                plan.progress,
+            )
+            timings.update({f"pixel.{k}": v for k, v in pixel_timings.items()})
+            results["pixel"] = pixel
+        draw_maps = n_pixel > 0 and "gradcam" in plan.methods and has_spatial_layer(imodel)
+        feature_maps = (
+            _timed(
+                timings,
+                "feature_maps",
+                lambda: _gradcam_pairs(
+                    imodel, pixel_images, rows, features, plan.settings.batch_size
+                ),
+            )
+            if draw_maps
+            else None
+        )
+        cards = _timed(
+            timings,
+            "feature_maps",
+            lambda: _feature_cards(
+                imodel, state, "gradcam" in plan.methods, plan.settings.batch_size
+            ),
+        )
+
+    start = time.perf_counter()
+    results["metrics"] = _metrics(imodel, z, labels, predicted, state, plan.attributes, plan.seed)
+    if plan.masks is not None and n_pixel:
+        loaded = _load_masks(plan.masks, n_pixel, tuple(pixel_images.shape[2:]))
+        results["metrics"]["localisation"] = _localisation(
+            loaded,
+            relevance,
+            (rows, features, feature_maps),
+            _concept_index(imodel, plan.concept_names),
+        )
+    timings["metrics"] = time.perf_counter() - start
+
+    results["meta"] = {
+        "n_images": int(state.seen),
+        "n_pixel_images": n_pixel,
+        "n_classes": imodel.num_classes,
+        "n_features": imodel.n_features,
+        "method": imodel.config.method,
+        "layer": imodel.stats.get("layer"),
+        "maps_module": imodel.spec.maps_module,
+        "pixel_methods": list(plan.methods),
+        "settings": {
+            "ig_steps": plan.settings.ig_steps,
+            "curve_steps": plan.settings.curve_steps,
+            "perturb_samples": plan.settings.perturb_samples,
+            "sensitivity_images": plan.settings.sensitivity_images,
+        },
+        "seed": plan.seed,
+        "device": str(device),
+        "reference": reference is not None,
+        "timings": timings,
+    }
+    visuals = {
+        "weight": weight.cpu(),
+        "class_names": list(imodel.class_names),
+        "feature_names": [imodel.feature_name(j) for j in range(imodel.n_features)],
+        "cards": cards,
+        "explanations": _explanations(
+            imodel,
+            pixel_images,
+            z[:n_pixel],
+            labels[:n_pixel],
+            pixel_predicted,
+            reference_logits[:n_pixel].argmax(dim=1) if reference_logits is not None else None,
+            relevance.get(("class", "gradcam")),
+            (rows, features, feature_maps),
+            plan.max_explanations,
+        ),
+    }
+    report = Report(results, evaluate_thresholds(results, plan.limits), visuals)
+    for failure in report.failures:
+        logger.warning("check threshold failed: %s", failure.describe())
+    if plan.raise_on_failure:
+        report.raise_for_thresholds()
+    return report
+
+
+def _metrics(
+    imodel: InterpretableModel,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    state: _Collected,
+    attributes: torch.Tensor | None,
+    seed: int,
+) -> dict[str, Any]:
+    weight = imodel.head.weight.detach().cpu()
+    loc = torch.cat(state.loc) if state.loc else None
+    sid = torch.cat(state.sid) if state.sid else None
+    return {
+        "features_used": M.features_used(weight),
+        "features_per_class": M.features_per_class(weight),
+        f"diversity@{M.DIVERSITY_K}": M.nanmean(loc) if loc is not None else None,
+        f"sid@{M.DIVERSITY_K}": M.nanmean(sid) if sid is not None else None,
+        "diversity_images": int((~torch.isnan(loc)).sum()) if loc is not None else 0,
+        "dependence": M.dependence(z, weight, predicted),
+        "class_independence": M.class_independence(z, labels, imodel.num_classes),
+        "contrastiveness": M.contrastiveness(z, seed=seed),
+        "structural_grounding": (
+            M.structural_grounding(weight, attributes) if attributes is not None else None
+        ),
+        "correlation": M.correlation(z),
+        "conciseness": M.conciseness(z, weight, predicted),
+    }
+
+
+def _feature_cards(
+    imodel: InterpretableModel, state: _Collected, draw: bool, batch_size: int
+) -> list[dict[str, Any]]:
+    """Per feature: its names, the classes using it, and its top images with Grad-CAM."""
+    weight = imodel.head.weight.detach().cpu()
+    cards = []
+    pairs_rows, pairs_features, image_ids = [], [], []
+    for j in range(imodel.n_features):
+        ids = state.top_index[j].tolist() if state.top_index is not None else []
+        image_ids.append(ids)
+        pairs_rows.extend(ids)
+        pairs_features.extend([j] * len(ids))
+    heatmaps = None
+    if draw and has_spatial_layer(imodel) and pairs_rows:
+        order = sorted(state.stored)
+        position = {i: p for p, i in enumerate(order)}
+        images = torch.stack([state.stored[i] for i in order]).float()
+        heatmaps = _gradcam_pairs(
+            imodel,
+            images,
+            torch.tensor([position[i] for i in pairs_rows]),
+            torch.tensor(pairs_features),
+            batch_size,
+        )
+    offset = 0
+    for j, ids in enumerate(image_ids):
+        column = weight[:, j]
+        cards.append(
+            {
+                "index": j,
+                "name": imodel.feature_name(j),
+                "backbone_index": int(imodel.adapter.selected[j]),
+                "concepts": list(imodel.concepts[j]),
+                "classes": [
+                    (imodel.class_names[c], int(torch.sign(column[c])))
+                    for c in torch.nonzero(column).flatten().tolist()
+                ],
+                "activations": state.top_values[j].tolist() if state.top_values is not None else [],
+                "images": [state.stored[i].float() for i in ids],
+                "heatmaps": list(heatmaps[offset : offset + len(ids)])
+                if heatmaps is not None
+                else None,
+            }
+        )
+        offset += len(ids)
+    return cards
+
+
+def _explanations(
+    imodel: InterpretableModel,
+    images: torch.Tensor,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    reference_predicted: torch.Tensor | None,
+    class_maps: torch.Tensor | None,
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Per explained image: the decision, its feature contributions and the heatmaps."""
+    weight = imodel.head.weight.detach().cpu()
+    bias = imodel.head.bias.detach().cpu()
+    rows, features, feature_maps = pairs
+    names = imodel.class_names
+    out = []
+    for i in range(min(limit, len(images))):
+        c = int(predicted[i])
+        v = z[i] * weight[c]
+        used = torch.nonzero(weight[c]).flatten()
+        used = used[torch.argsort(v[used].abs(), descending=True, stable=True)]
+        maps = []
+        if feature_maps is not None:
+            for p in torch.nonzero(rows == i).flatten().tolist()[:3]:
+                maps.append((imodel.feature_name(int(features[p])), feature_maps[p]))
+        out.append(
+            {
+                "image": images[i],
+                "label": names[int(labels[i])],
+                "predicted": names[c],
+                "reference": names[int(reference_predicted[i])]
+                if reference_predicted is not None
+                else None,
+                "logit": float(v.sum() + bias[c]),
+                "bias": float(bias[c]),
+                "contributions": [(imodel.feature_name(int(j)), float(v[j])) for j in used],
+                "heatmap": class_maps[i].clamp_min(0) if class_maps is not None else None,
+                "feature_maps": maps,
+            }
+        )
+    return out
