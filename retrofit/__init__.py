@@ -15,6 +15,8 @@ from retrofit.errors import (
     RetrofitError,
     SolverError,
 )
+from retrofit.explanation import Explanation
+from retrofit.export import load
 from retrofit.features import extract
 from retrofit.featureset import FeatureSet
 from retrofit.model import InterpretableModel
@@ -26,6 +28,7 @@ __all__ = [
     "CheckFailedError",
     "ConfigError",
     "DataError",
+    "Explanation",
     "ExportError",
     "FeatureError",
     "FeatureSet",
@@ -41,4 +44,5 @@ __all__ = [
     "check",
     "convert",
     "extract",
+    "load",
 ]

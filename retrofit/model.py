@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from retrofit.adapter import Adapter, FixedHead
 from retrofit.config import RetrofitConfig
+from retrofit.explanation import Explanation, explain
 from retrofit.hooks import FeatureCapture, LayerSpec
+
+if TYPE_CHECKING:  # retrofit.export imports this module; it is imported lazily below
+    import os
+    from pathlib import Path
 
 
 class InterpretableModel(nn.Module):
@@ -111,3 +116,40 @@ class InterpretableModel(nn.Module):
             parts = [("+" if f["sign"] > 0 else "-") + f["name"] for f in features]
             lines.append(f"{name}: {', '.join(parts) if parts else '(no features)'}")
         return "\n".join(lines)
+
+    def explain(self, images: torch.Tensor) -> list[Explanation]:
+        """One Explanation per image: prediction, its features' contributions, the runner-up."""
+        return explain(self, images)
+
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        include_backbone: bool = False,
+        base_model: str | None = None,
+    ) -> Path:
+        """Write an export folder (model.safetensors, retrofit_config.json, README.md)."""
+        from retrofit.export import save
+
+        return save(self, path, include_backbone=include_backbone, base_model=base_model)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, model: nn.Module | None = None, strict: bool = True
+    ) -> InterpretableModel:
+        """Load an export folder; see retrofit.export.load."""
+        from retrofit.export import load
+
+        return load(path, model=model, strict=strict)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool = False,
+        include_backbone: bool = False,
+        base_model: str | None = None,
+    ) -> Any:
+        """Save to a temporary folder and upload it to the Hugging Face Hub."""
+        from retrofit.export import push_to_hub
+
+        return push_to_hub(self, repo_id, token, private, include_backbone, base_model)

@@ -1,0 +1,146 @@
+"""Local explanations: why the interpretable model predicted a class for one image.
+
+The head is linear in the adapter's outputs, so every logit is exactly its bias plus one
+contribution (weight × activation) per feature the class uses; an explanation lists those, and
+against the runner-up class, the features only one of the two classes uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from retrofit.errors import DataError
+
+if TYPE_CHECKING:  # retrofit.model imports this module lazily; a runtime import would be circular
+    from retrofit.model import InterpretableModel
+
+
+@dataclass
+class FeatureContribution:
+    """One feature's share of one class's logit."""
+
+    feature: int  # position among the model's selected features
+    backbone_index: int  # index into the backbone's penultimate features
+    name: str  # concept name, or a neutral id when the feature has none
+    activation: float  # the adapter's (standardised) output for this feature
+    weight: float  # the class's head weight on this feature
+    contribution: float  # weight * activation
+
+    def __str__(self) -> str:
+        return (
+            f"{self.contribution:+8.3f}  {self.name}  (activation {self.activation:.3f} x "
+            f"weight {self.weight:.3f}; feature {self.feature}, backbone {self.backbone_index})"
+        )
+
+
+@dataclass
+class Explanation:
+    """The prediction for one image, its features' contributions, and what beat the runner-up."""
+
+    predicted: int
+    class_name: str
+    probability: float
+    logit: float
+    bias: float
+    features: list[
+        FeatureContribution
+    ]  # the predicted class's features, largest contribution first
+    runner_up: int | None = None
+    runner_up_name: str | None = None
+    runner_up_probability: float | None = None
+    runner_up_logit: float | None = None
+    runner_up_features: list[FeatureContribution] = field(default_factory=list)
+    only_predicted: list[FeatureContribution] = field(default_factory=list)  # not the runner-up's
+    only_runner_up: list[FeatureContribution] = field(default_factory=list)  # not the prediction's
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable data."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        total = sum(f.contribution for f in self.features)
+        lines = [
+            f"{self.class_name} (p={self.probability:.3f}, logit {self.logit:.3f} = bias "
+            f"{self.bias:.3f} + {total:.3f} from {len(self.features)} features)"
+        ]
+        lines += [f"  {f}" for f in self.features]
+        if self.runner_up is not None:
+            lines.append(
+                f"runner-up: {self.runner_up_name} (p={self.runner_up_probability:.3f}, "
+                f"logit {self.runner_up_logit:.3f})"
+            )
+            for label, group in (
+                (self.class_name, self.only_predicted),
+                (self.runner_up_name, self.only_runner_up),
+            ):
+                parts = ", ".join(f"{f.name} ({f.contribution:+.3f})" for f in group)
+                lines.append(f"  only {label}: {parts or '(none)'}")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def explain(imodel: InterpretableModel, images: torch.Tensor) -> list[Explanation]:
+    """One Explanation per image of a (N, ...) batch (a single unbatched image also works)."""
+    if not isinstance(images, torch.Tensor) or images.ndim < 2:
+        raise DataError(
+            f"explain() takes a batch of images as a tensor (N, C, H, W), got "
+            f"{type(images).__name__}{getattr(images, 'shape', '')}."
+        )
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    device = imodel.head.weight.device
+    return explain_activations(imodel, imodel.concept_activations(images.to(device)))
+
+
+@torch.no_grad()
+def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -> list[Explanation]:
+    """Explanations from the adapter's outputs (N, n_features), e.g. computed from a cache."""
+    logits = imodel.head(activations).float().cpu()
+    probabilities = torch.softmax(logits, dim=1)
+    activations = activations.float().cpu()
+    weight = imodel.head.weight.detach().float().cpu()
+    bias = imodel.head.bias.detach().float().cpu()
+    names = [imodel.feature_name(j) for j in range(imodel.n_features)]
+    backbone = imodel.adapter.selected.tolist()
+
+    def contributions(c: int, z: torch.Tensor, among: list[int]) -> list[FeatureContribution]:
+        rows = [
+            FeatureContribution(
+                feature=j,
+                backbone_index=int(backbone[j]),
+                name=names[j],
+                activation=float(z[j]),
+                weight=float(weight[c, j]),
+                contribution=float(weight[c, j] * z[j]),
+            )
+            for j in among
+        ]
+        return sorted(rows, key=lambda f: -f.contribution)
+
+    uses = [set(torch.nonzero(weight[c]).flatten().tolist()) for c in range(weight.shape[0])]
+    explanations = []
+    for z, row, p in zip(activations, logits, probabilities):
+        order = torch.argsort(p, descending=True, stable=True).tolist()
+        top = order[0]
+        explanation = Explanation(
+            predicted=top,
+            class_name=imodel.class_names[top],
+            probability=float(p[top]),
+            logit=float(row[top]),
+            bias=float(bias[top]),
+            features=contributions(top, z, sorted(uses[top])),
+        )
+        if len(order) > 1:
+            second = order[1]
+            explanation.runner_up = second
+            explanation.runner_up_name = imodel.class_names[second]
+            explanation.runner_up_probability = float(p[second])
+            explanation.runner_up_logit = float(row[second])
+            explanation.runner_up_features = contributions(second, z, sorted(uses[second]))
+            explanation.only_predicted = contributions(top, z, sorted(uses[top] - uses[second]))
+            explanation.only_runner_up = contributions(second, z, sorted(uses[second] - uses[top]))
+        explanations.append(explanation)
+    return explanations

@@ -1,0 +1,112 @@
+"""The README.md model card of an export: hub metadata, headline numbers, the global explanation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # retrofit.model imports the export lazily; a runtime import would be circular
+    from retrofit.model import InterpretableModel
+
+_METRICS = (
+    ("accuracy", "accuracy"),
+    ("original_accuracy", "original model accuracy"),
+    ("agreement", "top-1 agreement with the original"),
+)
+
+
+def hub_base_model(base_model: dict[str, Any]) -> str | None:
+    """The Hugging Face Hub id of the base model, when it has one (HF hub ids and timm models)."""
+    build = base_model.get("build") or {}
+    name = build.get("name")
+    if build.get("family") == "transformers" and name and not Path(name).exists():
+        return name if "/" in name else None
+    if build.get("family") == "timm" and name and "." in name and ":" not in name:
+        return f"timm/{name}"
+    return None
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str:
+    """README.md text for an export whose retrofit_config.json content is `config`."""
+    method = config["method"]
+    base = config["base_model"]
+    front = ["---", "library_name: retrofit"]
+    hub_id = hub_base_model(base)
+    if hub_id:
+        front.append(f"base_model: {json.dumps(hub_id)}")
+    front += ["tags:", "- interpretability", "- retrofit", f"- {method}", "---", ""]
+    spec = (base.get("build") or {}).get("spec")
+    source = f"`{spec}`" if spec else f"A `{base['class']}` ({base['family']} model)"
+    weights = imodel.head.weight
+    nnz = int((weights != 0).sum())
+    lines = [
+        f"# Interpretable {base['class']} ({method}, retrofit)",
+        "",
+        f"{source} with its classification head replaced, post hoc, by a globally "
+        f"interpretable one: {imodel.num_classes} classes read {imodel.n_features} features of "
+        f"the backbone's layer `{base['layer_name']}` through {nnz} non-zero weights "
+        f"({nnz / max(1, imodel.num_classes):.1f} per class on average).",
+        "",
+    ]
+    metrics = config.get("metrics") or {}
+    if metrics:
+        lines += [
+            "## Results",
+            "",
+            "| split | " + " | ".join(label for _, label in _METRICS) + " |",
+            "|---" * (len(_METRICS) + 1) + "|",
+        ]
+        for split, values in metrics.items():
+            cells = [
+                f"{values[key]:.4f}" if isinstance(values.get(key), (int, float)) else "-"
+                for key, _ in _METRICS
+            ]
+            lines.append(f"| {_cell(split)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## Global explanation",
+        "",
+        "Each class and the features it uses (+ raises its score, − lowers it), by concept name.",
+        "",
+        "| class | features |",
+        "|---|---|",
+    ]
+    for name, features in imodel.global_explanation().items():
+        parts = [("+" if f["sign"] > 0 else "−") + f["name"] for f in features]
+        lines.append(f"| {_cell(name)} | {_cell(', '.join(parts) or '(none)')} |")
+    lines += [
+        "",
+        "## Features",
+        "",
+        "| feature | backbone index | concept | score |",
+        "|---|---|---|---|",
+    ]
+    for feature in config["features"]:
+        best = feature["concepts"][0] if feature["concepts"] else {}
+        score = best.get("score")
+        lines.append(
+            f"| {feature['feature']} | {feature['backbone_index']} | {_cell(feature['name'])} | "
+            f"{f'{score:.3f}' if isinstance(score, (int, float)) else '-'} |"
+        )
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import retrofit",
+        "",
+        'imodel = retrofit.load("path/to/this/folder")  # rebuilds the backbone, checks its fingerprint',
+        "logits = imodel(images)",
+        "for explanation in imodel.explain(images):",
+        "    print(explanation)",
+        "```",
+        "",
+        f"Made with retrofit {config['retrofit_version']} (seed {config['seed']}).",
+        "",
+    ]
+    return "\n".join(front + lines)
