@@ -100,7 +100,12 @@ def convert(
         head,
         config,
         class_names=train.class_names,
-        stats={"head": result.stats, "family": train.meta["family"], "layer": train.layer},
+        stats={
+            "head": result.stats,
+            "family": train.meta["family"],
+            "layer": train.layer,
+            "input_size": train.meta.get("input_size"),
+        },
     ).to(device)
     if config.finetune == "backbone":
         history["backbone"] = finetune_backbone(

@@ -52,7 +52,8 @@ MODEL_FILE = "model.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
 CONFIG_FILE = "retrofit_config.json"
 README_FILE = "README.md"
-EXPORT_FILES = frozenset({MODEL_FILE, BACKBONE_FILE, CONFIG_FILE, README_FILE})
+REPORT_FILES = frozenset({"report.html", "report.json"})  # written next to an export by `check`
+EXPORT_FILES = frozenset({MODEL_FILE, BACKBONE_FILE, CONFIG_FILE, README_FILE}) | REPORT_FILES
 TENSOR_METADATA = {"format": "pt"}
 _VERSIONED = (
     "torch",

@@ -187,7 +187,11 @@ def extract(
         layer=spec.name,
         class_names=list(class_names) if class_names is not None else None,
         fingerprint=cache.path.name if cache is not None else "",
-        meta={"layer_spec": spec.to_dict(), "family": adapter.name},
+        meta={
+            "layer_spec": spec.to_dict(),
+            "family": adapter.name,
+            "input_size": list(first[0].shape[2:]),
+        },
     )
 
 

@@ -1,1 +1,141 @@
-"""Head method 'qpm' (being implemented)."""
+"""Head method 'qpm': Quadratic Programming Enhanced Model (ICLR 2025), a binary class-feature
+assignment chosen by a mixed-integer program.
+
+Pipeline: feature-class correlations A, candidate pre-selection, redundancy R among the
+candidates, clique threshold tau with its clique, a swap local search from the clique and a
+greedy unique assignment as warm start, the program (see retrofit.solvers.qpm_program), then
+a binary head: logit_c = sum over the class's features of the standardised feature, no bias.
+Pearson correlation does not change under standardisation, so A is computed from the raw
+features in chunks (no N x D standardised copy); `standardise` gives mu and sigma of the
+selected features.
+
+Options read from `config.extra`:
+  candidates (int): features the program may choose from (default: 8 * n_features, at least
+      2 * C, at most D); D or more disables the pre-selection.
+  duplicate_cut (float, 0.95): candidates whose cosine with a kept one exceeds this are skipped.
+  locality (bool, False): add the locality bias b_j (needs the spatial `maps`).
+  max_rounds (int, 100): cap on the lazy uniqueness rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from retrofit.config import RetrofitConfig
+from retrofit.errors import ConfigError, DataError, FeatureError
+from retrofit.heads.base import HeadResult, register_head
+from retrofit.solvers.cliques import clique_threshold, greedy_assignment, improve_selection
+from retrofit.solvers.qpm_constants import (
+    class_correlation,
+    kth_largest,
+    locality_bias,
+    redundancy,
+    select_candidates,
+)
+from retrofit.solvers.qpm_program import check_settings, penalty_matrix, solve_program
+from retrofit.solvers.stats import standardise
+
+logger = logging.getLogger(__name__)
+
+
+@register_head("qpm")
+def fit_qpm(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    config: RetrofitConfig,
+    maps: torch.Tensor | None = None,
+) -> HeadResult:
+    """Select `n_features` features and give every class `per_class` of them, all classes distinct.
+
+    `selected` is ordered by each feature's total correlation with the classes it serves
+    (sum_c A_jc E_jc, descending; ties by feature index), so the first features matter most.
+    """
+    n_classes = _validate(features, labels, config, maps)
+    dim = int(features.shape[1])
+    check_settings(n_classes, dim, config.n_features, config.per_class)
+    extra = config.extra
+
+    assoc_all = class_correlation(features, labels, n_classes)
+    candidates = select_candidates(
+        assoc_all,
+        config.n_features,
+        config.per_class,
+        n_candidates=extra.get("candidates"),
+        duplicate_cut=float(extra.get("duplicate_cut", 0.95)),
+    )
+    assoc = assoc_all[candidates]
+    redund = redundancy(assoc)
+    bias = locality_bias(maps)[candidates] if extra.get("locality") else None
+
+    tau, clique = clique_threshold(redund, config.n_features, kth_largest(assoc, config.per_class))
+    start = improve_selection(assoc, penalty_matrix(redund, tau), clique, config.per_class, bias)
+    start_selected = torch.zeros(len(candidates), dtype=torch.bool)
+    start_selected[start] = True
+    start_assignment = greedy_assignment(assoc, start, config.per_class)
+    result = solve_program(
+        assoc,
+        redund,
+        tau,
+        config,
+        start_selected=start_selected,
+        start_assignment=start_assignment,
+        bias=bias,
+    )
+
+    local = torch.nonzero(result.selected).flatten()
+    contribution = (assoc[local] * result.assignment[local]).sum(dim=1)
+    # local is ascending, so a stable sort keeps ties in feature-index order
+    order = torch.argsort(-contribution, stable=True)
+    local = local[order]
+    selected = candidates[local]
+    assignment = result.assignment[local].T.contiguous().to(torch.int8)
+    _, mean, std = standardise(features[:, selected])
+    stats = {**result.stats, "n_classes": n_classes, "locality": bias is not None}
+    return HeadResult(
+        selected=selected,
+        weight=assignment.to(torch.float32),
+        bias=torch.zeros(n_classes, dtype=torch.float32),
+        mean=mean,
+        std=std,
+        assignment=assignment,
+        scale=1.0,
+        stats=stats,
+    )
+
+
+def _validate(
+    features: torch.Tensor, labels: torch.Tensor, config: RetrofitConfig, maps: torch.Tensor | None
+) -> int:
+    """Check shapes and labels; return the number of classes."""
+    if features.ndim != 2 or not features.is_floating_point():
+        raise FeatureError(
+            f"features must be a float (N, D) tensor, got {features.dtype} {tuple(features.shape)}."
+        )
+    n = int(features.shape[0])
+    if labels.ndim != 1 or labels.shape[0] != n or labels.is_floating_point():
+        raise DataError(
+            f"labels must be an integer (N,) tensor with N={n}, got {labels.dtype} {tuple(labels.shape)}."
+        )
+    if n == 0:
+        raise DataError("QPM needs at least one training image.")
+    if int(labels.min()) < 0:
+        raise DataError("labels must be class indices >= 0.")
+    n_classes = int(labels.max()) + 1
+    if config.class_names is not None:
+        if n_classes > len(config.class_names):
+            raise DataError(
+                f"label {n_classes - 1} found but only {len(config.class_names)} class_names given."
+            )
+        n_classes = len(config.class_names)
+    if config.extra.get("locality"):
+        if maps is None:
+            raise ConfigError(
+                "extra['locality']=True needs the spatial feature maps; extract them or drop the option."
+            )
+        if maps.ndim != 4 or tuple(maps.shape[:2]) != tuple(features.shape):
+            raise FeatureError(
+                f"maps must be (N, D, H, W) = ({n}, {features.shape[1]}, H, W), got {tuple(maps.shape)}."
+            )
+    return n_classes
