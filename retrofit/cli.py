@@ -1,4 +1,12 @@
-"""The `retrofit` command: a thin layer over the Python API."""
+"""The `retrofit` command: a thin layer over the Python API.
+
+    retrofit demo                               offline demo on the synthetic concept world
+    retrofit convert --model SPEC --train DATA --out DIR [...]
+    retrofit explain DIR IMAGE... [--json]
+    retrofit check DIR --data DATA [--min-fidelity X ...]    exit 1 when a threshold fails
+    retrofit report DIR [--data DATA]           rebuild DIR/report.html
+Bad input gets a one-line error and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -8,72 +16,322 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from retrofit.errors import RetrofitError
+from retrofit.errors import ConfigError, RetrofitError
+
+DEMO_MODEL = "demo"
+CHECK_DATA_FILE = "report.json"
+
+
+class UsageError(ConfigError):
+    """A command-line argument is wrong."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _build_model(spec_text: str, weights: str | None) -> tuple[Any, Any]:
+    """(model, parsed spec or None) for a model spec; `demo` is the bundled demo classifier."""
+    from retrofit.specs import build_model, parse_spec
+
+    if spec_text == DEMO_MODEL:
+        from retrofit.datasets import load_demo_classifier
+
+        return load_demo_classifier(), None
+    spec = parse_spec(spec_text)
+    model = build_model(spec, pretrained=weights is None)
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        if not Path(weights).is_file():
+            raise UsageError(f"--weights {weights} does not exist.")
+        model.load_state_dict(load_file(weights))
+    return model.eval(), spec
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out} is not empty; pass --overwrite to replace what is there.")
+    if out.exists() and overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+
+
+def _loader(dataset: Any, batch_size: int = 64) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size)
+
+
+def _print_headline(imodel: Any, report: Any | None) -> None:
+    stats = imodel.stats.get("val") or imodel.stats.get("train", {})
+    line = (
+        f"{imodel.config.method}: {imodel.n_features} features, {imodel.config.per_class} per class | "
+        f"accuracy {stats.get('accuracy', float('nan')):.3f} (original "
+        f"{stats.get('original_accuracy', float('nan')):.3f}, agreement {stats.get('agreement', float('nan')):.3f})"
+    )
+    print(line)
+    if report is not None:
+        print(report.summary())
+
+
+def _run_check(
+    imodel: Any, dataset: Any, out: Path, args: argparse.Namespace, data_spec: str
+) -> Any:
+    import retrofit
+
+    report = retrofit.check(
+        imodel,
+        _loader(dataset),
+        reference=imodel.backbone,
+        min_fidelity=args.min_fidelity,
+        min_accuracy=args.min_accuracy,
+        max_pixel_images=args.max_pixel_images,
+        progress=not args.quiet,
+    )
+    report.meta["data"] = data_spec
+    report.to_json(out / "report.json")
+    report.to_html(out / "report.html")
+    return report
+
+
+def _demo_spec() -> str:
+    """A spec that rebuilds the demo CNN's architecture (its weights travel in the export)."""
+    import retrofit.datasets.demo
+
+    return f"python:{retrofit.datasets.demo.__file__}:load_demo_classifier"
 
 
 def _demo(args: argparse.Namespace) -> int:
     """Convert the bundled demo classifier on the synthetic concept world, fully offline."""
-    from torch.utils.data import DataLoader
-
     import retrofit
-    from retrofit.datasets import SyntheticConceptDataset, demo_world_settings, load_demo_classifier
+    from retrofit.data_specs import open_data
 
     start = time.perf_counter()
-    settings = demo_world_settings()
-    world = {
-        "n_classes": settings["n_classes"],
-        "image_size": settings["image_size"],
-        "seed": settings["seed"],
-    }
-    train = SyntheticConceptDataset(args.train_images, split="train", **world)
-    test = SyntheticConceptDataset(args.test_images, split="test", **world)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out, overwrite=True)
+    model, _ = _build_model(DEMO_MODEL, None)
     imodel = retrofit.convert(
-        load_demo_classifier(),
-        DataLoader(train, batch_size=128),
-        DataLoader(test, batch_size=128),
+        model,
+        _loader(open_data(f"synthetic:train:{args.train_images}", None), 256),
+        _loader(open_data(f"synthetic:val:{args.test_images}", None), 256),
         method=args.method,
         n_features=args.n_features,
         per_class=args.per_class,
-        class_names=train.class_names,
+        class_names=open_data("synthetic:train:1", None).class_names,
         time_limit=args.time_limit,
-        cache_dir=str(out / "cache"),
+        cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
-    summary = {
-        "method": args.method,
-        "train": imodel.stats["train"],
-        "test": imodel.stats["val"],
-        "selected_features": imodel.selected_features.tolist(),
-        "global_explanation": imodel.global_explanation(),
-        "seconds": time.perf_counter() - start,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    imodel.save_pretrained(out, include_backbone=True, base_model=_demo_spec())
+    report = _run_check(
+        imodel, open_data(f"synthetic:test:{args.test_images}", None), out, args, "synthetic:test"
+    )
     print(imodel.format_global_explanation())
-    test_stats = imodel.stats["val"]
+    _print_headline(imodel, report)
     print(
-        f"\n{args.method}: {imodel.n_features} features, {args.per_class} per class | test accuracy "
-        f"{test_stats['accuracy']:.3f} (original {test_stats['original_accuracy']:.3f}, agreement "
-        f"{test_stats['agreement']:.3f}) | {summary['seconds']:.0f} s | wrote {out / 'summary.json'}"
+        f"demo finished in {time.perf_counter() - start:.0f} s; exported to {out}/ with report.html"
     )
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    import retrofit
+    from retrofit.data_specs import model_transform, open_data
+
+    out = Path(args.out)
+    _prepare_out(out, args.overwrite)
+    model, spec = _build_model(args.model, args.weights)
+    transform = None if args.model == DEMO_MODEL else model_transform(model, spec, args.image_size)
+    train = open_data(args.train, transform)
+    val = open_data(args.val, transform) if args.val else None
+    imodel = retrofit.convert(
+        model,
+        _loader(train, args.batch_size),
+        _loader(val, args.batch_size) if val is not None else None,
+        method=args.method,
+        n_features=args.n_features,
+        per_class=args.per_class,
+        finetune=args.finetune,
+        solver=args.solver,
+        time_limit=args.time_limit,
+        seed=args.seed,
+        class_names=getattr(train, "classes", None) or getattr(train, "class_names", None),
+        base_model=str(spec) if spec is not None else None,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
+    imodel.save_pretrained(
+        out, include_backbone=args.include_backbone or spec is None or args.weights is not None
+    )
+    print(imodel.format_global_explanation())
+    _print_headline(imodel, None)
+    print(f"exported to {out}/")
+    return 0
+
+
+def _load(folder: str) -> Any:
+    import retrofit
+
+    if not Path(folder).is_dir():
+        raise UsageError(f"{folder} is not a folder with an exported model.")
+    return retrofit.load(folder)
+
+
+def _transform_for(imodel: Any, folder: str, image_size: int | None) -> Any:
+    """The preprocessing recorded for the export's base model, else a resize to its input size."""
+    from retrofit.data_specs import model_transform
+    from retrofit.export import read_config
+    from retrofit.specs import ModelSpec
+
+    build = read_config(Path(folder))["base_model"].get("build")
+    spec = ModelSpec.from_dict(build) if build else None
+    size = image_size or (imodel.stats.get("input_size") or [None])[0]
+    return model_transform(imodel.backbone, spec, size)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    imodel = _load(args.dir)
+    transform = _transform_for(imodel, args.dir, args.image_size)
+    images = []
+    for path in args.images:
+        try:
+            images.append(transform(Image.open(path).convert("RGB")))
+        except (OSError, UnidentifiedImageError) as error:
+            raise UsageError(f"cannot read image {path}: {error}") from error
+    with torch.no_grad():
+        explanations = imodel.explain(torch.stack(images))
+    if args.json:
+        print(
+            json.dumps(
+                [{"image": p, **e.to_dict()} for p, e in zip(args.images, explanations)], indent=1
+            )
+        )
+    else:
+        for path, explanation in zip(args.images, explanations):
+            print(f"== {path}\n{explanation}\n")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from retrofit.data_specs import open_data
+
+    imodel = _load(args.dir)
+    synthetic = args.data.startswith("synthetic")
+    dataset = open_data(
+        args.data, None if synthetic else _transform_for(imodel, args.dir, args.image_size)
+    )
+    report = _run_check(imodel, dataset, Path(args.dir), args, args.data)
+    print(report.summary())
+    print(f"wrote {Path(args.dir) / 'report.html'}")
+    return 0 if report.passed else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    data = args.data
+    if data is None:
+        previous = Path(args.dir) / CHECK_DATA_FILE
+        if not previous.is_file():
+            raise UsageError(
+                f"{args.dir} has no earlier check; pass --data to say which data to check on."
+            )
+        data = json.loads(previous.read_text()).get("meta", {}).get("data")
+        if not data:
+            raise UsageError(f"{previous} does not record its data; pass --data.")
+    args.data = data
+    return _check(args)
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-fidelity", type=float)
+    parser.add_argument("--min-accuracy", type=float)
+    parser.add_argument("--max-pixel-images", type=_positive_int, default=16)
+    parser.add_argument("--image-size", type=_positive_int)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retrofit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="retrofit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="offline demo on the synthetic concept world")
     demo.add_argument("--out", default="retrofit-demo")
-    demo.add_argument("--method", default="qpm", choices=["qpm", "qsenn", "sparse", "dense"])
-    demo.add_argument("--n-features", type=int, default=50)
-    demo.add_argument("--per-class", type=int, default=5)
-    demo.add_argument("--train-images", type=int, default=5000)
-    demo.add_argument("--test-images", type=int, default=1000)
-    demo.add_argument("--time-limit", type=float, default=60.0)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--method", default="qpm", choices=["qpm", "qsenn", "sparse"])
+    demo.add_argument("--n-features", type=_positive_int, default=50)
+    demo.add_argument("--per-class", type=_positive_int, default=5)
+    demo.add_argument("--train-images", type=_positive_int, default=5000)
+    demo.add_argument("--test-images", type=_positive_int, default=1000)
+    demo.add_argument("--time-limit", type=_positive_float, default=30.0)
+    demo.add_argument("--cache-dir", default=".retrofit_cache")
+    _add_check_options(demo)
     demo.set_defaults(run=_demo)
+
+    convert = commands.add_parser("convert", help="convert a model into an interpretable one")
+    convert.add_argument(
+        "--model", required=True, help="torchvision:NAME[:WEIGHTS], timm:NAME, hf:ID, ..."
+    )
+    convert.add_argument("--weights", help="safetensors state dict to load into the model")
+    convert.add_argument(
+        "--train", required=True, help="ImageFolder dir, synthetic[:SPLIT[:N]], hf:NAME"
+    )
+    convert.add_argument("--val")
+    convert.add_argument("--out", required=True)
+    convert.add_argument("--overwrite", action="store_true")
+    convert.add_argument("--method", default="qpm", choices=["qpm", "qsenn", "sparse", "dense"])
+    convert.add_argument("--n-features", type=_positive_int, default=50)
+    convert.add_argument("--per-class", type=_positive_int, default=5)
+    convert.add_argument("--finetune", default="adapter", choices=["adapter", "none", "backbone"])
+    convert.add_argument("--solver", default="cbc", choices=["cbc", "highs", "gurobi"])
+    convert.add_argument("--time-limit", type=_positive_float)
+    convert.add_argument("--seed", type=int, default=0)
+    convert.add_argument("--batch-size", type=_positive_int, default=64)
+    convert.add_argument("--image-size", type=_positive_int, default=224)
+    convert.add_argument("--include-backbone", action="store_true")
+    convert.add_argument("--cache-dir", default=".retrofit_cache")
+    convert.set_defaults(run=_convert)
+
+    explain = commands.add_parser("explain", help="explain the predictions for images")
+    explain.add_argument("dir")
+    explain.add_argument("images", nargs="+")
+    explain.add_argument("--json", action="store_true")
+    explain.add_argument("--image-size", type=_positive_int)
+    explain.set_defaults(run=_explain)
+
+    check = commands.add_parser("check", help="faithfulness checks and the HTML report")
+    check.add_argument("dir")
+    check.add_argument("--data", required=True)
+    _add_check_options(check)
+    check.set_defaults(run=_check)
+
+    report = commands.add_parser("report", help="rebuild DIR/report.html")
+    report.add_argument("dir")
+    report.add_argument("--data")
+    _add_check_options(report)
+    report.set_defaults(run=_report)
     return parser
 
 
@@ -85,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     except RetrofitError as error:
         print(f"retrofit: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "retrofit: interrupted; run the same command again to resume from the cache",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":
