@@ -48,7 +48,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _build_model(spec_text: str, weights: str | None) -> tuple[Any, Any]:
+def _build_model(
+    spec_text: str, weights: str | None, num_classes: int | None = None
+) -> tuple[Any, Any]:
     """(model, parsed spec or None) for a model spec; `demo` is the bundled demo classifier."""
     from retrofit.specs import build_model, parse_spec
 
@@ -57,7 +59,9 @@ def _build_model(spec_text: str, weights: str | None) -> tuple[Any, Any]:
 
         return load_demo_classifier(), None
     spec = parse_spec(spec_text)
-    model = build_model(spec, pretrained=weights is None)
+    if num_classes is not None:
+        spec.kwargs["num_classes"] = num_classes
+    model = build_model(spec, pretrained=weights is None and num_classes is None)
     if weights is not None:
         from safetensors.torch import load_file
 
@@ -160,7 +164,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
-    model, spec = _build_model(args.model, args.weights)
+    model, spec = _build_model(args.model, args.weights, args.num_classes)
     transform = None if args.model == DEMO_MODEL else model_transform(model, spec, args.image_size)
     train = open_data(args.train, transform)
     val = open_data(args.val, transform) if args.val else None
@@ -295,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="torchvision:NAME[:WEIGHTS], timm:NAME, hf:ID, ..."
     )
     convert.add_argument("--weights", help="safetensors state dict to load into the model")
+    convert.add_argument(
+        "--num-classes", type=_positive_int, help="head width of --weights (torchvision, timm)"
+    )
     convert.add_argument(
         "--train", required=True, help="ImageFolder dir, synthetic[:SPLIT[:N]], hf:NAME"
     )
