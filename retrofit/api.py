@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
+from retrofit.concepts import apply_concepts
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.features import extract, resolve_device
@@ -112,6 +113,17 @@ def convert(
             imodel, as_batches(train_loader, config.batch_size), device
         )
     imodel.stats["history"] = history
+    if config.concepts is not None:
+        imodel.stats["concepts"] = apply_concepts(
+            imodel,
+            config.concepts,
+            train_loader,
+            train if config.finetune != "backbone" else None,
+            seed=config.seed,
+            cache_dir=config.cache_dir,
+            batch_size=config.batch_size,
+            progress=config.progress,
+        )
     imodel.stats["train"] = _accuracy(
         imodel, _own_features(imodel, train_loader, train, config), train
     )

@@ -21,6 +21,9 @@ from typing import Any
 from retrofit.errors import ConfigError, RetrofitError
 
 DEMO_MODEL = "demo"
+# the bundled tiny CLIP with the curated vocabulary; correlation names best with it (see
+# benchmarks/results/concepts.json)
+DEMO_CONCEPTS = {"encoder": "tiny", "vocabulary": "curated", "method": "correlation"}
 CHECK_DATA_FILE = "report.json"
 
 
@@ -143,6 +146,7 @@ def _demo(args: argparse.Namespace) -> int:
         per_class=args.per_class,
         class_names=open_data("synthetic:train:1", None).class_names,
         time_limit=args.time_limit,
+        concepts=DEMO_CONCEPTS,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
@@ -181,6 +185,7 @@ def _convert(args: argparse.Namespace) -> int:
         seed=args.seed,
         class_names=getattr(train, "classes", None) or getattr(train, "class_names", None),
         base_model=str(spec) if spec is not None else None,
+        concepts=args.concepts,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
@@ -313,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--per-class", type=_positive_int, default=5)
     convert.add_argument("--finetune", default="adapter", choices=["adapter", "none", "backbone"])
     convert.add_argument("--solver", default="cbc", choices=["cbc", "highs", "gurobi"])
+    convert.add_argument(
+        "--concepts", help="name features: tiny, open_clip:ARCH:TAG, hf:ID or a vocabulary file"
+    )
     convert.add_argument("--time-limit", type=_positive_float)
     convert.add_argument("--seed", type=int, default=0)
     convert.add_argument("--batch-size", type=_positive_int, default=64)

@@ -43,6 +43,9 @@ class RetrofitConfig:
     device: str | None = None
     progress: bool = True
     class_names: list[str] | None = None
+    # CLIP naming: an encoder or spec ("tiny", "open_clip:...", "hf:..."), a vocabulary, (N, K)
+    # concept labels, or a dict of retrofit.concepts.ConceptSettings fields
+    concepts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,11 +68,26 @@ class RetrofitConfig:
             )
         if self.mip_gap is not None and not 0 <= self.mip_gap < 1:
             raise ConfigError(f"mip_gap must be in [0, 1), got {self.mip_gap!r}.")
+        if self.concepts is not None:
+            from retrofit.concepts import parse_concepts
+
+            settings = parse_concepts(self.concepts)
+            if settings.align and not self.linear_mix:
+                raise ConfigError(
+                    "concepts with align=True needs linear_mix=True: a per-feature scale and shift "
+                    "cannot change how well a feature tracks its concept."
+                )
         if self.distill < 0:
             raise ConfigError(f"distill must be >= 0, got {self.distill!r}.")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-safe settings; concept settings are summarised (labels by their shape)."""
+        from retrofit.concepts import parse_concepts
+
+        concepts = parse_concepts(self.concepts)
+        data = dataclasses.asdict(dataclasses.replace(self, concepts=None))
+        data["concepts"] = concepts.to_dict() if concepts is not None else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrofitConfig:
@@ -77,7 +95,8 @@ class RetrofitConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"Unknown config keys {unknown}; known keys are {sorted(known)}.")
-        return cls(**data)
+        # a stored concepts summary records how features were named; it is not re-run on load
+        return cls(**{**data, "concepts": None})
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -1,0 +1,507 @@
+"""Name every selected feature of an InterpretableModel after the concepts it tracks.
+
+Two sources of concepts:
+  - a CLIP-style encoder and a vocabulary: image–concept similarity over probe images, scored
+    against the feature's activations (soft-WPMI, Pearson or Spearman correlation);
+  - per-image concept labels (annotations): Δ-contrast, no encoder needed.
+The top-k concepts of each feature go into `imodel.concepts[j]` as dicts
+{"concept", "score", "p_value", "method"}; the p-value comes from a seeded permutation test.
+`apply_concepts` is the one call `convert(..., concepts=...)` makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from retrofit.concepts.encoders import ConceptEncoder, embed_batch, embed_concepts, load_encoder
+from retrofit.concepts.scoring import (
+    WPMI_LAMBDA,
+    WPMI_TEMPERATURE,
+    PairScorer,
+    alignment,
+    check_method,
+    check_top_images,
+    permutation_p_values,
+    score_matrix,
+)
+from retrofit.concepts.vocabulary import Vocabulary, filter_vocabulary, load_vocabulary
+from retrofit.errors import ConfigError, DataError
+from retrofit.featureset import FeatureSet
+from retrofit.loaders import as_batches, dataset_length, iterate
+
+logger = logging.getLogger(__name__)
+
+MAX_TOP_IMAGES = 100  # CLIP-Dissect's k
+
+
+@dataclass
+class NamingResult:
+    """Everything naming computed; `names` is what was written into `imodel.concepts`.
+
+    `signal` (N, F) is each feature's best concept over the probe images (its similarity
+    column, or its label column for Δ-contrast): the target `align_features` trains towards.
+    """
+
+    method: str
+    concepts: list[str]
+    scores: torch.Tensor
+    top: torch.Tensor
+    names: list[list[dict[str, Any]]]
+    signal: torch.Tensor
+    removed: dict[str, str] = field(default_factory=dict)
+    encoder: str | None = None
+    align: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (for model stats, exports and reports)."""
+        return {
+            "method": self.method,
+            "encoder": self.encoder,
+            "n_concepts": len(self.concepts),
+            "removed": dict(self.removed),
+            "align": self.align,
+            "names": self.names,
+        }
+
+
+def default_top_images(n: int) -> int:
+    """CLIP-Dissect's 100 top images, fewer for small probe sets (5 % of them, at least 5)."""
+    return max(1, min(n, MAX_TOP_IMAGES, max(5, n // 20)))
+
+
+def _check_top_k(top_k: int, n_concepts: int) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}.")
+    if top_k > n_concepts:
+        raise ConfigError(
+            f"top_k={top_k} is larger than the {n_concepts} concepts left to score; lower top_k "
+            "or pass a larger vocabulary."
+        )
+
+
+@torch.no_grad()
+def _activations(features: torch.Tensor, imodel: Any) -> torch.Tensor:
+    device = imodel.adapter.mean.device
+    return imodel.adapter.transform(features.to(device)).float().cpu()
+
+
+@torch.no_grad()
+def _probe_pass(
+    imodel: Any,
+    data: Any,
+    encoder: ConceptEncoder | None,
+    *,
+    input_mean: Sequence[float] | None,
+    input_std: Sequence[float] | None,
+    cache_dir: str | os.PathLike | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """One pass over the images: feature activations (when `imodel`), embeddings (when
+    `encoder`) and labels, so both always come from the same images in the same order."""
+    from tqdm.auto import tqdm
+
+    device = imodel.adapter.mean.device if imodel is not None else None
+    acts, embs, labels = [], [], []
+    with tqdm(
+        total=dataset_length(data), unit="img", desc="concept probe", disable=not progress
+    ) as bar:
+        for images, batch_labels in iterate(as_batches(data, batch_size=batch_size)):
+            if imodel is not None:
+                acts.append(imodel.concept_activations(images.to(device)).float().cpu())
+            if encoder is not None:
+                embs.append(
+                    embed_batch(
+                        encoder,
+                        images,
+                        batch_labels,
+                        input_mean=input_mean,
+                        input_std=input_std,
+                        cache_dir=cache_dir,
+                    )
+                )
+            labels.append(batch_labels)
+            bar.update(len(batch_labels))
+    if not labels:
+        raise DataError("The probe data yielded no images; check that it is not empty.")
+    return (
+        torch.cat(acts) if acts else None,
+        torch.cat(embs) if embs else None,
+        torch.cat(labels),
+    )
+
+
+def _label_names(concepts: Any, k: int) -> list[str]:
+    if concepts is None:
+        return [f"concept_{i}" for i in range(k)]
+    names = list(concepts.concepts) if isinstance(concepts, Vocabulary) else concepts
+    if isinstance(names, (str, os.PathLike)) or not isinstance(names, Sequence):
+        raise ConfigError(
+            "With concept_labels, pass concepts= the list of their K names (one per column)."
+        )
+    names = [str(n) for n in names]
+    if len(names) != k:
+        raise DataError(
+            f"concept_labels has {k} columns but {len(names)} concept names were given; pass "
+            "one name per column."
+        )
+    return names
+
+
+def _check_labels(labels: Any, n: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 2 or labels.shape[0] != n:
+        raise DataError(
+            f"concept_labels must be (N, K) with one row per probe image (N = {n}), got shape "
+            f"{tuple(labels.shape)}."
+        )
+    if labels.dtype != torch.bool:
+        if not bool(((labels == 0) | (labels == 1)).all()):
+            raise DataError("concept_labels must be boolean or 0/1 (concept present or absent).")
+        labels = labels.bool()
+    return labels
+
+
+def name_features(
+    imodel: Any,
+    probe: Any,
+    images: Any | None = None,
+    *,
+    concepts: Vocabulary | Sequence[str] | str | os.PathLike | None = None,
+    encoder: ConceptEncoder | str | None = None,
+    concept_labels: torch.Tensor | None = None,
+    image_embeddings: torch.Tensor | None = None,
+    method: str | None = None,
+    top_k: int = 5,
+    top_images: int | None = None,
+    temperature: float = WPMI_TEMPERATURE,
+    lam: float = WPMI_LAMBDA,
+    n_permutations: int = 100,
+    filters: bool = True,
+    class_names: Sequence[str] | None = None,
+    min_image_similarity: float | None = None,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> NamingResult:
+    """Fill `imodel.concepts` with each feature's top-k concepts, scores and p-values.
+
+    `probe` is a loader/Dataset of images (activations and embeddings in one pass), or a
+    FeatureSet / (N, D) tensor of the backbone's pooled features; then `images` (a loader or
+    tensor of the same images, same order) or `image_embeddings` feed the encoder. With
+    `concept_labels` (N, K) the method is Δ-contrast and `concepts` names the K columns;
+    otherwise `concepts` is the vocabulary (default: the curated lists) and `encoder` the
+    CLIP (default: the shipped tiny CLIP of the synthetic world). `method`: "wpmi" (default),
+    "correlation", "spearman", or "delta" (the default with labels); soft-WPMI reads each
+    feature's `top_images` (default: 5 % of the probe, 5 to 100) with softmax `temperature`
+    and prior weight `lam`. `class_names` feed the
+    class-name filter (default: none; the synthetic world's class names are made of its
+    concepts, so filtering against them would drop every true concept).
+    """
+    method = check_method(method or ("delta" if concept_labels is not None else "wpmi"))
+    if (method == "delta") != (concept_labels is not None):
+        raise ConfigError(
+            "method='delta' needs concept_labels (N, K), and concept_labels need method='delta'."
+        )
+    vocab = load_vocabulary(concepts) if method != "delta" else None
+    if vocab is not None:
+        _check_top_k(top_k, len(vocab))
+    needs_encoder = method != "delta" and image_embeddings is None
+    enc = load_encoder(encoder) if needs_encoder or (encoder is not None) else None
+    probe_labels: torch.Tensor | None = None
+    if isinstance(probe, FeatureSet):
+        activations = _activations(probe.features, imodel)
+        probe_labels = probe.labels
+    elif isinstance(probe, torch.Tensor):
+        if probe.ndim != 2:
+            raise DataError(
+                f"A tensor probe must be pooled features (N, D), got shape {tuple(probe.shape)}; "
+                "pass images through a DataLoader instead."
+            )
+        activations = _activations(probe, imodel)
+    else:
+        if images is not None:
+            raise ConfigError("Pass images= only with a FeatureSet or feature-tensor probe.")
+        activations, image_embeddings_pass, probe_labels = _probe_pass(
+            imodel,
+            probe,
+            enc if needs_encoder else None,
+            input_mean=input_mean,
+            input_std=input_std,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        if needs_encoder:
+            image_embeddings = image_embeddings_pass
+    n = activations.shape[0]
+    if n < 2:
+        raise DataError(f"Naming needs at least 2 probe images, got {n}.")
+    removed: dict[str, str] = {}
+    if method == "delta":
+        signal = _check_labels(concept_labels, n)
+        names = _label_names(concepts, signal.shape[1])
+    else:
+        if image_embeddings is None:
+            if images is None:
+                raise ConfigError(
+                    "A feature probe needs images= (a loader or tensor of the same images, same "
+                    "order) or image_embeddings= for the concept encoder."
+                )
+            _, image_embeddings, image_labels = _probe_pass(
+                None,
+                images,
+                enc,
+                input_mean=input_mean,
+                input_std=input_std,
+                cache_dir=cache_dir,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            if (
+                probe_labels is not None
+                and not isinstance(images, torch.Tensor)
+                and not torch.equal(image_labels, probe_labels.cpu())
+            ):
+                raise DataError(
+                    "The images' labels differ from the features' labels: the loader's order "
+                    "changed between passes (shuffle=True?). Pass a loader with shuffle=False."
+                )
+        if image_embeddings.ndim != 2 or image_embeddings.shape[0] != n:
+            raise DataError(
+                f"There are {n} probe feature rows but image embeddings of shape "
+                f"{tuple(image_embeddings.shape)}; give one embedding per probe image."
+            )
+        if enc is None:
+            raise ConfigError("image_embeddings need encoder= the encoder that produced them.")
+        text = embed_concepts(enc, vocab.concepts, vocab.templates, cache_dir=cache_dir)
+        if filters:
+            class_emb = None
+            if class_names:
+                class_emb = embed_concepts(
+                    enc,
+                    [" ".join(c.replace("_", " ").split()) for c in class_names],
+                    vocab.templates,
+                    cache_dir=cache_dir,
+                )
+            kept = filter_vocabulary(
+                vocab,
+                text_embeddings=text,
+                class_names=class_names,
+                class_embeddings=class_emb,
+                image_embeddings=image_embeddings,
+                min_image_similarity=min_image_similarity,
+            )
+            vocab, text, removed = kept.vocabulary, text[kept.index], kept.removed
+        signal = image_embeddings.float() @ text.T
+        names = list(vocab.concepts)
+    _check_top_k(top_k, len(names))
+    if method == "wpmi":
+        top_images = default_top_images(n) if top_images is None else top_images
+        check_top_images(top_images, n)
+    options = {"top_images": top_images, "temperature": temperature, "lam": lam}
+    scores = score_matrix(method, activations, signal, **options)
+    top = scores.topk(top_k, dim=1).indices
+    scorer = PairScorer(method, activations, signal, top, **options)
+    p_values = permutation_p_values(scorer, n_permutations, seed)
+    table = [
+        [
+            {
+                "concept": names[int(v)],
+                "score": float(scores[j, v]),
+                "p_value": float(p_values[j, r]),
+                "method": method,
+            }
+            for r, v in enumerate(top[j].tolist())
+        ]
+        for j in range(scores.shape[0])
+    ]
+    if len(imodel.concepts) != len(table):
+        raise ConfigError(
+            f"The model has {len(imodel.concepts)} feature slots but {len(table)} features were "
+            "named; was the adapter changed after conversion?"
+        )
+    imodel.concepts[:] = table
+    logger.info("named %d features with %s over %d concepts", len(table), method, len(names))
+    return NamingResult(
+        method=method,
+        concepts=names,
+        scores=scores,
+        top=top,
+        names=table,
+        signal=signal[:, top[:, 0]].float(),
+        removed=removed,
+        encoder=enc.spec if enc is not None else None,
+        align=alignment(scores) if method == "delta" else None,
+    )
+
+
+@dataclass
+class ConceptSettings:
+    """What `convert(..., concepts=...)` asked for, in one validated place.
+
+    encoder + vocabulary: CLIP naming (either may be None for its default); labels (N, K) +
+    label_names: annotation naming by Δ-contrast. `align=True` then fine-tunes the adapter
+    towards the names (needs linear_mix=True). `options` go to `name_features`.
+    """
+
+    encoder: ConceptEncoder | str | None = None
+    vocabulary: Vocabulary | Sequence[str] | str | os.PathLike | None = None
+    labels: torch.Tensor | None = None
+    label_names: Sequence[str] | None = None
+    method: str | None = None
+    top_k: int = 5
+    align: bool = False
+    max_accuracy_drop: float = 0.01
+    input_mean: Sequence[float] | None = None
+    input_std: Sequence[float] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            check_method(self.method)
+        if self.labels is not None and self.method not in (None, "delta"):
+            raise ConfigError("Concept labels are scored with method='delta' only.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}.")
+        if not 0 <= self.max_accuracy_drop < 1:
+            raise ConfigError(
+                f"max_accuracy_drop must be in [0, 1), got {self.max_accuracy_drop!r}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form for a stored config (labels are summarised by their shape)."""
+        encoder = self.encoder.spec if isinstance(self.encoder, ConceptEncoder) else self.encoder
+        vocab = self.vocabulary
+        if isinstance(vocab, Vocabulary):
+            vocab = list(vocab.concepts)
+        elif isinstance(vocab, os.PathLike):
+            vocab = os.fspath(vocab)
+        elif vocab is not None and not isinstance(vocab, str):
+            vocab = list(vocab)
+        return {
+            "encoder": encoder,
+            "vocabulary": vocab,
+            "labels": None if self.labels is None else list(self.labels.shape),
+            "label_names": None if self.label_names is None else list(self.label_names),
+            "method": self.method,
+            "top_k": self.top_k,
+            "align": self.align,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "options": dict(self.options),
+        }
+
+
+def _is_encoder_spec(text: str) -> bool:
+    return text == "tiny" or text.startswith(("open_clip:", "hf:"))
+
+
+def parse_concepts(value: Any) -> ConceptSettings | None:
+    """ConceptSettings from what a user passes as `concepts=`:
+    None; a ConceptEncoder or encoder spec ("tiny", "open_clip:...", "hf:..."); a vocabulary
+    (Vocabulary, list of words, text file, list name like "curated+general"); a (N, K) label
+    tensor, or (labels, names); a dict of ConceptSettings fields; or ConceptSettings."""
+    if value is None or isinstance(value, ConceptSettings):
+        return value
+    if isinstance(value, ConceptEncoder):
+        return ConceptSettings(encoder=value)
+    if isinstance(value, str) and _is_encoder_spec(value):
+        return ConceptSettings(encoder=value)
+    if isinstance(value, torch.Tensor):
+        return ConceptSettings(labels=value)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], torch.Tensor)
+        and not isinstance(value[1], torch.Tensor)
+    ):
+        return ConceptSettings(labels=value[0], label_names=list(value[1]))
+    if isinstance(value, dict):
+        known = {f.name for f in fields(ConceptSettings)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"Unknown concepts settings {unknown}; known are {sorted(known)}.")
+        return ConceptSettings(**value)
+    if isinstance(value, (Vocabulary, str, os.PathLike, list, tuple)):
+        return ConceptSettings(vocabulary=value)
+    raise ConfigError(
+        f"concepts= got a {type(value).__name__}; pass an encoder (or spec like 'hf:DIR'), a "
+        "vocabulary (list of words, text file), concept labels (N, K), or a dict of settings."
+    )
+
+
+def apply_concepts(
+    imodel: Any,
+    concepts: Any,
+    loader: Any,
+    features: FeatureSet | None = None,
+    *,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Name (and with align=True, align) the features of a freshly converted model.
+
+    `loader` is the training loader and `features` its FeatureSet from extraction (same
+    order), so the backbone does not run again. Returns a JSON-able report for imodel.stats.
+    """
+    from retrofit.concepts.align import align_features
+
+    settings = parse_concepts(concepts)
+    if settings is None:
+        return None
+    common: dict[str, Any] = {
+        "top_k": settings.top_k,
+        "seed": seed,
+        "cache_dir": cache_dir,
+        "batch_size": batch_size,
+        "progress": progress,
+        **settings.options,
+    }
+    probe = features if features is not None else loader
+    if settings.labels is not None:
+        result = name_features(
+            imodel,
+            probe,
+            concepts=settings.label_names,
+            concept_labels=settings.labels,
+            method="delta",
+            **common,
+        )
+    else:
+        result = name_features(
+            imodel,
+            probe,
+            images=loader if features is not None else None,
+            concepts=settings.vocabulary,
+            encoder=settings.encoder,
+            method=settings.method,
+            input_mean=settings.input_mean,
+            input_std=settings.input_std,
+            **common,
+        )
+    report = {"naming": result.to_dict(), "settings": settings.to_dict()}
+    if settings.align:
+        if features is None:
+            raise ConfigError("align=True needs the extracted features (pass features=).")
+        alignment_report = align_features(
+            imodel,
+            features.features,
+            result.signal,
+            features.labels,
+            max_accuracy_drop=settings.max_accuracy_drop,
+            seed=seed,
+            progress=progress,
+        )
+        report["alignment"] = alignment_report.to_dict()
+    return report
