@@ -21,6 +21,20 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("script", ["load_and_explain.py", "clip_naming.py"])
+def test_explain_and_naming_examples_run_offline(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--tiny"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = "class_" if script == "load_and_explain.py" else "feature "
+    assert expected in result.stdout
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_example_runs_offline_and_exports(case: str, tmp_path: Path) -> None:
     script, *flags = CASES[case]
