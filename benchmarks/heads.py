@@ -6,8 +6,8 @@ Run: python -m benchmarks.heads   (writes benchmarks/results/heads.json)
    sparse with 5 features per class, relative to the dense linear probe on the same features,
    for finetune="none" and "adapter".
 2. Peak memory of selection + fitting relative to the size of the cached features, each method
-   in a fresh subprocess (peak RSS growth from after the imports, features included, so a
-   ratio of 1 means the fit needed no memory beyond the features themselves).
+   in a fresh subprocess: resident memory sampled every 5 ms during the fit, minus the
+   resident memory just before it (features already loaded).
 The glm-saga peer comparison is benchmarks/heads_peer.py; QPM at CUB scale is
 benchmarks/heads_qpm_scale.py.
 """
@@ -130,17 +130,30 @@ def retention(name: str, task: tuple, cache: str, time_limit: float) -> dict:
 
 
 MEMORY_CHILD = """
-import json, resource, sys, torch
+import json, os, sys, threading, time
 from safetensors.torch import load_file
 from retrofit.config import RetrofitConfig
 from retrofit.heads import get_head
-import retrofit.heads
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
 data = load_file(sys.argv[1])
 x, y = data["features"], data["labels"]
+baseline, peak, done = rss(), [0], threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.005)
+
+thread = threading.Thread(target=sample)
+thread.start()
 get_head(sys.argv[2])(x, y, RetrofitConfig(method=sys.argv[2], progress=False, time_limit=60.0))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_growth_bytes": (after - before) * 1024, "feature_bytes": x.numel() * 4}))
+done.set()
+thread.join()
+print(json.dumps({"peak_growth_bytes": max(0, peak[0] - baseline), "feature_bytes": x.numel() * 4}))
 """
 
 

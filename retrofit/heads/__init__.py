@@ -3,4 +3,13 @@
 from retrofit.heads import dense, qpm, qsenn, sparse
 from retrofit.heads.base import HeadResult, available_heads, get_head, register_head
 
-__all__ = ["HeadResult", "available_heads", "dense", "get_head", "qpm", "qsenn", "register_head", "sparse"]
+__all__ = [
+    "HeadResult",
+    "available_heads",
+    "dense",
+    "get_head",
+    "qpm",
+    "qsenn",
+    "register_head",
+    "sparse",
+]
