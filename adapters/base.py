@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
@@ -17,14 +16,13 @@ class ModelAdapter:
 
     `matches` recognises a model of the family; `preferred_heads` names its classification
     module(s) when the family has a convention (detection falls back to the execution trace);
-    `load` rebuilds a model from a spec dict (name, weights, hub id, local path) for exports.
+    `load` rebuilds a model from its name, weights, hub id or local path (see retrofit.specs).
     """
 
     name: str
     matches: Callable[[nn.Module], bool]
     preferred_heads: Callable[[nn.Module], list[str]] = field(default=lambda model: [])
     load: Callable[..., nn.Module] | None = None
-    describe: Callable[[nn.Module], dict[str, Any]] = field(default=lambda model: {})
     priority: int = 0
 
 

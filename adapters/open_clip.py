@@ -65,17 +65,12 @@ def _is_open_clip(model: nn.Module) -> bool:
     return isinstance(model, OpenCLIPClassifier)
 
 
-def _describe(model: nn.Module) -> dict[str, Any]:
-    return {"family": "open_clip", "visual": type(model.visual).__name__}
-
-
 OPEN_CLIP = register_adapter(
     ModelAdapter(
         name="open_clip",
         matches=_is_open_clip,
         preferred_heads=lambda model: ["head"],
         load=load_open_clip,
-        describe=_describe,
         priority=30,
     )
 )

@@ -34,20 +34,12 @@ def load_timm(
     )
 
 
-def _describe(model: nn.Module) -> dict[str, Any]:
-    return {
-        "family": "timm",
-        "name": getattr(model, "default_cfg", {}).get("architecture", type(model).__name__),
-    }
-
-
 TIMM = register_adapter(
     ModelAdapter(
         name="timm",
         matches=_is_timm,
         preferred_heads=_heads,
         load=load_timm,
-        describe=_describe,
         priority=10,
     )
 )

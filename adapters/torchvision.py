@@ -21,16 +21,11 @@ def load_torchvision(name: str, weights: str | None = None, **kwargs: Any) -> nn
     return torchvision.models.get_model(name, weights=weights, **kwargs)
 
 
-def _describe(model: nn.Module) -> dict[str, Any]:
-    return {"family": "torchvision", "class": type(model).__name__}
-
-
 TORCHVISION = register_adapter(
     ModelAdapter(
         name="torchvision",
         matches=_is_torchvision,
         load=load_torchvision,
-        describe=_describe,
         priority=10,
     )
 )

@@ -35,22 +35,12 @@ def load_transformers(name_or_path: str, revision: str | None = None, **kwargs: 
     )
 
 
-def _describe(model: nn.Module) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    return {
-        "family": "transformers",
-        "name_or_path": getattr(config, "_name_or_path", ""),
-        "model_type": getattr(config, "model_type", ""),
-    }
-
-
 TRANSFORMERS = register_adapter(
     ModelAdapter(
         name="transformers",
         matches=_is_hf,
         preferred_heads=_heads,
         load=load_transformers,
-        describe=_describe,
         priority=20,
     )
 )

@@ -137,14 +137,15 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _prepare_out(out, overwrite=True)
     model, _ = _build_model(DEMO_MODEL, None)
+    train = open_data(f"synthetic:train:{args.train_images}", None)
     imodel = retrofit.convert(
         model,
-        _loader(open_data(f"synthetic:train:{args.train_images}", None), 256),
+        _loader(train, 256),
         _loader(open_data(f"synthetic:val:{args.test_images}", None), 256),
         method=args.method,
         n_features=args.n_features,
         per_class=args.per_class,
-        class_names=open_data("synthetic:train:1", None).class_names,
+        class_names=train.class_names,
         time_limit=args.time_limit,
         concepts=DEMO_CONCEPTS,
         cache_dir=args.cache_dir,

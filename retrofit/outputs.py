@@ -29,14 +29,3 @@ def logits_of(output: Any) -> torch.Tensor:
         f"Cannot find logits in the model output of type {type(output).__name__}. Return a tensor, "
         "a tuple whose first item is the logits, a dict with 'logits', or an HF ModelOutput."
     )
-
-
-class LogitsOnly(torch.nn.Module):
-    """Wrap a model so its forward returns plain logits (Captum and export need that)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model(images))

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
+from tests.tiny import colour_coded_images
 
 C = 4
 
@@ -30,13 +31,7 @@ class SmallCNN(nn.Module):
 
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor]:
-    """Images whose class is the colour channel that is brightest: learnable from pooled features."""
-    generator = torch.Generator().manual_seed(3)
-    labels = torch.arange(96) % C
-    images = torch.rand(96, 3, 16, 16, generator=generator) * 0.5
-    for c in range(3):
-        images[labels == c, c] += 0.5
-    return images, labels
+    return colour_coded_images(96, 16, C, bright=3)
 
 
 def _loader(data, batch_size: int = 32) -> DataLoader:

@@ -14,6 +14,7 @@ import retrofit
 from retrofit.adapters import adapter_for
 from retrofit.adapters.open_clip import zero_shot_classifier
 from retrofit.hooks import FeatureCapture, detect_layers
+from tests.tiny import TINY_VIT
 
 C = 4
 
@@ -79,15 +80,7 @@ def test_squeezenet_conv_classifier_is_detected() -> None:
 
 
 def _deit_config() -> transformers.DeiTConfig:
-    return transformers.DeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=C,
-    )
+    return transformers.DeiTConfig(**TINY_VIT, num_labels=C)
 
 
 HF_MODELS = {
@@ -97,15 +90,7 @@ HF_MODELS = {
         )
     ),
     "vit": lambda: transformers.ViTForImageClassification(
-        transformers.ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            num_labels=C,
-        )
+        transformers.ViTConfig(**TINY_VIT, num_labels=C)
     ),
     "convnext": lambda: transformers.ConvNextForImageClassification(
         transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=C)

@@ -23,6 +23,7 @@ from retrofit.export import (
     load,
 )
 from retrofit.fingerprint import model_fingerprint
+from tests.tiny import TINY_VIT, colour_coded_images
 
 C = 3
 
@@ -57,12 +58,7 @@ class SmallCNN(nn.Module):
 
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(3)
-    labels = torch.arange(30) % C
-    images = torch.rand(30, 3, 32, 32, generator=generator) * 0.5
-    for c in range(C):
-        images[labels == c, c] += 0.5
-    return images, labels
+    return colour_coded_images(30, 32, C)
 
 
 def _convert(model: nn.Module, data, **settings) -> retrofit.InterpretableModel:
@@ -190,15 +186,7 @@ def test_transformers_round_trips_from_a_local_folder_and_standalone(data, tmp_p
     _assert_same_logits(load(folder), imodel, data[0][:8])
 
     vit_dir = tmp_path / "hf_vit"
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=C,
-    )
+    config = transformers.ViTConfig(**TINY_VIT, num_labels=C)
     transformers.ViTForImageClassification(config).save_pretrained(vit_dir)
     vit = transformers.AutoModelForImageClassification.from_pretrained(vit_dir)
     vit_imodel = _convert(vit, data)
