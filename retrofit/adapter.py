@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would 
 logger = logging.getLogger(__name__)
 
 _EVAL_ROWS = 8192  # rows per no-grad pass over the cache
+MIN_ADAPTER_EPOCHS = 20
+# Small caches need more passes: below ~1,500 Adam steps the linear mix is still far from
+# converged (digits, 1,347 images: 0.94 of dense after 20 epochs, 0.98 after 60).
+MIN_ADAPTER_STEPS = 1500
 
 
 class Adapter(nn.Module):
@@ -143,6 +147,14 @@ def build_adapter(
     ).to(result.mean.device)
 
 
+def adapter_epochs(config: RetrofitConfig, n_samples: int) -> int:
+    """config.epochs, or when None at least MIN_ADAPTER_EPOCHS and MIN_ADAPTER_STEPS minibatches."""
+    if config.epochs is not None:
+        return config.epochs
+    steps_per_epoch = max(1, math.ceil(n_samples / config.batch_size))
+    return max(MIN_ADAPTER_EPOCHS, math.ceil(MIN_ADAPTER_STEPS / steps_per_epoch))
+
+
 def finetune_adapter(
     adapter: Adapter,
     head: nn.Module,
@@ -178,7 +190,7 @@ def finetune_adapter(
             f"maps must have one entry per sample ({n}), got shape {tuple(maps.shape)}."
         )
     lr = config.lr if lr is None else lr
-    epochs = config.epochs if epochs is None else epochs
+    epochs = adapter_epochs(config, n) if epochs is None else epochs
     beta = float(config.extra.get("diversity_beta", DIVERSITY_BETA))
     adapter.to(device)
     head.to(device)

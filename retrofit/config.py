@@ -31,9 +31,10 @@ class RetrofitConfig:
     threads: int | None = None
     balanced: bool = False
     rounds: int = 4
-    linear_mix: bool = False
+    # each feature a learned mix of the D penultimate channels, initialised to its selected one
+    linear_mix: bool = True
     distill: float = 0.0
-    epochs: int = 20
+    epochs: int | None = None  # adapter epochs; None: enough for MIN_ADAPTER_STEPS minibatches
     backbone_epochs: int = 1
     backbone_lr: float = 1e-4
     lr: float = 1e-2
@@ -55,7 +56,8 @@ class RetrofitConfig:
         _check_positive_int("n_features", self.n_features)
         _check_positive_int("per_class", self.per_class)
         _check_positive_int("rounds", self.rounds)
-        _check_positive_int("epochs", self.epochs, allow_zero=True)
+        if self.epochs is not None:
+            _check_positive_int("epochs", self.epochs, allow_zero=True)
         _check_positive_int("batch_size", self.batch_size)
         if self.per_class > self.n_features:
             raise ConfigError(

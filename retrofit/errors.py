@@ -41,3 +41,23 @@ class SolverError(RetrofitError, RuntimeError):
 
 class ExportError(RetrofitError):
     """An export folder is missing, corrupted or inconsistent."""
+
+
+class ExportNotFoundError(ExportError, FileNotFoundError):
+    """The export folder or one of its files does not exist."""
+
+
+class ExportCorruptedError(ExportError):
+    """A file of the export is truncated, corrupted or unreadable."""
+
+
+class ExportSchemaError(ExportError):
+    """retrofit_config.json or the tensors do not have the expected structure or shapes."""
+
+
+class ExportVersionError(ExportError):
+    """The export was written with a schema version this retrofit cannot read."""
+
+
+class FingerprintMismatchError(ExportError):
+    """The backbone is not the one the export was made from."""

@@ -38,7 +38,16 @@ from retrofit.adapter import Adapter, FixedHead
 from retrofit.adapters import adapter_for
 from retrofit.cache import atomic_write_bytes
 from retrofit.config import RetrofitConfig
-from retrofit.errors import ConfigError, ExportError, ModelError
+from retrofit.errors import (
+    ConfigError,
+    ExportCorruptedError,
+    ExportError,
+    ExportNotFoundError,
+    ExportSchemaError,
+    ExportVersionError,
+    FingerprintMismatchError,
+    ModelError,
+)
 from retrofit.fingerprint import model_fingerprint
 from retrofit.hooks import LayerSpec
 from retrofit.model import InterpretableModel
@@ -66,26 +75,6 @@ _VERSIONED = (
     "huggingface_hub",
     "numpy",
 )
-
-
-class ExportNotFoundError(ExportError, FileNotFoundError):
-    """The export folder or one of its files does not exist."""
-
-
-class ExportCorruptedError(ExportError):
-    """A file of the export is truncated, corrupted or unreadable."""
-
-
-class ExportSchemaError(ExportError):
-    """retrofit_config.json or the tensors do not have the expected structure or shapes."""
-
-
-class ExportVersionError(ExportError):
-    """The export was written with a schema version this retrofit cannot read."""
-
-
-class FingerprintMismatchError(ExportError):
-    """The backbone is not the one the export was made from."""
 
 
 # ---------------------------------------------------------------------------------- saving

@@ -44,12 +44,18 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
     source = f"`{spec}`" if spec else f"A `{base['class']}` ({base['family']} model)"
     weights = imodel.head.weight
     nnz = int((weights != 0).sum())
+    mixed = imodel.adapter.mix is not None
+    what = (
+        "features (each a learned linear mix of the channels"
+        if mixed
+        else "features (each one channel"
+    )
     lines = [
         f"# Interpretable {base['class']} ({method}, retrofit)",
         "",
         f"{source} with its classification head replaced, post hoc, by a globally "
-        f"interpretable one: {imodel.num_classes} classes read {imodel.n_features} features of "
-        f"the backbone's layer `{base['layer_name']}` through {nnz} non-zero weights "
+        f"interpretable one: {imodel.num_classes} classes read {imodel.n_features} {what} of "
+        f"the backbone's layer `{base['layer_name']}`) through {nnz} non-zero weights "
         f"({nnz / max(1, imodel.num_classes):.1f} per class on average).",
         "",
     ]
@@ -83,7 +89,9 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
         "",
         "## Features",
         "",
-        "| feature | backbone index | concept | score |",
+        "| feature | backbone index"
+        + (" (where its mix started)" if mixed else "")
+        + " | concept | score |",
         "|---|---|---|---|",
     ]
     for feature in config["features"]:

@@ -14,14 +14,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import retrofit
-from retrofit.export import (
+from retrofit.errors import (
     ExportCorruptedError,
     ExportNotFoundError,
     ExportSchemaError,
     ExportVersionError,
     FingerprintMismatchError,
-    load,
 )
+from retrofit.export import load
 from retrofit.fingerprint import model_fingerprint
 from tests.tiny import TINY_VIT, colour_coded_images
 
@@ -62,7 +62,14 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _convert(model: nn.Module, data, **settings) -> retrofit.InterpretableModel:
-    kwargs = {"method": "qsenn", "n_features": 6, "per_class": 2, "epochs": 2, "rounds": 1}
+    kwargs = {
+        "method": "qsenn",
+        "n_features": 6,
+        "per_class": 2,
+        "epochs": 2,
+        "rounds": 1,
+        "linear_mix": False,
+    }
     return retrofit.convert(model.eval(), [data], progress=False, **{**kwargs, **settings})
 
 
@@ -123,12 +130,15 @@ def test_generic_round_trip_with_the_model_given(cnn_export, data) -> None:
     assert card.startswith("---\nlibrary_name: retrofit\n")
     assert "- interpretability\n- retrofit\n- qsenn\n---" in card
     assert "red \\| things" in card and "class_0" in card
+    assert "each one channel of" in card and "where its mix started" not in card
 
 
 def test_float_head_and_linear_mix_round_trip(data, tmp_path) -> None:
     model = SmallCNN()
     imodel = _convert(model, data, method="sparse", linear_mix=True, finetune="adapter")
     folder = imodel.save_pretrained(tmp_path / "sparse")
+    card = (folder / "README.md").read_text()
+    assert "learned linear mix of the channels" in card and "where its mix started" in card
     tensors = load_file(str(folder / "model.safetensors"))
     assert "head.weight" in tensors and "head.assignment" not in tensors
     assert tensors["adapter.mix"].shape == (imodel.n_features, 24)

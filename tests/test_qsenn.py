@@ -29,6 +29,7 @@ def config(**kw) -> RetrofitConfig:
         per_class=PER_CLASS,
         epochs=3,
         rounds=2,
+        linear_mix=False,  # the HeadResult formula is exact only without a learned mix
         progress=False,
     )
     return RetrofitConfig(**{**base, **kw})

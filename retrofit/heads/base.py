@@ -34,12 +34,17 @@ class HeadResult:
 
 
 class HeadMethod(Protocol):
+    """maps: cached spatial maps (locality, diversity loss); logits: the original model's, for
+    config.distill in methods that fine-tune an adapter themselves. Methods ignore what they
+    do not use."""
+
     def __call__(
         self,
         features: torch.Tensor,
         labels: torch.Tensor,
         config: RetrofitConfig,
         maps: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
     ) -> HeadResult: ...
 
 

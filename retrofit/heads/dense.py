@@ -18,6 +18,7 @@ def fit_dense(
     labels: torch.Tensor,
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> HeadResult:
     """L2-regularised multinomial logistic regression on every feature (selected = all D).
 

@@ -53,7 +53,7 @@ def fit_qsenn(
     adapter = Adapter(
         selected, mean[selected], std[selected], x.shape[1], linear_mix=config.linear_mix
     ).to(x.device)
-    tune = config.finetune != "none" and config.epochs > 0
+    tune = config.finetune != "none" and config.epochs != 0
     rounds = config.rounds if config.finetune != "none" else 1
     warm_w = warm_b = None
     history = []

@@ -25,6 +25,7 @@ def fit_sparse(
     labels: torch.Tensor,
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> HeadResult:
     """Select n_features, fit the α = 0.99 path on them, keep the best point within budget.
 
