@@ -21,9 +21,9 @@ from typing import Any
 from retrofit.errors import ConfigError, RetrofitError
 
 DEMO_MODEL = "demo"
-# the bundled tiny CLIP with the curated vocabulary; correlation names best with it (see
-# benchmarks/results/concepts.json)
-DEMO_CONCEPTS = {"encoder": "tiny", "vocabulary": "curated", "method": "correlation"}
+# the bundled tiny CLIP with the curated vocabulary and the default scoring (log_prob), which
+# names best with it (see benchmarks/results/concepts.json)
+DEMO_CONCEPTS = {"encoder": "tiny", "vocabulary": "curated"}
 CHECK_DATA_FILE = "report.json"
 
 

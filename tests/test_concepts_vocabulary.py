@@ -112,7 +112,8 @@ def test_filters_long_class_like_duplicate_and_unsupported_concepts() -> None:
     )
     classes = ["n02099601_golden_retriever", "dog"]
     class_emb = _embeddings([[0, 0.2, 1, 0], [0, 0.03, 1, 0]])
-    images = _embeddings([[1, 0.1, 0.1, 0], [0.1, 1, 0.1, 0], [0.1, 0.1, 1, 0]] * 3)
+    # Red images lean away from crimson's extra direction, so red is the better shown duplicate.
+    images = _embeddings([[1, 0, 0.1, 0], [0, 1, 0.1, 0], [0.1, 0, 1, 0]] * 3)
     result = filter_vocabulary(
         vocab,
         text_embeddings=text,
@@ -129,6 +130,17 @@ def test_filters_long_class_like_duplicate_and_unsupported_concepts() -> None:
     assert "text similarity" in reasons["golden retriever"]
     assert "embedding similarity" in reasons["canine"]
     assert "weak image support" in reasons["ghost"]
+
+
+def test_of_two_near_duplicates_the_better_shown_one_stays() -> None:
+    """Images decide between near-duplicates; without images the earlier concept stays."""
+    vocab = Vocabulary(("stripes", "striped"))
+    text = _embeddings([[1, 0.3, 0], [1, 0, 0.3]])
+    images = _embeddings([[1, 0, 0.5]])
+    with_images = filter_vocabulary(vocab, text_embeddings=text, image_embeddings=images)
+    assert with_images.vocabulary.concepts == ("striped",)
+    assert "near-duplicate of 'striped'" in with_images.removed["stripes"]
+    assert filter_vocabulary(vocab, text_embeddings=text).vocabulary.concepts == ("stripes",)
 
 
 def test_filters_skip_what_they_cannot_check_and_never_return_nothing() -> None:

@@ -2,7 +2,8 @@
 
 Two sources of concepts:
   - a CLIP-style encoder and a vocabulary: image–concept similarity over probe images, scored
-    against the feature's activations (soft-WPMI, Pearson or Spearman correlation);
+    against the feature's activations (correlation with log p(concept | image) by default,
+    Pearson or Spearman correlation with the similarity, soft-WPMI);
   - per-image concept labels (annotations): Δ-contrast, no encoder needed.
 The top-k concepts of each feature go into `imodel.concepts[j]` as dicts
 {"concept", "score", "p_value", "method"}; the p-value comes from a seeded permutation test.
@@ -38,6 +39,11 @@ from retrofit.loaders import as_batches, dataset_length, iterate
 logger = logging.getLogger(__name__)
 
 MAX_TOP_IMAGES = 100  # CLIP-Dissect's k
+# Correlation with log p(concept | image) reads every probe image, not only a feature's top
+# ones (whose images, for a feature tuned to a class, show all of its concepts at once), and
+# named the synthetic world's features best, with and without 1,500 distractor words
+# (benchmarks/results/concepts.json).
+DEFAULT_METHOD = "log_prob"
 
 
 @dataclass
@@ -200,14 +206,15 @@ def name_features(
     tensor of the same images, same order) or `image_embeddings` feed the encoder. With
     `concept_labels` (N, K) the method is Δ-contrast and `concepts` names the K columns;
     otherwise `concepts` is the vocabulary (default: the curated lists) and `encoder` the
-    CLIP (default: the shipped tiny CLIP of the synthetic world). `method`: "wpmi" (default),
-    "correlation", "spearman", or "delta" (the default with labels); soft-WPMI reads each
-    feature's `top_images` (default: 5 % of the probe, 5 to 100) with softmax `temperature`
-    and prior weight `lam`. `class_names` feed the
+    CLIP (default: the shipped tiny CLIP of the synthetic world). `method`: "log_prob"
+    (default, see DEFAULT_METHOD), "correlation", "wpmi", "spearman", or "delta" (the default
+    with labels); log_prob and soft-WPMI take p(concept | image) as a softmax with
+    `temperature`; soft-WPMI reads each feature's `top_images` (default: 5 % of the probe,
+    5 to 100) and weighs the prior by `lam`. `class_names` feed the
     class-name filter (default: none; the synthetic world's class names are made of its
     concepts, so filtering against them would drop every true concept).
     """
-    method = check_method(method or ("delta" if concept_labels is not None else "wpmi"))
+    method = check_method(method or ("delta" if concept_labels is not None else DEFAULT_METHOD))
     if (method == "delta") != (concept_labels is not None):
         raise ConfigError(
             "method='delta' needs concept_labels (N, K), and concept_labels need method='delta'."

@@ -235,6 +235,78 @@ def _class_label(name: str) -> str:
     return text
 
 
+def _image_support(text_embeddings: torch.Tensor, image_embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean of each concept's top-5 image similarities: how clearly some probe image shows it."""
+    top = min(IMAGE_SUPPORT_TOP, image_embeddings.shape[0])
+    return (image_embeddings @ text_embeddings.T).topk(top, dim=0).values.mean(dim=0)
+
+
+def _drop_long(concepts: list[str], keep: list[bool], removed: dict[str, str], limit: int) -> None:
+    for i, concept in enumerate(concepts):
+        if len(concept) > limit:
+            keep[i] = False
+            removed[concept] = f"longer than {limit} characters"
+
+
+def _drop_class_like(
+    concepts: list[str],
+    keep: list[bool],
+    removed: dict[str, str],
+    class_names: Sequence[str],
+    threshold: float,
+    text_embeddings: torch.Tensor | None,
+    class_embeddings: torch.Tensor | None,
+) -> None:
+    labels = [_class_label(c) for c in class_names]
+    for i, concept in enumerate(concepts):
+        if not keep[i]:
+            continue
+        score, name = max((_text_similarity(concept, lab), lab) for lab in labels)
+        if score >= threshold:
+            keep[i] = False
+            removed[concept] = f"text similarity {score:.2f} to class name {name!r}"
+    if text_embeddings is None or class_embeddings is None:
+        return
+    best, which = (text_embeddings @ class_embeddings.T).max(dim=1)
+    for i, concept in enumerate(concepts):
+        if keep[i] and best[i] >= threshold:
+            keep[i] = False
+            removed[concept] = (
+                f"embedding similarity {float(best[i]):.2f} to class name "
+                f"{class_names[int(which[i])]!r}"
+            )
+
+
+def _drop_duplicates(
+    concepts: list[str],
+    keep: list[bool],
+    removed: dict[str, str],
+    text_embeddings: torch.Tensor,
+    threshold: float,
+    support: torch.Tensor | None,
+) -> None:
+    """Greedy: visit concepts best image support first (vocabulary order without images) and
+    drop each that is a near-duplicate of one already kept. Of two concepts the encoder cannot
+    tell apart, the one some probe image shows more clearly is the one worth naming features
+    after; the vocabulary's order only breaks ties."""
+    order = [i for i in range(len(concepts)) if keep[i]]
+    if support is not None:
+        order.sort(key=lambda i: -float(support[i]))
+    kept_rows: list[int] = []
+    for i in order:
+        if kept_rows:
+            sims = text_embeddings[kept_rows] @ text_embeddings[i]
+            best = int(sims.argmax())
+            if sims[best] >= threshold:
+                keep[i] = False
+                removed[concepts[i]] = (
+                    f"near-duplicate of {concepts[kept_rows[best]]!r} "
+                    f"(similarity {float(sims[best]):.2f})"
+                )
+                continue
+        kept_rows.append(i)
+
+
 def filter_vocabulary(
     vocabulary: Vocabulary,
     *,
@@ -252,8 +324,9 @@ def filter_vocabulary(
     1. longer than `max_length` characters;
     2. too similar to a class name: text similarity, or cosine of `text_embeddings` with
        `class_embeddings`, ≥ `class_similarity` (naming a feature after a class explains nothing);
-    3. near-duplicate of an earlier kept concept: embedding cosine ≥ `duplicate_similarity`
-       (earlier entries win, so put the concepts you care about first);
+    3. near-duplicate of a kept concept: embedding cosine ≥ `duplicate_similarity`; with
+       `image_embeddings` the concept with the higher top-5 image similarity is kept, without
+       them the earlier one;
     4. weak image support: mean of the top-5 image similarities below `min_image_similarity`.
     """
     concepts = list(vocabulary.concepts)
@@ -262,48 +335,21 @@ def filter_vocabulary(
         raise ConfigError(f"text_embeddings has {text_embeddings.shape[0]} rows for {v} concepts.")
     removed: dict[str, str] = {}
     keep = [True] * v
-    for i, concept in enumerate(concepts):
-        if len(concept) > max_length:
-            keep[i] = False
-            removed[concept] = f"longer than {max_length} characters"
+    _drop_long(concepts, keep, removed, max_length)
     if class_names:
-        labels = [_class_label(c) for c in class_names]
-        for i, concept in enumerate(concepts):
-            if not keep[i]:
-                continue
-            score, name = max((_text_similarity(concept, lab), lab) for lab in labels)
-            if score >= class_similarity:
-                keep[i] = False
-                removed[concept] = f"text similarity {score:.2f} to class name {name!r}"
-        if text_embeddings is not None and class_embeddings is not None:
-            sims = text_embeddings @ class_embeddings.T
-            best, which = sims.max(dim=1)
-            for i in range(v):
-                if keep[i] and best[i] >= class_similarity:
-                    keep[i] = False
-                    removed[concepts[i]] = (
-                        f"embedding similarity {float(best[i]):.2f} to class name "
-                        f"{class_names[int(which[i])]!r}"
-                    )
+        _drop_class_like(
+            concepts, keep, removed, class_names, class_similarity, text_embeddings,
+            class_embeddings,
+        )  # fmt: skip
     if text_embeddings is not None:
-        kept_rows: list[int] = []
-        for i in range(v):
-            if not keep[i]:
-                continue
-            if kept_rows:
-                sims = text_embeddings[kept_rows] @ text_embeddings[i]
-                best = int(sims.argmax())
-                if sims[best] >= duplicate_similarity:
-                    keep[i] = False
-                    removed[concepts[i]] = (
-                        f"near-duplicate of {concepts[kept_rows[best]]!r} "
-                        f"(similarity {float(sims[best]):.2f})"
-                    )
-                    continue
-            kept_rows.append(i)
-        if image_embeddings is not None and min_image_similarity is not None:
+        support = (
+            _image_support(text_embeddings, image_embeddings)
+            if image_embeddings is not None
+            else None
+        )
+        _drop_duplicates(concepts, keep, removed, text_embeddings, duplicate_similarity, support)
+        if support is not None and min_image_similarity is not None:
             top = min(IMAGE_SUPPORT_TOP, image_embeddings.shape[0])
-            support = (image_embeddings @ text_embeddings.T).topk(top, dim=0).values.mean(dim=0)
             for i in range(v):
                 if keep[i] and support[i] < min_image_similarity:
                     keep[i] = False
