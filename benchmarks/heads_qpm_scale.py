@@ -7,11 +7,14 @@ every feature is a noisy non-negative mixture of one to three concepts (so many 
 near-duplicates, as in a real backbone).
 
 Measured: time of each stage, problem size, and how fast CBC (2 threads) reaches a gap of
-0.5 % (time limit 300 s), with candidate pre-selection (default); without it (every feature
-a candidate) the stages and the size, and the solve only with --solve-full. Writes
+0.5 % (time limit 300 s, root cut loop included), with candidate pre-selection (default) in the
+default projected formulation (--formulation assignment for the one with E variables), and
+with --also-highs the same with HiGHS; without pre-selection (every feature a candidate) the
+stages and the size, and the solve only with --solve-full. Writes
 benchmarks/results/heads_qpm_scale.json.
 
-    python benchmarks/heads_qpm_scale.py [--quick] [--solve-full]
+    python benchmarks/heads_qpm_scale.py [--quick] [--solve-full] [--also-highs]
+        [--formulation NAME]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 from retrofit.config import RetrofitConfig
-from retrofit.solvers.cliques import clique_threshold, greedy_assignment, improve_selection
+from retrofit.solvers.cliques import clique_threshold, greedy_assignment, perturbed_search
 from retrofit.solvers.qpm_constants import (
     class_correlation,
     kth_largest,
@@ -102,7 +105,9 @@ def run_case(
     clique_s[clique] = True
     clique_e = greedy_assignment(assoc, clique, config.per_class)
     t = time.perf_counter()
-    start = improve_selection(assoc, penalty_matrix(redund, tau), clique, config.per_class)
+    start = perturbed_search(
+        assoc, penalty_matrix(redund, tau), clique, config.per_class, seed=config.seed
+    )
     start_s = torch.zeros(len(cand), dtype=torch.bool)
     start_s[start] = True
     start_e = greedy_assignment(assoc, start, config.per_class)
@@ -113,9 +118,9 @@ def run_case(
         "n_candidates": k,
         "tau": tau,
         "n_pairs": n_pairs,
-        "size": {  # s, E, y; and sum s, sum_j E per class, E <= s, y >= s + s - 1
+        "size_assignment_form": {  # s, E, y (only s binary); sum s, sum_j E, E <= s, y >= s + s - 1
             "n_variables": k + k * n_classes + n_pairs,
-            "n_binaries": k + k * n_classes,
+            "n_binaries": k,
             "n_constraints": 1 + n_classes + k * n_classes + n_pairs,
         },
         "clique_objective": program_objective(assoc, redund, tau, clique_s, clique_e),
@@ -138,6 +143,8 @@ def run_case(
     }
     gap = result.stats["gap"]
     case.update(
+        formulation=config.extra.get("formulation", "projected"),
+        size={key: result.stats[key] for key in ("n_variables", "n_binaries", "n_constraints")},
         stats=result.stats,
         target_gap_reached=gap is not None and gap <= config.mip_gap,
         checks={
@@ -179,6 +186,10 @@ def main() -> None:
         help="also solve without pre-selection (slow: CBC's root LP of that model ignores the limit)",
     )
     parser.add_argument("--full-limit", type=float, default=90.0, help="its time limit")
+    parser.add_argument(
+        "--also-highs", action="store_true", help="also solve the pre-selected case with HiGHS"
+    )
+    parser.add_argument("--formulation", choices=("projected", "assignment"), default="projected")
     args = parser.parse_args()
     torch.set_num_threads(2)
     world = {"n_classes": 40, "dim": 512} if args.quick else {}
@@ -192,6 +203,7 @@ def main() -> None:
         "threads": 2,
         "mip_gap": 0.005,
         "seed": 0,
+        "extra": {"formulation": args.formulation},
     }
     report = {
         "benchmark": "heads_qpm_scale",
@@ -208,6 +220,9 @@ def main() -> None:
             features, labels, RetrofitConfig(**base, time_limit=300.0, progress=False), None
         ),
     }
+    if args.also_highs:
+        highs = RetrofitConfig(**{**base, "solver": "highs"}, time_limit=300.0, progress=False)
+        report["with_preselection_highs"] = run_case(features, labels, highs, None)
     config = RetrofitConfig(**base, time_limit=args.full_limit, progress=False)
     report["without_preselection"] = run_case(
         features, labels, config, int(features.shape[1]), solve=args.solve_full

@@ -85,7 +85,7 @@ def convert(
     features = train.features.to(device)
     labels = train.labels.to(device)
     logger.info("fitting the %s head on %d x %d features", config.method, *train.features.shape)
-    result = get_head(config.method)(features, labels, config, train.maps)
+    result = get_head(config.method)(features, labels, config, train.maps, train.logits)
     adapter = result.adapter or build_adapter(result, config, in_features=train.dim)
     head = FixedHead.from_result(result)
     history: dict[str, Any] = {}

@@ -69,25 +69,18 @@ def test_every_method_converts_and_runs_on_images(method: str, data) -> None:
     assert list(table) == imodel.class_names and all(isinstance(v, list) for v in table.values())
 
 
-def test_same_seed_gives_the_same_model(data) -> None:
+def test_same_seed_gives_the_same_model_and_distillation_reaches_qsenn(data) -> None:
     model = SmallCNN().eval()
+    settings = {"method": "qsenn", "n_features": 8, "per_class": 2, "epochs": 2, "rounds": 2}
     runs = [
-        retrofit.convert(
-            model,
-            _loader(data),
-            method="qsenn",
-            n_features=8,
-            per_class=2,
-            epochs=2,
-            rounds=2,
-            progress=False,
-        )
-        for _ in range(2)
+        retrofit.convert(model, _loader(data), progress=False, distill=distill, **settings)
+        for distill in (0.0, 0.0, 1.0)
     ]
-    a, b = (dict(r.state_dict()) for r in runs)
+    a, b, distilled = (dict(r.state_dict()) for r in runs)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(a["adapter.mix"], distilled["adapter.mix"])
 
 
 def test_adapter_finetuning_is_recorded_and_keeps_accuracy(data) -> None:

@@ -19,6 +19,8 @@ from retrofit.solvers.cliques import (
     greedy_assignment,
     improve_selection,
     make_unique,
+    perturbed_search,
+    selection_value,
 )
 from retrofit.solvers.qpm_constants import (
     class_correlation,
@@ -27,12 +29,20 @@ from retrofit.solvers.qpm_constants import (
     redundancy,
     select_candidates,
 )
+from retrofit.solvers.qpm_cuts import (
+    Cut,
+    clique_cut,
+    independence_number,
+    separate,
+    stable_cut,
+)
 from retrofit.solvers.qpm_program import (
     available_solvers,
     check_settings,
     penalty_matrix,
     solve_program,
 )
+from retrofit.solvers.qpm_projection import ValueCut, class_values, violated_cuts
 from retrofit.solvers.stats import standardise
 
 
@@ -324,12 +334,17 @@ def test_make_unique_keeps_counts_and_selection():
     assert torch.equal(unique[:, 0], assignment[:, 0])
 
 
-def test_improve_selection_never_worsens():
+def _search_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (D x C), penalty weights and the clique start of a 12-class, 50-feature planted problem."""
     features, labels = planted(n_classes=12, dim=50, seed=9)
     assoc = class_correlation(features, labels, 12)
     redund = redundancy(assoc)
     tau, clique = clique_threshold(redund, 10, kth_largest(assoc, 3))
-    weights = penalty_matrix(redund, tau)
+    return assoc, penalty_matrix(redund, tau), clique
+
+
+def test_improve_selection_never_worsens():
+    assoc, weights, clique = _search_problem()
 
     def value(members):
         sub = assoc[members]
@@ -362,3 +377,173 @@ def test_locality_enters_the_head():
         features, labels, config(n_features=8, extra={"locality": True}), maps=maps
     )
     assert result.stats["locality"] and (result.assignment.sum(dim=1) == 3).all()
+
+
+def _random_conflicts(k: int, density: float, seed: int) -> dict[int, set[int]]:
+    g = torch.Generator().manual_seed(seed)
+    neighbours: dict[int, set[int]] = {j: set() for j in range(k)}
+    for i, j in itertools.combinations(range(k), 2):
+        if float(torch.rand(1, generator=g)) < density:
+            neighbours[i].add(j)
+            neighbours[j].add(i)
+    return neighbours
+
+
+def _all_cuts(neighbours: dict[int, set[int]]) -> list[Cut]:
+    """Every stable-set cut on sets of 3+ features and every clique cut with every m."""
+    cuts = []
+    for size in range(3, len(neighbours) + 1):
+        for members in itertools.combinations(range(len(neighbours)), size):
+            cuts.append(stable_cut(members, independence_number(list(members), neighbours)))
+            if all(b in neighbours[a] for a, b in itertools.combinations(members, 2)):
+                cuts += [clique_cut(members, m) for m in range(1, size)]
+    return cuts
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_cut_holds_at_every_integer_point(seed):
+    neighbours = _random_conflicts(7, 0.5, seed)
+    cuts = _all_cuts(neighbours)
+    assert any(cut.m > 1 for cut in cuts) and any(cut.rhs > 1 and cut.m == 1 for cut in cuts)
+    for bits in itertools.product([0.0, 1.0], repeat=7):
+        y = {(i, j): bits[i] * bits[j] for i in range(7) for j in neighbours[i] if i < j}
+        assert max(cut.violation(list(bits), y) for cut in cuts) <= 1e-12
+
+
+def test_independence_number_matches_brute_force():
+    neighbours = _random_conflicts(9, 0.4, 5)
+    members = list(range(9))
+    expected = max(
+        len(sub)
+        for size in range(10)
+        for sub in itertools.combinations(members, size)
+        if not any(b in neighbours[a] for a, b in itertools.combinations(sub, 2))
+    )
+    assert independence_number(members, neighbours) == expected
+
+
+def test_separation_cuts_off_half_selections():
+    # a triangle and a 5-cycle of conflicts, every feature at 1/2 and no penalty paid
+    edges = [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (5, 6), (6, 7), (3, 7)]
+    neighbours: dict[int, set[int]] = {j: set() for j in range(8)}
+    for i, j in edges:
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    s, y = [0.5] * 8, dict.fromkeys(edges, 0.0)
+    cuts = separate(s, y, neighbours, set(), limit=50)
+    assert {cut.members for cut in cuts} >= {(0, 1, 2), (3, 4, 5, 6, 7)}
+    assert all(cut.violation(s, y) > 0 for cut in cuts)
+    assert separate(s, y, neighbours, set(cuts), limit=50) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cuts_and_continuous_e_keep_the_optimum(seed):
+    g = torch.Generator().manual_seed(20 + seed)
+    assoc = torch.rand(10, 4, generator=g, dtype=torch.float64) * 2 - 0.5
+    assoc[5:] = assoc[:5] + 0.2 * torch.rand(5, 4, generator=g)  # redundant twins
+    redund = redundancy(assoc)
+    tau, s0, e0 = warm_start(assoc, redund, 4, 2)
+    values = []
+    for rounds in (0, 50):
+        cfg = config(n_features=4, per_class=2, mip_gap=0.0, extra={"cut_rounds": rounds})
+        result = solve_program(assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0)
+        assert result.stats["status"] == "optimal"
+        assert not duplicate_class_pairs(result.assignment)
+        values.append(result.stats["objective"])
+    assert result.stats["n_cuts"] > 0
+    assert values[0] == pytest.approx(values[1], abs=1e-7)
+    assert values[0] == pytest.approx(_brute_force(assoc, redund, tau, torch.zeros(10), 4, 2))
+
+
+def test_perturbed_search_beats_or_matches_one_swap_search():
+    assoc, weights, clique = _search_problem()
+    plain = improve_selection(assoc, weights, clique, 3)
+    kicked = perturbed_search(assoc, weights, clique, 3, rounds=30, seed=1)
+    assert len(set(kicked.tolist())) == 10
+    value = selection_value(assoc, weights, kicked, 3)
+    assert value >= selection_value(assoc, weights, plain, 3) - 1e-12
+    assert torch.equal(kicked, perturbed_search(assoc, weights, clique, 3, rounds=30, seed=1))
+
+
+def _top_k_value(assoc: np.ndarray, chosen: list[int], per_class: int) -> np.ndarray:
+    """V_c of a 0/1 selection: the sum of each class's per_class largest A among `chosen`."""
+    return -np.sort(-assoc[chosen], axis=0)[:per_class].sum(axis=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_value_cuts_hold_at_every_selection_and_are_tight(seed):
+    rng = np.random.default_rng(seed)
+    assoc = rng.uniform(-0.5, 1.0, size=(8, 3))
+    per_class = 2
+    every_u = [ValueCut(c, float(u)) for c in range(3) for u in assoc[:, c]]
+    for size in range(per_class, 9):
+        for chosen in itertools.combinations(range(8), size):
+            s = np.zeros(8)
+            s[list(chosen)] = 1.0
+            true = _top_k_value(assoc, list(chosen), per_class)
+            values, u = class_values(assoc, s, per_class)
+            np.testing.assert_allclose(values, true, atol=1e-12)
+            for cut in every_u:
+                assert cut.value(assoc, s, per_class) >= true[cut.cls] - 1e-12
+            for c in range(3):
+                assert ValueCut(c, float(u[c])).value(assoc, s, per_class) == pytest.approx(true[c])
+            assert violated_cuts(assoc, s, values, per_class, set()) == []
+
+
+def test_class_values_solve_the_fractional_lp():
+    rng = np.random.default_rng(7)
+    assoc = rng.uniform(-1.0, 1.0, size=(9, 4))
+    s = rng.uniform(0.0, 1.0, size=9)
+    s *= 4.0 / s.sum()
+    values, u = class_values(assoc, s, 3)
+    for c in range(4):  # the inner LP by brute force over the dual: min over every threshold
+        dual = [3 * t + np.maximum(assoc[:, c] - t, 0.0) @ s for t in assoc[:, c]]
+        assert values[c] == pytest.approx(min(dual))
+        assert ValueCut(c, float(u[c])).value(assoc, s, 3) == pytest.approx(values[c])
+    theta = values + 0.1
+    assert {cut.cls for cut in violated_cuts(assoc, s, theta, 3, set())} == set(range(4))
+
+
+def _twin_instance(seed: int, n_features: int, per_class: int):
+    """Small A whose classes 0 and 1 want the same features and whose features have twins."""
+    g = torch.Generator().manual_seed(seed)
+    assoc = torch.rand(8, 4, generator=g, dtype=torch.float64) * 2 - 0.5
+    assoc[:, 1] = assoc[:, 0] + 0.01 * torch.rand(8, generator=g)  # uniqueness binds
+    assoc[4:] = assoc[:4] + 0.2 * torch.rand(4, 4, generator=g)  # redundant twins
+    redund = redundancy(assoc)
+    tau, s0, e0 = warm_start(assoc, redund, n_features, per_class)
+    return assoc, redund, tau, s0, e0, g
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_projected_and_assignment_forms_reach_the_brute_force_optimum(seed):
+    assoc, redund, tau, s0, e0, g = _twin_instance(40 + seed, 4, 2)
+    bias = 0.2 * torch.rand(8, generator=g, dtype=torch.float64)
+    expected = _brute_force(assoc, redund, tau, bias, 4, 2)
+    lazy_only = {"formulation": "projected", "value_cut_window": 0, "cut_rounds": 0}
+    for extra in ({}, lazy_only, {"formulation": "assignment"}):
+        cfg = config(n_features=4, per_class=2, mip_gap=0.0, extra=extra)
+        result = solve_program(
+            assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0, bias=bias
+        )
+        assert result.stats["status"] == "optimal"
+        assert not duplicate_class_pairs(result.assignment)
+        assert result.stats["objective"] == pytest.approx(expected, abs=1e-6)
+        assert result.stats["bound"] >= expected - 1e-6
+
+
+def test_overvalued_theta_is_corrected_after_the_solve():
+    assoc, redund, tau, s0, e0, _ = _twin_instance(40, 4, 2)
+    extra = {"formulation": "projected", "value_cut_window": 0, "cut_rounds": 0}
+    cfg = config(n_features=4, per_class=2, mip_gap=0.0, extra=extra)
+    result = solve_program(assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0)
+    assert result.stats["value_rounds"] > 0  # the first solve's theta exceeded V_c(s)
+    expected = _brute_force(assoc, redund, tau, torch.zeros(8), 4, 2)
+    assert result.stats["objective"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_unknown_formulation_is_a_config_error():
+    assoc, redund, tau, s0, e0, _ = _twin_instance(40, 4, 2)
+    cfg = config(n_features=4, per_class=2, extra={"formulation": "dense"})
+    with pytest.raises(ConfigError, match="formulation"):
+        solve_program(assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0)

@@ -15,6 +15,9 @@ Options read from `config.extra`:
   duplicate_cut (float, 0.95): candidates whose cosine with a kept one exceeds this are skipped.
   locality (bool, False): add the locality bias b_j (needs the spatial `maps`).
   max_rounds (int, 100): cap on the lazy uniqueness rounds.
+  search_rounds (int, 200): kicks of the iterated local search that builds the warm start.
+  cut_rounds (int, 50), cuts_per_round (int, 500): the root loop of clique / stable-set cuts
+      (0 rounds disables it; it may use up to 40 % of time_limit).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, DataError, FeatureError
 from retrofit.heads.base import HeadResult, register_head
-from retrofit.solvers.cliques import clique_threshold, greedy_assignment, improve_selection
+from retrofit.solvers.cliques import clique_threshold, greedy_assignment, perturbed_search
 from retrofit.solvers.qpm_constants import (
     class_correlation,
     kth_largest,
@@ -39,6 +42,8 @@ from retrofit.solvers.stats import standardise
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_SEARCH_ROUNDS = 200
+
 
 @register_head("qpm")
 def fit_qpm(
@@ -46,6 +51,7 @@ def fit_qpm(
     labels: torch.Tensor,
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
 ) -> HeadResult:
     """Select `n_features` features and give every class `per_class` of them, all classes distinct.
 
@@ -70,7 +76,15 @@ def fit_qpm(
     bias = locality_bias(maps)[candidates] if extra.get("locality") else None
 
     tau, clique = clique_threshold(redund, config.n_features, kth_largest(assoc, config.per_class))
-    start = improve_selection(assoc, penalty_matrix(redund, tau), clique, config.per_class, bias)
+    start = perturbed_search(
+        assoc,
+        penalty_matrix(redund, tau),
+        clique,
+        config.per_class,
+        bias,
+        rounds=int(extra.get("search_rounds", DEFAULT_SEARCH_ROUNDS)),
+        seed=int(config.seed),
+    )
     start_selected = torch.zeros(len(candidates), dtype=torch.bool)
     start_selected[start] = True
     start_assignment = greedy_assignment(assoc, start, config.per_class)

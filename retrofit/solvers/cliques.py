@@ -8,8 +8,8 @@ budget. tau is therefore exact on small candidate sets and an upper estimate on 
 where the budget runs out; either way the returned clique is verified and has zero redundancy
 penalty.
 
-Warm start: the clique, improved by a swap local search on the selection, with every class
-taking its best features among the selection and repeated class sets separated by swaps.
+Warm start: the clique, improved by an iterated swap local search on the selection, with every
+class taking its best features among the selection and repeated class sets separated by swaps.
 """
 
 from __future__ import annotations
@@ -168,6 +168,61 @@ def improve_selection(
             break
         members[best_pair[0]] = best_pair[1]
     return torch.sort(members).values
+
+
+def perturbed_search(
+    assoc: torch.Tensor,
+    weights: torch.Tensor,
+    selected: torch.Tensor,
+    per_class: int,
+    bias: torch.Tensor | None = None,
+    *,
+    rounds: int = 200,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Iterated local search on the selection; returns the best indices found (ascending).
+
+    A single swap search stops in the first local optimum; here the best selection so far is
+    repeatedly kicked (2 to 8 random members swapped for random outsiders) and improved again
+    by `improve_selection`, keeping a kick only when it ends higher. Deterministic given `seed`.
+    """
+    k_all = int(assoc.shape[0])
+    best = improve_selection(assoc, weights, selected, per_class, bias)
+    n = best.numel()
+    if n <= per_class or n >= k_all:
+        return best
+    best_value = selection_value(assoc, weights, best, per_class, bias)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(rounds):
+        size = min(int(torch.randint(2, 9, (1,), generator=g)), n, k_all - n)
+        outside = torch.ones(k_all, dtype=torch.bool)
+        outside[best] = False
+        pool = torch.nonzero(outside).flatten()
+        trial = best.clone()
+        trial[torch.randperm(n, generator=g)[:size]] = pool[
+            torch.randperm(pool.numel(), generator=g)[:size]
+        ]
+        trial = improve_selection(assoc, weights, trial, per_class, bias)
+        value = selection_value(assoc, weights, trial, per_class, bias)
+        if value > best_value + 1e-9:
+            best, best_value = trial, value
+    return best
+
+
+def selection_value(
+    assoc: torch.Tensor,
+    weights: torch.Tensor,
+    selected: torch.Tensor,
+    per_class: int,
+    bias: torch.Tensor | None = None,
+) -> float:
+    """f(S) = sum_c top_k(A[S, c]) - sum_{pairs in S} W + sum_S b (uniqueness aside)."""
+    members = torch.as_tensor(selected, dtype=torch.long)
+    value = assoc[members].to(torch.float64).topk(per_class, dim=0).values.sum()
+    value -= weights[members][:, members].to(torch.float64).sum() / 2
+    if bias is not None:
+        value += bias[members].to(torch.float64).sum()
+    return float(value)
 
 
 def duplicate_class_pairs(assignment: torch.Tensor) -> list[tuple[int, int]]:

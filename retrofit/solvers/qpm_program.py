@@ -11,10 +11,33 @@ per_class - 1 (the lower bounds on o are what make the cut bite); then the progr
 again from the previous solution, repaired to be unique, until no two classes share a set.
 o is continuous in [0, 1]: with binary E the constraints force o_j = 1 on shared features,
 so binaries would add branching without changing the feasible set.
+
+Exact reformulations that make CBC's job smaller:
+- By default (extra["formulation"] = "projected") E is projected out: one continuous theta_c
+  per class replaces the K x C columns E and rows E <= s, bounded by the value cuts
+  theta_c <= k u + sum_j (A_jc - u)^+ s_j of retrofit.solvers.qpm_projection (LP duality of
+  the per-class assignment LP, so the LP bound is unchanged and node LPs are far smaller).
+  Cuts exact around the start selection are added up front, the most violated cut of every
+  class is separated in the root loop, and after each solve the theta of the returned 0/1
+  selection is checked against its true value V_c(s): a missing cut is added and the program
+  solved again, so a returned optimum is optimal for the true program. The objective reported
+  is always the true value of the returned selection; the solver's bound is valid for the true
+  program after any round, since every cut is valid. Classes named in a uniqueness cut get
+  binary E columns, E <= s, sum_j E_jc = per_class and theta_c <= sum_j A_jc E_jc.
+  extra["formulation"] = "assignment" keeps E for every class, as described next.
+- E is continuous except for the classes named in a uniqueness cut. For a 0/1 selection s,
+  {0 <= E_.c <= s, sum_j E_jc = per_class} is a polytope with 0/1 vertices (a box cut by one
+  cardinality row), so the best E for any integer s is a 0/1 top-per_class choice and the
+  optimum does not change; only s is branched on (K binaries instead of K (C + 1)). The
+  returned E is that top choice, recomputed from s.
+- Before branch and bound, rounds of valid clique and stable-set inequalities on (s, y) are
+  separated from the LP relaxation (retrofit.solvers.qpm_cuts); they cut off fractional
+  selections that dodge the redundancy penalty, which is where the relaxation is weak.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -27,8 +50,10 @@ import numpy as np
 import torch
 
 from retrofit.config import RetrofitConfig
-from retrofit.errors import DataError, InfeasibleSettingsError, SolverError
+from retrofit.errors import ConfigError, DataError, InfeasibleSettingsError, SolverError
 from retrofit.solvers.cliques import duplicate_class_pairs, make_unique
+from retrofit.solvers.qpm_cuts import Cut, separate
+from retrofit.solvers.qpm_projection import ValueCut, seed_cuts, violated_cuts
 from retrofit.solvers.quiet import native_stdout_silenced
 
 logger = logging.getLogger(__name__)
@@ -36,10 +61,16 @@ logger = logging.getLogger(__name__)
 _SOLVER_NAMES = {"cbc": mip.CBC, "highs": mip.HIGHS, "gurobi": mip.GUROBI}
 _SOLVER_HINTS = {
     "cbc": "reinstall python-mip with its CBC build (pip install --force-reinstall mip)",
-    "highs": "install HiGHS for python-mip (pip install 'mip[highs]')",
+    "highs": "install HiGHS for python-mip (pip install 'retrofit[highs]', which adds highsbox)",
     "gurobi": "install Gurobi with a licence and set GUROBI_HOME (or pip install gurobipy)",
 }
 DEFAULT_MAX_ROUNDS = 100
+DEFAULT_CUT_ROUNDS = 50
+DEFAULT_CUTS_PER_ROUND = 500
+FORMULATIONS = ("projected", "assignment")
+DEFAULT_FORMULATION = "projected"
+DEFAULT_VALUE_CUT_WINDOW = 3
+CUT_TIME_SHARE = 0.4  # at most this share of the time limit goes to the root cut loop
 
 
 @dataclass
@@ -122,6 +153,19 @@ def program_objective(
     return value
 
 
+def top_assignment(assoc: torch.Tensor, selected: torch.Tensor, per_class: int) -> torch.Tensor:
+    """E (K x C bool): every class takes its `per_class` largest A among the selected features.
+
+    The best assignment for a selection when uniqueness does not bind; ties go to the lower
+    feature index.
+    """
+    chosen = torch.nonzero(selected).flatten()
+    order = torch.argsort(-assoc[chosen], dim=0, stable=True)[:per_class]
+    assignment = torch.zeros(assoc.shape, dtype=torch.bool)
+    assignment[chosen[order], torch.arange(int(assoc.shape[1])).expand_as(order)] = True
+    return assignment
+
+
 def solve_program(
     assoc: torch.Tensor,
     redundancy: torch.Tensor,
@@ -163,8 +207,12 @@ def solve_program(
 
     max_rounds = int(config.extra.get("max_rounds", DEFAULT_MAX_ROUNDS))
     best_s, best_e = start_selected, start_assignment
-    rounds = 0
-    spent = 0.0
+    rounds = value_rounds = 0
+    began = time.perf_counter()
+    cut_budget = None if config.time_limit is None else CUT_TIME_SHARE * config.time_limit
+    program.seed_value_cuts(start_selected)
+    stats.update(program.tighten(cut_budget))
+    spent = time.perf_counter() - began
     limit_hit = False
     status = mip.OptimizationStatus.OTHER
     while True:
@@ -190,16 +238,25 @@ def solve_program(
             )
         s_val, e_val = program.solution()
         limit_hit = status == mip.OptimizationStatus.FEASIBLE
+        missing = program.missing_value_cuts()
         duplicates = duplicate_class_pairs(e_val)
         if duplicates:
             e_val = make_unique(e_val, assoc, torch.nonzero(s_val).flatten())
         # a solver that dropped the start may stop on a worse incumbent; never return less
         if score(s_val, e_val) >= score(best_s, best_e):
             best_s, best_e = s_val, e_val
+        out_of_time = config.time_limit is not None and spent >= config.time_limit
+        stop = limit_hit or out_of_time or rounds + value_rounds >= max_rounds
+        if missing and status == mip.OptimizationStatus.OPTIMAL:
+            status = mip.OptimizationStatus.FEASIBLE  # optimal only for a relaxation
+        if missing and not stop:
+            value_rounds += 1
+            logger.info("QPM value round %d: %d classes overvalued", value_rounds, missing)
+            if not duplicates:
+                continue
         if not duplicates:
             break
-        out_of_time = config.time_limit is not None and spent >= config.time_limit
-        if limit_hit or out_of_time or rounds >= max_rounds:
+        if stop:
             warnings.warn(
                 f"QPM: {len(duplicates)} pairs of classes still shared a feature set when the "
                 f"{'time limit' if limit_hit or out_of_time else 'round limit'} stopped the "
@@ -232,6 +289,8 @@ def solve_program(
         time=spent,
         time_limit_hit=limit_hit,
         uniqueness_rounds=rounds,
+        value_rounds=value_rounds,
+        n_value_cuts=len(program.value_cuts),
         n_variables=program.model.num_cols,
         n_binaries=program.model.num_int,
         n_constraints=program.model.num_rows,
@@ -270,40 +329,161 @@ class _Program:
             model.max_mip_gap = float(config.mip_gap)
 
         a = assoc.to(torch.float64).numpy()
+        self.a = a
         rows, cols, weights = penalty_pairs(redundancy, tau)
         self.pairs = list(zip(rows.tolist(), cols.tolist()))
         self.n_pairs = len(self.pairs)
+        self.assoc = assoc.to(torch.float64)
+        self.binary_classes: set[int] = set()
+        self.cuts: set[Cut] = set()
+        self.neighbours: dict[int, set[int]] = {j: set() for j in range(k)}
+        for i, j in self.pairs:
+            self.neighbours[i].add(j)
+            self.neighbours[j].add(i)
+        self.projected = _formulation(config) == "projected"
+        self.value_cuts: set[ValueCut] = set()
         self.s = [model.add_var(var_type=mip.BINARY) for _ in range(k)]
-        self.e = [[model.add_var(var_type=mip.BINARY) for _ in range(n_classes)] for _ in range(k)]
         self.y = [model.add_var(lb=0.0, ub=1.0) for _ in self.pairs]
-
-        terms = [a[j, c] * self.e[j][c] for j in range(k) for c in range(n_classes) if a[j, c] != 0]
-        terms += [-w * y for w, y in zip(weights.numpy(), self.y)]
+        self.y_of = dict(zip(self.pairs, self.y))
+        self.e: dict[int, list[mip.Var]] = {}
+        model += mip.xsum(self.s) == config.n_features
+        for (i, j), y in zip(self.pairs, self.y):
+            model += y >= self.s[i] + self.s[j] - 1
+        terms = [-w * y for w, y in zip(weights.numpy(), self.y)]
         if bias is not None:
             b = bias.to(torch.float64).numpy()
             terms += [b[j] * self.s[j] for j in range(k) if b[j] != 0]
+        if self.projected:
+            top = -np.sort(-a, axis=0)[: config.per_class].sum(axis=0)
+            self.theta = [model.add_var(lb=-mip.INF, ub=float(top[c])) for c in range(n_classes)]
+            terms += self.theta
+        else:
+            for c in range(n_classes):
+                terms += [a[j, c] * e for j, e in enumerate(self._assignment_columns(c)) if a[j, c]]
         model.objective = mip.maximize(mip.xsum(terms))
 
-        model += mip.xsum(self.s) == config.n_features
-        for c in range(n_classes):
-            model += mip.xsum(self.e[j][c] for j in range(k)) == config.per_class
-        for j in range(k):
-            for c in range(n_classes):
-                model += self.e[j][c] <= self.s[j]
-        for (i, j), y in zip(self.pairs, self.y):
-            model += y >= self.s[i] + self.s[j] - 1
+    def _assignment_columns(self, c: int) -> list[mip.Var]:
+        """E_.c with E <= s and sum_j E_jc = per_class; in the projected form theta_c <= A_.c E_.c."""
+        column = [self.model.add_var(lb=0.0, ub=1.0) for _ in self.s]
+        self.e[c] = column
+        self.model += mip.xsum(column) == self.config.per_class
+        for e, s in zip(column, self.s):
+            self.model += e <= s
+        if self.projected:
+            a = self.a[:, c]
+            self.model += self.theta[c] <= mip.xsum(a[j] * e for j, e in enumerate(column) if a[j])
+        return column
+
+    def seed_value_cuts(self, selected: torch.Tensor) -> None:
+        """Value cuts exact around the start selection (projected form only)."""
+        if not self.projected:
+            return
+        window = int(self.config.extra.get("value_cut_window", DEFAULT_VALUE_CUT_WINDOW))
+        s = selected.to(torch.float64).numpy()
+        for cut in seed_cuts(self.a, s, self.config.per_class, window):
+            self._add_value_cut(cut)
+
+    def _add_value_cut(self, cut: ValueCut) -> None:
+        support, coeffs = cut.terms(self.a)
+        rhs = mip.xsum(float(w) * self.s[j] for j, w in zip(support.tolist(), coeffs))
+        self.model += self.theta[cut.cls] <= self.config.per_class * cut.u + rhs
+        self.value_cuts.add(cut)
+
+    def _separate_values(self, s: np.ndarray) -> int:
+        """Add the most violated value cut of every class at s; how many were added."""
+        if not self.projected:
+            return 0
+        theta = np.array([v.x for v in self.theta], dtype=np.float64)
+        new = violated_cuts(self.a, s, theta, self.config.per_class, self.value_cuts)
+        for cut in new:
+            self._add_value_cut(cut)
+        return len(new)
+
+    def missing_value_cuts(self) -> int:
+        """After an integer solve: add the cuts that its theta violates (0 = theta is exact)."""
+        s = np.array([v.x for v in self.s], dtype=np.float64).round()
+        return self._separate_values(s)
+
+    def tighten(self, budget: float | None) -> dict[str, Any]:
+        """Root cut loop: add violated clique / stable-set cuts until none or out of budget.
+
+        Returns the LP bounds before and after and the counts, for the stats.
+        """
+        extra = self.config.extra
+        max_rounds = int(extra.get("cut_rounds", DEFAULT_CUT_ROUNDS))
+        per_round = int(extra.get("cuts_per_round", DEFAULT_CUTS_PER_ROUND))
+        info: dict[str, Any] = {"cut_rounds": 0, "n_cuts": 0, "cut_time": 0.0}
+        if max_rounds <= 0 or not (self.pairs or self.projected):
+            return info
+        began = time.perf_counter()
+        deadline = None if budget is None else began + budget
+        for _ in range(max_rounds):
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            bound = self._relaxation(deadline)
+            if bound is None:
+                break
+            info.setdefault("lp_bound", bound)
+            info["lp_bound_tightened"] = bound
+            s = [v.x for v in self.s]
+            y = {pair: v.x for pair, v in self.y_of.items()}
+            new = separate(s, y, self.neighbours, self.cuts, per_round)
+            for cut in new:
+                self._add_cut(cut)
+            n_values = self._separate_values(np.array(s, dtype=np.float64))
+            if not new and not n_values:
+                break
+            info["cut_rounds"] += 1
+            info["n_cuts"] += len(new)
+            info["n_value_cuts"] = info.get("n_value_cuts", 0) + n_values
+        info["cut_time"] = time.perf_counter() - began
+        logger.info(
+            "QPM root cuts: %d in %d rounds, LP bound %s -> %s (%.1fs)",
+            info["n_cuts"],
+            info["cut_rounds"],
+            info.get("lp_bound"),
+            info.get("lp_bound_tightened"),
+            info["cut_time"],
+        )
+        return info
+
+    def _relaxation(self, deadline: float | None) -> float | None:
+        """Solve the LP relaxation; its value, or None when it did not finish."""
+        seconds = mip.INF if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+        try:
+            with native_stdout_silenced(not self.config.progress):
+                status = self.model.optimize(relax=True, max_seconds=seconds)
+        except Exception as exc:  # the solver libraries raise their own exception types
+            raise SolverError(f"QPM: solver {self.config.solver!r} failed: {exc}") from exc
+        if status != mip.OptimizationStatus.OPTIMAL:
+            return None
+        return float(self.model.objective_value)
+
+    def _add_cut(self, cut: Cut) -> None:
+        pairs = [self.y_of[p] for p in itertools.combinations(cut.members, 2) if p in self.y_of]
+        self.model += mip.xsum(pairs) >= cut.m * mip.xsum(self.s[j] for j in cut.members) - cut.rhs
+        self.cuts.add(cut)
 
     def add_uniqueness_cut(self, c: int, c2: int) -> None:
-        """Classes c and c2 may share at most per_class - 1 features."""
+        """Classes c and c2 may share at most per_class - 1 features (their E made binary)."""
+        for cls in (c, c2):
+            if cls not in self.binary_classes:
+                self.binary_classes.add(cls)
+                column = self.e[cls] if cls in self.e else self._assignment_columns(cls)
+                for e in column:
+                    e.var_type = mip.BINARY
         shared = [self.model.add_var(lb=0.0, ub=1.0) for _ in self.s]
-        for j, o in enumerate(shared):
-            self.model += o >= self.e[j][c] + self.e[j][c2] - 1
+        for o, e, e2 in zip(shared, self.e[c], self.e[c2]):
+            self.model += o >= e + e2 - 1
         self.model += mip.xsum(shared) <= self.config.per_class - 1
 
     def set_start(self, selected: torch.Tensor, assignment: torch.Tensor) -> None:
         on = torch.nonzero(selected).flatten().tolist()
         start = [(self.s[j], 1.0) for j in on]
-        start += [(self.e[j][c], 1.0) for j, c in torch.nonzero(assignment).tolist()]
+        start += [(self.e[c][j], 1.0) for j, c in torch.nonzero(assignment).tolist() if c in self.e]
+        if self.projected:
+            values = (self.assoc * assignment.to(torch.float64)).sum(dim=0).tolist()
+            start += list(zip(self.theta, values))
         chosen = set(on)
         start += [(y, 1.0) for (i, j), y in zip(self.pairs, self.y) if i in chosen and j in chosen]
         self.model.start = start
@@ -317,8 +497,11 @@ class _Program:
             raise SolverError(f"QPM: solver {self.config.solver!r} failed: {exc}") from exc
 
     def solution(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, E): E from the solver for the binary classes, else the top choice among s."""
         s = torch.tensor(np.array([v.x for v in self.s], dtype=np.float64) > 0.5)
-        e = torch.tensor(np.array([[v.x for v in row] for row in self.e], dtype=np.float64) > 0.5)
+        e = top_assignment(self.assoc, s, self.config.per_class)
+        for c in sorted(self.binary_classes):
+            e[:, c] = torch.tensor(np.array([v.x for v in self.e[c]]) > 0.5)
         return s, e
 
     def bound(self, status: mip.OptimizationStatus) -> float | None:
@@ -326,6 +509,15 @@ class _Program:
             return None
         value = self.model.objective_bound
         return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _formulation(config: RetrofitConfig) -> str:
+    name = config.extra.get("formulation", DEFAULT_FORMULATION)
+    if name not in FORMULATIONS:
+        raise ConfigError(
+            f"QPM: unknown extra['formulation'] {name!r}; choose one of {list(FORMULATIONS)}."
+        )
+    return str(name)
 
 
 def _new_model(solver: str) -> mip.Model:
