@@ -58,7 +58,7 @@ class InterpretableModel(nn.Module):
 
     @property
     def selected_features(self) -> torch.Tensor:
-        """Indices of the backbone's penultimate features the head uses, in rank order."""
+        """The penultimate channel each feature is (or, with a linear mix, started from), in rank order."""
         return self.adapter.selected.clone()
 
     @property
