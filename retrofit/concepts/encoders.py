@@ -37,6 +37,7 @@ from retrofit.cache import atomic_save_safetensors
 from retrofit.errors import CacheError, ConfigError, DataError, ModelError
 from retrofit.fingerprint import batch_fingerprint, model_fingerprint, settings_fingerprint
 from retrofit.loaders import as_batches, dataset_length, iterate
+from retrofit.state import load_matching_state
 
 logger = logging.getLogger(__name__)
 
@@ -499,14 +500,12 @@ def load_tiny_clip(
     path = _weights_dir() / TINY_CLIP_WEIGHTS
     _check_safetensors(path, "The tiny CLIP weights")
     model = build_open_clip(settings["model"])
-    state = load_file(str(path))
-    expected = model.state_dict()
-    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-        raise ModelError(
-            f"{path} does not match the config in {TINY_CLIP_SETTINGS}; regenerate both with "
-            f"`{TINY_CLIP_COMMAND}`."
-        )
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    load_matching_state(
+        model,
+        path,
+        f"{path} does not match the config in {TINY_CLIP_SETTINGS}; regenerate both with "
+        f"`{TINY_CLIP_COMMAND}`.",
+    )
     tokenizer = open_clip.SimpleTokenizer(context_length=settings["tokenizer"]["context_length"])
     encoder = OpenCLIPEncoder(
         model=model,

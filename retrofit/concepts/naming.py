@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-from retrofit.concepts.encoders import ConceptEncoder, embed_batch, embed_concepts, load_encoder
+from retrofit.concepts.encoders import (
+    ConceptEncoder,
+    embed_batch,
+    embed_concepts,
+    embed_images,
+    load_encoder,
+)
 from retrofit.concepts.scoring import (
     WPMI_LAMBDA,
     WPMI_TEMPERATURE,
@@ -108,19 +114,18 @@ def _probe_pass(
     cache_dir: str | os.PathLike | None,
     batch_size: int,
     progress: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """One pass over the images: feature activations (when `imodel`), embeddings (when
-    `encoder`) and labels, so both always come from the same images in the same order."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One pass over the images: feature activations, embeddings (when `encoder`) and labels,
+    so both always come from the same images in the same order."""
     from tqdm.auto import tqdm
 
-    device = imodel.adapter.mean.device if imodel is not None else None
+    device = imodel.adapter.mean.device
     acts, embs, labels = [], [], []
     with tqdm(
         total=dataset_length(data), unit="img", desc="concept probe", disable=not progress
     ) as bar:
         for images, batch_labels in iterate(as_batches(data, batch_size=batch_size)):
-            if imodel is not None:
-                acts.append(imodel.concept_activations(images.to(device)).float().cpu())
+            acts.append(imodel.concept_activations(images.to(device)).float().cpu())
             if encoder is not None:
                 embs.append(
                     embed_batch(
@@ -137,7 +142,7 @@ def _probe_pass(
     if not labels:
         raise DataError("The probe data yielded no images; check that it is not empty.")
     return (
-        torch.cat(acts) if acts else None,
+        torch.cat(acts),
         torch.cat(embs) if embs else None,
         torch.cat(labels),
     )
@@ -264,10 +269,9 @@ def name_features(
                     "A feature probe needs images= (a loader or tensor of the same images, same "
                     "order) or image_embeddings= for the concept encoder."
                 )
-            _, image_embeddings, image_labels = _probe_pass(
-                None,
-                images,
+            image_embeddings, image_labels = embed_images(
                 enc,
+                images,
                 input_mean=input_mean,
                 input_std=input_std,
                 cache_dir=cache_dir,

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from retrofit.errors import ConfigError, ModelError
+from retrofit.state import load_matching_state
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +101,11 @@ def load_demo_classifier(device: str | torch.device | None = None) -> DemoCNN:
             f"demo classifier weights not found at {path}; regenerate them with "
             f"`{REGENERATE_COMMAND}` from the repository root."
         )
-    state = load_file(str(path))
-    expected = model.state_dict()
-    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-        raise ModelError(
-            f"{path} does not match the DemoCNN architecture in {SETTINGS_NAME}; regenerate "
-            f"both with `{REGENERATE_COMMAND}`."
-        )
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    load_matching_state(
+        model,
+        path,
+        f"{path} does not match the DemoCNN architecture in {SETTINGS_NAME}; regenerate "
+        f"both with `{REGENERATE_COMMAND}`.",
+    )
     logger.debug("loaded demo classifier from %s", path)
     return model.to(device).eval() if device is not None else model.eval()
