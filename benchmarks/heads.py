@@ -129,7 +129,7 @@ def retention(name: str, task: tuple, cache: str, time_limit: float) -> dict:
             }
             if imodel.adapter.mix is not None and settings["finetune"] != "none":
                 row["median_correlation_with_start_channel"] = _start_channel_correlation(
-                    imodel, test
+                    imodel, test, cache
                 )
             rows[f"{method}/{variant}"] = row
             print(name, method, variant, round(accuracy, 4), round(row["relative_to_dense"], 4))
@@ -137,10 +137,12 @@ def retention(name: str, task: tuple, cache: str, time_limit: float) -> dict:
 
 
 @torch.no_grad()
-def _start_channel_correlation(imodel: retrofit.InterpretableModel, loader: DataLoader) -> float:
+def _start_channel_correlation(
+    imodel: retrofit.InterpretableModel, loader: DataLoader, cache: str
+) -> float:
     """Median corr(mixed feature j, the channel it was initialised to) over the features the
     head uses whose starting channel varies (dead ReLU channels have no correlation)."""
-    x = retrofit.extract(imodel.backbone, loader, progress=False).features
+    x = retrofit.extract(imodel.backbone, loader, cache_dir=cache, progress=False).features
     used = (imodel.head.weight != 0).any(dim=0)
     mixed = imodel.adapter.transform(x)[:, used]
     start = x[:, imodel.adapter.selected[used]]
