@@ -18,6 +18,8 @@ Options read from `config.extra`:
   search_rounds (int, 200): kicks of the iterated local search that builds the warm start.
   cut_rounds (int, 50), cuts_per_round (int, 500): the root loop of clique / stable-set cuts
       (0 rounds disables it; it may use up to 40 % of time_limit).
+  formulation (str, "projected"): one value per class bounded by exact cuts; "assignment"
+      keeps a variable per feature and class (see retrofit.solvers.qpm_program).
 """
 
 from __future__ import annotations
