@@ -322,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--concepts", help="name features: tiny, open_clip:ARCH:TAG, hf:ID or a vocabulary file"
     )
-    convert.add_argument("--time-limit", type=_positive_float)
+    convert.add_argument(
+        "--time-limit", type=_positive_float, help="seconds for the QPM solver (default 600)"
+    )
     convert.add_argument("--seed", type=int, default=0)
     convert.add_argument("--batch-size", type=_positive_int, default=64)
     convert.add_argument("--image-size", type=_positive_int, default=224)

@@ -26,7 +26,7 @@ class RetrofitConfig:
     maps: bool = False  # cache spatial maps: enables the diversity loss and QPM's locality term
     finetune: str = "adapter"
     solver: str = "cbc"
-    time_limit: float | None = None
+    time_limit: float | None = None  # seconds for the QPM solver; None: 600 (DEFAULT_TIME_LIMIT)
     mip_gap: float | None = None
     threads: int | None = None
     balanced: bool = False

@@ -37,6 +37,7 @@ from retrofit.solvers.qpm_cuts import (
     stable_cut,
 )
 from retrofit.solvers.qpm_program import (
+    DEFAULT_TIME_LIMIT,
     available_solvers,
     check_settings,
     penalty_matrix,
@@ -288,6 +289,13 @@ def test_time_limit_returns_a_feasible_assignment():
     assert result.selected.shape == (40,) and len(set(result.selected.tolist())) == 40
     assert (result.assignment.sum(dim=1) == 4).all()
     assert len(set(class_sets(result.assignment))) == 60
+
+
+def test_no_time_limit_means_the_default_budget(fitted):
+    _, _, result = fitted  # config() leaves time_limit at None
+    assert result.stats["time_limit"] == DEFAULT_TIME_LIMIT
+    limited = get_head("qpm")(*planted(), config(time_limit=7.5))
+    assert limited.stats["time_limit"] == 7.5
 
 
 def test_class_correlation_is_pearson():

@@ -71,6 +71,7 @@ FORMULATIONS = ("projected", "assignment")
 DEFAULT_FORMULATION = "projected"
 DEFAULT_VALUE_CUT_WINDOW = 3
 CUT_TIME_SHARE = 0.4  # at most this share of the time limit goes to the root cut loop
+DEFAULT_TIME_LIMIT = 600.0  # seconds, when config.time_limit is None
 
 
 @dataclass
@@ -180,7 +181,9 @@ def solve_program(
 
     The start (s, E) must be feasible and unique (e.g. the clique and its greedy assignment);
     it is the MIP start and the fallback when the solver finds nothing better in time.
-    `config.time_limit` bounds the total solver time over all uniqueness rounds.
+    `config.time_limit` bounds the total solver time over all uniqueness rounds; None means
+    DEFAULT_TIME_LIMIT, so a conversion always ends (at CUB scale CBC cannot prove a 0.5 % gap
+    in any practical time, see benchmarks/heads_qpm_scale.py).
     """
     k, n_classes = (int(s) for s in assoc.shape)
     n_features, per_class = config.n_features, config.per_class
@@ -209,14 +212,15 @@ def solve_program(
     best_s, best_e = start_selected, start_assignment
     rounds = value_rounds = 0
     began = time.perf_counter()
-    cut_budget = None if config.time_limit is None else CUT_TIME_SHARE * config.time_limit
+    time_limit = DEFAULT_TIME_LIMIT if config.time_limit is None else float(config.time_limit)
+    cut_budget = CUT_TIME_SHARE * time_limit
     program.seed_value_cuts(start_selected)
     stats.update(program.tighten(cut_budget))
     spent = time.perf_counter() - began
     limit_hit = False
     status = mip.OptimizationStatus.OTHER
     while True:
-        remaining = None if config.time_limit is None else config.time_limit - spent
+        remaining = time_limit - spent
         program.set_start(best_s, best_e)
         began = time.perf_counter()
         status = program.optimize(remaining)
@@ -245,7 +249,7 @@ def solve_program(
         # a solver that dropped the start may stop on a worse incumbent; never return less
         if score(s_val, e_val) >= score(best_s, best_e):
             best_s, best_e = s_val, e_val
-        out_of_time = config.time_limit is not None and spent >= config.time_limit
+        out_of_time = spent >= time_limit
         stop = limit_hit or out_of_time or rounds + value_rounds >= max_rounds
         if missing and status == mip.OptimizationStatus.OPTIMAL:
             status = mip.OptimizationStatus.FEASIBLE  # optimal only for a relaxation
@@ -274,7 +278,7 @@ def solve_program(
 
     if limit_hit and status == mip.OptimizationStatus.FEASIBLE:
         warnings.warn(
-            f"QPM: the time limit ({config.time_limit} s) stopped the solver before optimality; "
+            f"QPM: the time limit ({time_limit:g} s) stopped the solver before optimality; "
             "returning the best feasible assignment found (see stats['gap']).",
             RuntimeWarning,
             stacklevel=2,
@@ -287,6 +291,7 @@ def solve_program(
         bound=bound,
         gap=None if bound is None else max(0.0, bound - objective) / max(abs(objective), 1e-10),
         time=spent,
+        time_limit=time_limit,
         time_limit_hit=limit_hit,
         uniqueness_rounds=rounds,
         value_rounds=value_rounds,
@@ -404,7 +409,7 @@ class _Program:
         s = np.array([v.x for v in self.s], dtype=np.float64).round()
         return self._separate_values(s)
 
-    def tighten(self, budget: float | None) -> dict[str, Any]:
+    def tighten(self, budget: float) -> dict[str, Any]:
         """Root cut loop: add violated clique / stable-set cuts until none or out of budget.
 
         Returns the LP bounds before and after and the counts, for the stats.
@@ -416,9 +421,9 @@ class _Program:
         if max_rounds <= 0 or not (self.pairs or self.projected):
             return info
         began = time.perf_counter()
-        deadline = None if budget is None else began + budget
+        deadline = began + budget
         for _ in range(max_rounds):
-            if deadline is not None and time.perf_counter() >= deadline:
+            if time.perf_counter() >= deadline:
                 break
             bound = self._relaxation(deadline)
             if bound is None:
@@ -447,9 +452,9 @@ class _Program:
         )
         return info
 
-    def _relaxation(self, deadline: float | None) -> float | None:
+    def _relaxation(self, deadline: float) -> float | None:
         """Solve the LP relaxation; its value, or None when it did not finish."""
-        seconds = mip.INF if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+        seconds = max(deadline - time.perf_counter(), 1e-3)
         try:
             with native_stdout_silenced(not self.config.progress):
                 status = self.model.optimize(relax=True, max_seconds=seconds)
@@ -488,8 +493,8 @@ class _Program:
         start += [(y, 1.0) for (i, j), y in zip(self.pairs, self.y) if i in chosen and j in chosen]
         self.model.start = start
 
-    def optimize(self, remaining: float | None) -> mip.OptimizationStatus:
-        seconds = mip.INF if remaining is None else max(remaining, 1e-3)
+    def optimize(self, remaining: float) -> mip.OptimizationStatus:
+        seconds = max(remaining, 1e-3)
         try:
             with native_stdout_silenced(not self.config.progress):
                 return self.model.optimize(max_seconds=seconds)
