@@ -9,20 +9,23 @@ near-duplicates, as in a real backbone). --max-mix 1 makes every feature read a 
 mixtures make the redundancy a set-packing structure whose LP relaxation stays loose.
 
 Measured: time of each stage, problem size, and how fast CBC (2 threads) reaches a gap of
-0.5 % (time limit 300 s, root cut loop included), with candidate pre-selection (default) in the
-default projected formulation (--formulation assignment for the one with E variables), and
-with --also-highs the same with HiGHS; without pre-selection (every feature a candidate) the
-stages and the size, and the solve only with --solve-full. Writes
-benchmarks/results/heads_qpm_scale.json.
+0.5 % (time limit 300 s or --time-limit, root cut loop included), with candidate
+pre-selection (default) in the default projected formulation (--formulation assignment for
+the one with E variables), and with --also-highs the same with HiGHS; without pre-selection
+(every feature a candidate) the stages and the size, and the solve only with --solve-full.
+--value-only drops the redundancy penalty (an ablation: the class-value part alone, to show
+where the relaxation is loose).
+Writes benchmarks/results/heads_qpm_scale.json; the variants add _mixN, _value_only, _tS.
 
     python benchmarks/heads_qpm_scale.py [--quick] [--solve-full] [--also-highs]
-        [--formulation NAME] [--max-mix N]
+        [--formulation NAME] [--max-mix N] [--value-only] [--time-limit S]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -85,8 +88,14 @@ def run_case(
     config: RetrofitConfig,
     n_candidates: int | None,
     solve: bool = True,
+    penalty: bool = True,
 ) -> dict:
-    """Every stage of the qpm head, timed separately; without `solve`, sizes only."""
+    """Every stage of the qpm head, timed separately; without `solve`, sizes only.
+
+    Without `penalty` the redundancy term is dropped (tau above every R, so P is empty): what
+    is left is the class-value part alone, whose LP relaxation shows how much of the gap the
+    penalty is not responsible for.
+    """
     n_classes = int(labels.max()) + 1
     times = {}
     t = time.perf_counter()
@@ -104,6 +113,8 @@ def run_case(
     t = time.perf_counter()
     tau, clique = clique_threshold(redund, config.n_features, kth_largest(assoc, config.per_class))
     times["clique_threshold"] = time.perf_counter() - t
+    if not penalty:
+        tau = math.inf
     clique_s = torch.zeros(len(cand), dtype=torch.bool)
     clique_s[clique] = True
     clique_e = greedy_assignment(assoc, clique, config.per_class)
@@ -199,6 +210,17 @@ def main() -> None:
         default=3,
         help="most concepts mixed into one feature; other values write heads_qpm_scale_mixN.json",
     )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=300.0,
+        help="solver budget of the pre-selected cases (the target is 300; others add _tSECONDS)",
+    )
+    parser.add_argument(
+        "--value-only",
+        action="store_true",
+        help="drop the redundancy penalty (ablation); writes heads_qpm_scale[_mixN]_value_only.json",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     world = {"n_classes": 40, "dim": 512} if args.quick else {}
@@ -226,24 +248,41 @@ def main() -> None:
             "max_mix": args.max_mix,
             "time_s": data_time,
         },
-        "settings": {**base, "time_limit_s": 300.0, "target_gap": 0.005},
+        "settings": {**base, "time_limit_s": args.time_limit, "target_gap": 0.005},
+        "penalty": not args.value_only,
         "with_preselection": run_case(
-            features, labels, RetrofitConfig(**base, time_limit=300.0, progress=False), None
+            features,
+            labels,
+            RetrofitConfig(**base, time_limit=args.time_limit, progress=False),
+            None,
+            penalty=not args.value_only,
         ),
     }
     if args.also_highs:
-        highs = RetrofitConfig(**{**base, "solver": "highs"}, time_limit=300.0, progress=False)
-        report["with_preselection_highs"] = run_case(features, labels, highs, None)
+        highs = RetrofitConfig(
+            **{**base, "solver": "highs"}, time_limit=args.time_limit, progress=False
+        )
+        report["with_preselection_highs"] = run_case(
+            features, labels, highs, None, penalty=not args.value_only
+        )
     config = RetrofitConfig(**base, time_limit=args.full_limit, progress=False)
     report["without_preselection"] = run_case(
-        features, labels, config, int(features.shape[1]), solve=args.solve_full
+        features,
+        labels,
+        config,
+        int(features.shape[1]),
+        solve=args.solve_full,
+        penalty=not args.value_only,
     )
     if not args.solve_full:
         report["without_preselection"]["note"] = (
             "not solved: in a trial run CBC (2 threads, max_seconds=90) was still in its root LP "
             "after more than 20 minutes on this model, so only stages and sizes are reported"
         )
-    out = RESULTS if args.max_mix == 3 else RESULTS.with_stem(f"{RESULTS.stem}_mix{args.max_mix}")
+    stem = RESULTS.stem + ("" if args.max_mix == 3 else f"_mix{args.max_mix}")
+    stem += "_value_only" if args.value_only else ""
+    stem += "" if args.time_limit == 300.0 else f"_t{args.time_limit:g}"
+    out = RESULTS.with_stem(stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2, default=float))

@@ -2,9 +2,10 @@
 
 In the program y_jj' >= s_j + s_j' - 1 linearises s_j s_j' for the penalised pairs P. On its
 own this is weak: the LP relaxation spreads the selection over many features at s ~ 1/2,
-where every y can be 0, so the bound ignores the penalty (on the benchmark instances the
-relaxation without the penalty is within 0.2 % of the integer optimum; the whole gap comes from
-the penalty). Two families of valid inequalities, both in s and y only:
+where every y can be 0, so the bound ignores the penalty (on the CUB-scale benchmark world the
+root bound after these cuts is 1.26 % above the best selection found, and 0.64 % without the
+penalty: about half of the gap is the penalty's). Two families of valid inequalities, both in
+s and y only:
 
 - clique:  for a clique Q of the conflict graph (every pair of Q in P) and an integer m >= 1,
   sum_{pairs of Q} y >= m * sum_Q s - m (m + 1) / 2.  With t = |S & Q| selected, the pairs
