@@ -24,6 +24,7 @@ from retrofit.solvers.cliques import (
 )
 from retrofit.solvers.qpm_constants import (
     class_correlation,
+    default_candidate_count,
     kth_largest,
     locality_bias,
     redundancy,
@@ -328,6 +329,13 @@ def test_candidates_skip_duplicates_and_stay_feasible():
     assert len(tiny) >= 10
     with pytest.raises(ConfigError):
         select_candidates(assoc, n_features=10, per_class=2, n_candidates=0)
+
+
+def test_default_candidate_count_grows_with_classes_up_to_a_cap():
+    assert default_candidate_count(50, 200, 2048) == 400  # CUB scale: 8 per selected feature
+    assert default_candidate_count(50, 250, 2048) == 500  # 2 per class
+    assert default_candidate_count(50, 1000, 2048) == 600  # capped at 12 per selected feature
+    assert default_candidate_count(50, 1000, 300) == 300  # never more than D
 
 
 def test_make_unique_keeps_counts_and_selection():

@@ -10,8 +10,9 @@ features in chunks (no N x D standardised copy); `standardise` gives mu and sigm
 selected features.
 
 Options read from `config.extra`:
-  candidates (int): features the program may choose from (default: 8 * n_features, at least
-      2 * C, at most D); D or more disables the pre-selection.
+  candidates (int): features the program may choose from (default: 8 * n_features, raised
+      towards 2 * C but to no more than 12 * n_features, at most D); D or more disables the
+      pre-selection.
   duplicate_cut (float, 0.95): candidates whose cosine with a kept one exceeds this are skipped.
   locality (bool, False): add the locality bias b_j (needs the spatial `maps`).
   max_rounds (int, 100): cap on the lazy uniqueness rounds.

@@ -88,8 +88,13 @@ def kth_largest(assoc: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def default_candidate_count(n_features: int, n_classes: int, dim: int) -> int:
-    """A few hundred at CUB scale (n_f=50, C=200 -> 400): 8 per selected feature, 2 per class."""
-    return min(dim, max(8 * n_features, 2 * n_classes, n_features))
+    """A few hundred: 8 per selected feature, 2 per class, but at most 12 per selected feature.
+
+    CUB scale (n_f=50, C=200) gets 400. The cap matters at ImageNet scale: with 2 per class
+    (2,000 of 2,048) CBC could not solve a single LP in 60 s and the local search did worse
+    than on 400-600 candidates (benchmarks/heads_qpm_candidates.py).
+    """
+    return min(dim, max(8 * n_features, min(2 * n_classes, 12 * n_features), n_features))
 
 
 def select_candidates(
