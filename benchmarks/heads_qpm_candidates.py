@@ -15,16 +15,15 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import write_result
 from benchmarks.heads_qpm_scale import concept_world, machine
 from retrofit.config import RetrofitConfig
 from retrofit.heads.qpm import fit_qpm
 from retrofit.solvers.qpm_constants import default_candidate_count
 
-RESULTS = Path(__file__).parent / "results" / "heads_qpm_candidates.json"
 COUNTS = (400, 600, 1000, 2000)
 TIME_LIMIT = 60.0
 
@@ -58,7 +57,7 @@ def main() -> None:
                 "warnings": [str(w.message) for w in caught],
             }
         )
-        print(json.dumps(runs[-1], default=float), flush=True)
+        print(json.dumps(runs[-1]), flush=True)
     report = {
         "benchmark": "heads_qpm_candidates",
         "machine": machine(),
@@ -67,10 +66,7 @@ def main() -> None:
         "default_count": default_candidate_count(50, n_classes, dim),
         "runs": runs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    tmp.replace(RESULTS)
+    write_result("heads_qpm_candidates", report)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,7 @@ def main() -> None:
     torch.set_num_threads(2)
     world = {"n_classes": 40, "dim": 512} if args.quick else {}
     world["max_mix"] = args.max_mix
+    penalty = not args.value_only
     t = time.perf_counter()
     features, labels = concept_world(**world)
     data_time = time.perf_counter() - t
@@ -249,22 +250,20 @@ def main() -> None:
             "time_s": data_time,
         },
         "settings": {**base, "time_limit_s": args.time_limit, "target_gap": 0.005},
-        "penalty": not args.value_only,
+        "penalty": penalty,
         "with_preselection": run_case(
             features,
             labels,
             RetrofitConfig(**base, time_limit=args.time_limit, progress=False),
             None,
-            penalty=not args.value_only,
+            penalty=penalty,
         ),
     }
     if args.also_highs:
         highs = RetrofitConfig(
             **{**base, "solver": "highs"}, time_limit=args.time_limit, progress=False
         )
-        report["with_preselection_highs"] = run_case(
-            features, labels, highs, None, penalty=not args.value_only
-        )
+        report["with_preselection_highs"] = run_case(features, labels, highs, None, penalty=penalty)
     config = RetrofitConfig(**base, time_limit=args.full_limit, progress=False)
     report["without_preselection"] = run_case(
         features,
@@ -272,7 +271,7 @@ def main() -> None:
         config,
         int(features.shape[1]),
         solve=args.solve_full,
-        penalty=not args.value_only,
+        penalty=penalty,
     )
     if not args.solve_full:
         report["without_preselection"]["note"] = (
