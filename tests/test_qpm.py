@@ -39,6 +39,8 @@ from retrofit.solvers.qpm_cuts import (
 )
 from retrofit.solvers.qpm_program import (
     DEFAULT_TIME_LIMIT,
+    _gap_words,
+    _time_limit_advice,
     available_solvers,
     check_settings,
     penalty_matrix,
@@ -290,6 +292,15 @@ def test_time_limit_returns_a_feasible_assignment():
     assert result.selected.shape == (40,) and len(set(result.selected.tolist())) == 40
     assert (result.assignment.sum(dim=1) == 4).all()
     assert len(set(class_sets(result.assignment))) == 60
+
+
+def test_time_limit_warning_reports_the_gap_and_what_to_change():
+    assert _gap_words(0.0119) == "within 1.19 % of the bound"
+    assert _gap_words(None) == "no bound proven"
+    assert "solver='highs'" in _time_limit_advice("cbc")
+    for solver in ("highs", "gurobi"):
+        advice = _time_limit_advice(solver)
+        assert "time_limit" in advice and "solver=" not in advice
 
 
 def test_no_time_limit_means_the_default_budget(fitted):
