@@ -182,8 +182,8 @@ def solve_program(
     The start (s, E) must be feasible and unique (e.g. the clique and its greedy assignment);
     it is the MIP start and the fallback when the solver finds nothing better in time.
     `config.time_limit` bounds the total solver time over all uniqueness rounds; None means
-    DEFAULT_TIME_LIMIT, so a conversion always ends (at CUB scale CBC is still at a 0.53 % gap
-    after 30 minutes, see benchmarks/heads_qpm_scale.py).
+    DEFAULT_TIME_LIMIT, so a conversion always ends (at CUB scale CBC is still above a 0.5 % gap
+    after 50 minutes, see benchmarks/heads_qpm_scale.py).
     """
     k, n_classes = (int(s) for s in assoc.shape)
     n_features, per_class = config.n_features, config.per_class
