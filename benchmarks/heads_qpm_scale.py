@@ -15,10 +15,11 @@ the one with E variables), and with --also-highs the same with HiGHS; without pr
 (every feature a candidate) the stages and the size, and the solve only with --solve-full.
 --value-only drops the redundancy penalty (an ablation: the class-value part alone, to show
 where the relaxation is loose).
-Writes benchmarks/results/heads_qpm_scale.json; the variants add _mixN, _value_only, _tS.
+Writes benchmarks/results/heads_qpm_scale.json; the variants add _mixN, _value_only, _highs,
+_tS.
 
     python benchmarks/heads_qpm_scale.py [--quick] [--solve-full] [--also-highs]
-        [--formulation NAME] [--max-mix N] [--value-only] [--time-limit S]
+        [--formulation NAME] [--max-mix N] [--value-only] [--solver NAME] [--time-limit S]
 """
 
 from __future__ import annotations
@@ -203,6 +204,12 @@ def main() -> None:
     parser.add_argument(
         "--also-highs", action="store_true", help="also solve the pre-selected case with HiGHS"
     )
+    parser.add_argument(
+        "--solver",
+        choices=("cbc", "highs"),
+        default="cbc",
+        help="solver of every case (the target is CBC's; highs writes ..._highs.json)",
+    )
     parser.add_argument("--formulation", choices=("projected", "assignment"), default="projected")
     parser.add_argument(
         "--max-mix",
@@ -232,7 +239,7 @@ def main() -> None:
     base = {
         "n_features": 50,
         "per_class": 5,
-        "solver": "cbc",
+        "solver": args.solver,
         "threads": 2,
         "mip_gap": 0.005,
         "seed": 0,
@@ -280,6 +287,7 @@ def main() -> None:
         )
     stem = RESULTS.stem + ("" if args.max_mix == 3 else f"_mix{args.max_mix}")
     stem += "_value_only" if args.value_only else ""
+    stem += "" if args.solver == "cbc" else f"_{args.solver}"
     stem += "" if args.time_limit == 300.0 else f"_t{args.time_limit:g}"
     out = RESULTS.with_stem(stem)
     out.parent.mkdir(parents=True, exist_ok=True)

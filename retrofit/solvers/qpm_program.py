@@ -523,12 +523,12 @@ def _gap_words(gap: float | None) -> str:
 
 
 def _time_limit_advice(solver: str) -> str:
-    """What to change for a smaller gap; HiGHS closes this program's gap faster than CBC."""
+    """What to change for a smaller gap; within minutes HiGHS closes it faster than CBC."""
     advice = "Raise time_limit for a smaller gap"
     if solver == "cbc":
         advice += (
             ", or use solver='highs' (pip install 'retrofit[highs]'), which closes this "
-            "program's gap faster (benchmarks/heads_qpm_scale.py)"
+            "program's gap faster within a few minutes (benchmarks/heads_qpm_scale.py)"
         )
     return advice + "."
 
