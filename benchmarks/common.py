@@ -7,7 +7,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    return {
+def machine(packages: Iterable[str] = ()) -> dict[str, Any]:
+    """What the numbers were measured on; `packages` adds their installed versions."""
+    info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
@@ -26,6 +27,14 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
     }
+    return info | {name: _version(name) for name in packages}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -45,8 +54,15 @@ def interleaved_medians(variants: dict[str, Callable[[], Any]], repeats: int) ->
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
+def write_result(name: str, payload: dict[str, Any], measured_on: dict | None = None) -> Path:
+    """Write results/NAME.json atomically (a crash keeps the old file).
+
+    `measured_on` is machine() taken when the run began; by default it is taken now.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    report = {"machine": measured_on or machine(), **payload}
+    tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    tmp.replace(path)
     return path

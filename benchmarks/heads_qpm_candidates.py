@@ -18,8 +18,8 @@ import warnings
 
 import torch
 
-from benchmarks.common import write_result
-from benchmarks.heads_qpm_scale import concept_world, machine
+from benchmarks.common import machine, write_result
+from benchmarks.heads_qpm_scale import SOLVER_PACKAGES, concept_world
 from retrofit.config import RetrofitConfig
 from retrofit.heads.qpm import fit_qpm
 from retrofit.solvers.qpm_constants import default_candidate_count
@@ -30,6 +30,7 @@ TIME_LIMIT = 60.0
 
 def main() -> None:
     torch.set_num_threads(2)
+    measured_on = machine(SOLVER_PACKAGES)
     features, labels = concept_world(n_classes=1000, n_concepts=600, per_class_images=10)
     n_classes, dim = int(labels.max()) + 1, int(features.shape[1])
     runs = []
@@ -60,13 +61,12 @@ def main() -> None:
         print(json.dumps(runs[-1]), flush=True)
     report = {
         "benchmark": "heads_qpm_candidates",
-        "machine": machine(),
         "data": {"n_images": int(features.shape[0]), "dim": dim, "n_classes": n_classes},
         "settings": {"n_features": 50, "per_class": 5, "solver": "cbc", "time_limit_s": TIME_LIMIT},
         "default_count": default_candidate_count(50, n_classes, dim),
         "runs": runs,
     }
-    write_result("heads_qpm_candidates", report)
+    write_result("heads_qpm_candidates", report, measured_on)
 
 
 if __name__ == "__main__":

@@ -27,16 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import sys
 import time
 import warnings
-from importlib import metadata
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine, write_result
 from retrofit.config import RetrofitConfig
 from retrofit.solvers.cliques import clique_threshold, greedy_assignment, perturbed_search
 from retrofit.solvers.qpm_constants import (
@@ -52,7 +48,7 @@ from retrofit.solvers.qpm_program import (
     solve_program,
 )
 
-RESULTS = Path(__file__).parent / "results" / "heads_qpm_scale.json"
+SOLVER_PACKAGES = ("mip", "cbcbox", "highsbox")
 
 
 def concept_world(
@@ -172,26 +168,6 @@ def run_case(
     return case
 
 
-def machine() -> dict:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "mip": version("mip"),
-        "cbcbox": version("cbcbox"),
-        "torch_threads": torch.get_num_threads(),
-        "note": "2 cores shared with other jobs while measuring: timings are noisy",
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller world, for a smoke run")
@@ -230,6 +206,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(2)
+    measured_on = machine(SOLVER_PACKAGES)
     world = {"n_classes": 40, "dim": 512} if args.quick else {}
     world["max_mix"] = args.max_mix
     penalty = not args.value_only
@@ -247,7 +224,7 @@ def main() -> None:
     }
     report = {
         "benchmark": "heads_qpm_scale",
-        "machine": machine(),
+        "timing_note": "2 cores shared with other jobs while measuring: timings are noisy",
         "data": {
             "n_images": int(features.shape[0]),
             "dim": int(features.shape[1]),
@@ -285,15 +262,11 @@ def main() -> None:
             "not solved: in a trial run CBC (2 threads, max_seconds=90) was still in its root LP "
             "after more than 20 minutes on this model, so only stages and sizes are reported"
         )
-    stem = RESULTS.stem + ("" if args.max_mix == 3 else f"_mix{args.max_mix}")
+    stem = "heads_qpm_scale" + ("" if args.max_mix == 3 else f"_mix{args.max_mix}")
     stem += "_value_only" if args.value_only else ""
     stem += "" if args.solver == "cbc" else f"_{args.solver}"
     stem += "" if args.time_limit == 300.0 else f"_t{args.time_limit:g}"
-    out = RESULTS.with_stem(stem)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    tmp.replace(out)
+    write_result(stem, report, measured_on)
     print(json.dumps(report, indent=2, default=float))
 
 
