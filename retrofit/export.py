@@ -243,6 +243,10 @@ def _config(
             }
             for j, index in enumerate(imodel.adapter.selected.tolist())
         ],
+        "pairs": [
+            {"class": c, "feature": j, **_jsonable(pair)}
+            for (c, j), pair in sorted(imodel.pair_concepts.items())
+        ],
         "head": {**head_info, "nonzero": int((imodel.head.weight != 0).sum())},
         "adapter": {"linear_mix": imodel.adapter.mix is not None},
         "config": _jsonable(imodel.config.to_dict()),
@@ -384,8 +388,36 @@ def load(
         stats=config["stats"],
     )
     imodel.concepts = [list(f["concepts"]) for f in config["features"]]
+    imodel.pair_concepts = _pairs(config.get("pairs", []), imodel.num_classes, imodel.n_features)
     device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     return imodel.to(device).eval()
+
+
+def _pairs(
+    entries: Any, num_classes: int, n_features: int
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """Class-conditional names from the config's optional 'pairs' list, bounds-checked."""
+    if not isinstance(entries, list):
+        raise ExportSchemaError("'pairs' in the export config must be a list of objects.")
+    pairs = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("concept"), str):
+            raise ExportSchemaError(
+                "every entry of 'pairs' needs a 'class', a 'feature' and a 'concept' string."
+            )
+        c, j = entry.get("class"), entry.get("feature")
+        if not (
+            isinstance(c, int)
+            and 0 <= c < num_classes
+            and isinstance(j, int)
+            and 0 <= j < n_features
+        ):
+            raise ExportSchemaError(
+                f"'pairs' entry {entry!r} names a class or feature outside the model "
+                f"({num_classes} classes, {n_features} features)."
+            )
+        pairs[(c, j)] = {k: v for k, v in entry.items() if k not in ("class", "feature")}
+    return pairs
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -47,6 +47,9 @@ class InterpretableModel(nn.Module):
         )
         self.stats: dict[str, Any] = dict(stats or {})
         self.concepts: list[list[dict[str, Any]]] = [[] for _ in range(self.n_features)]
+        # class-conditional names: (class, feature) -> {"concept", "status", "auc", ...}; why
+        # this class uses this feature, which may differ from the feature's global best concept
+        self.pair_concepts: dict[tuple[int, int], dict[str, Any]] = {}
 
     @property
     def n_features(self) -> int:
@@ -89,8 +92,15 @@ class InterpretableModel(nn.Module):
         names = self.concepts[index]
         return names[0]["concept"] if names else f"feature_{int(self.adapter.selected[index])}"
 
+    def pair_name(self, class_index: int, index: int) -> str:
+        """Why class `class_index` uses feature `index`: its class-conditional name when one was
+        computed, else the feature's global name."""
+        pair = self.pair_concepts.get((int(class_index), int(index)))
+        return pair["concept"] if pair else self.feature_name(index)
+
     def global_explanation(self) -> dict[str, list[dict[str, Any]]]:
-        """Every class with the features it uses: position, backbone index, sign, weight, name."""
+        """Every class with the features it uses: position, backbone index, sign, weight, its
+        class-conditional name (`name`) and the feature's global name (`feature_name`)."""
         table: dict[str, list[dict[str, Any]]] = {}
         weight = self.head.weight.detach().cpu()
         for c, name in enumerate(self.class_names):
@@ -102,7 +112,9 @@ class InterpretableModel(nn.Module):
                     "backbone_index": int(self.adapter.selected[j]),
                     "sign": int(torch.sign(row[j])),
                     "weight": float(row[j]),
-                    "name": self.feature_name(int(j)),
+                    "name": self.pair_name(c, int(j)),
+                    "feature_name": self.feature_name(int(j)),
+                    "pair": dict(self.pair_concepts.get((c, int(j)), {})),
                 }
                 for j in order.tolist()
                 if row[j] != 0
