@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
-from retrofit.concepts import apply_concepts
+from retrofit.concepts import apply_concepts, parse_concepts
+from retrofit.concepts.basis import ConceptBasis, concept_presence, fit_concept_basis, fold_adapter
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.features import extract, resolve_device
@@ -84,9 +85,18 @@ def convert(
     device = resolve_device(model, config.device)
     features = train.features.to(device)
     labels = train.labels.to(device)
-    logger.info("fitting the %s head on %d x %d features", config.method, *train.features.shape)
-    result = get_head(config.method)(features, labels, config, train.maps, train.logits)
-    adapter = result.adapter or build_adapter(result, config, in_features=train.dim)
+    basis, embeddings = _concept_basis(train_loader, train, features, config)
+    # concepts alone when there are enough of them; else channels and concepts together
+    channels = basis is None or basis.size < config.n_features or config.concept_features == "mix"
+    head_features = basis.extend(features, channels) if basis is not None else features
+    head_maps = train.maps
+    if basis is not None and train.maps is not None:
+        head_maps = basis.extend_maps(train.maps)[:, (0 if channels else train.dim) :]
+    logger.info("fitting the %s head on %d x %d features", config.method, *head_features.shape)
+    result = get_head(config.method)(head_features, labels, config, head_maps, train.logits)
+    adapter = result.adapter or build_adapter(result, config, in_features=head_features.shape[1])
+    if basis is not None:
+        adapter = fold_adapter(adapter, basis, train.dim, channels)
     head = FixedHead.from_result(result)
     history: dict[str, Any] = {}
     if config.finetune != "none" and result.adapter is None:
@@ -106,6 +116,7 @@ def convert(
             "family": train.meta["family"],
             "layer": train.layer,
             "input_size": train.meta.get("input_size"),
+            "concept_basis": basis.summary() if basis is not None else None,
         },
     ).to(device)
     if config.finetune == "backbone":
@@ -123,6 +134,7 @@ def convert(
             cache_dir=config.cache_dir,
             batch_size=config.batch_size,
             progress=config.progress,
+            image_embeddings=embeddings if config.finetune != "backbone" else None,
         )
     imodel.stats["train"] = _accuracy(
         imodel, _own_features(imodel, train_loader, train, config), train
@@ -131,6 +143,25 @@ def convert(
         val = _features(model, val_loader, config)
         imodel.stats["val"] = _accuracy(imodel, _own_features(imodel, val_loader, val, config), val)
     return imodel.eval()
+
+
+def _concept_basis(
+    loader: Any, train: FeatureSet, features: torch.Tensor, config: RetrofitConfig
+) -> tuple[ConceptBasis | None, torch.Tensor | None]:
+    """Concept features for the head to choose from (retrofit.concepts.basis), when concepts
+    are named and the adapter can mix channels; also the image embeddings naming reuses."""
+    if config.concepts is None or not config.concept_features or not config.linear_mix:
+        return None, None
+    names, presence, embeddings = concept_presence(
+        parse_concepts(config.concepts),
+        loader,
+        train.labels,
+        cache_dir=config.cache_dir,
+        batch_size=config.batch_size,
+        progress=config.progress,
+    )
+    basis = fit_concept_basis(features, presence.to(features.device), names, seed=config.seed)
+    return (basis if basis.size else None), embeddings
 
 
 def _own_features(

@@ -47,12 +47,20 @@ class RetrofitConfig:
     # CLIP naming: an encoder or spec ("tiny", "open_clip:...", "hf:..."), a vocabulary, (N, K)
     # concept labels, or a dict of retrofit.concepts.ConceptSettings fields
     concepts: Any = None
+    # with concepts: the head chooses among linear concept probes (retrofit.concepts.basis), so
+    # classes are explained by features that mean one thing; with fewer detectable concepts
+    # than n_features (or "mix") the backbone channels are candidates too; False: channels only
+    concept_features: bool | str = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
         _check_choice("finetune", self.finetune, FINETUNE_MODES)
         _check_choice("solver", self.solver, SOLVERS)
+        if self.concept_features not in (True, False, "mix"):
+            raise ConfigError(
+                f"concept_features must be True, False or 'mix', got {self.concept_features!r}."
+            )
         _check_positive_int("n_features", self.n_features)
         _check_positive_int("per_class", self.per_class)
         _check_positive_int("rounds", self.rounds)

@@ -28,6 +28,7 @@ class FeatureContribution:
     activation: float  # the adapter's (standardised) output for this feature
     weight: float  # the class's head weight on this feature
     contribution: float  # weight * activation
+    feature_name: str = ""  # the feature's global name; `name` is why this class uses it
 
     def __str__(self) -> str:
         return (
@@ -104,6 +105,7 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
     weight = imodel.head.weight.detach().float().cpu()
     bias = imodel.head.bias.detach().float().cpu()
     names = [imodel.feature_name(j) for j in range(imodel.n_features)]
+    pair_names = {(c, j): imodel.pair_name(c, j) for c, j in imodel.pair_concepts}
     backbone = imodel.adapter.selected.tolist()
 
     def contributions(c: int, z: torch.Tensor, among: list[int]) -> list[FeatureContribution]:
@@ -111,10 +113,11 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
             FeatureContribution(
                 feature=j,
                 backbone_index=int(backbone[j]),
-                name=names[j],
+                name=pair_names.get((c, j), names[j]),
                 activation=float(z[j]),
                 weight=float(weight[c, j]),
                 contribution=float(weight[c, j] * z[j]),
+                feature_name=names[j],
             )
             for j in among
         ]

@@ -28,6 +28,7 @@ SECTIONS = (
     ("explanations", "Explanations"),
     ("faithfulness", "Faithfulness"),
     ("metrics", "Metrics"),
+    ("truth", "Truth of the explanation"),
 )
 MAX_MATRIX_CLASSES = 100
 MAX_TICK_LABELS = 60
@@ -376,9 +377,10 @@ def _assignment(report: Report) -> str:
         row = weight[c]
         used = torch.nonzero(row).flatten()
         used = used[torch.argsort(row[used].abs(), descending=True, stable=True)]
+        pair_names = visuals.get("pair_names", {})
         chips = "".join(
             f'<span class="chip{" neg" if row[j] < 0 else ""}">{"+" if row[j] > 0 else "−"}'
-            f"{_esc(visuals['feature_names'][j])}</span>"
+            f"{_esc(pair_names.get((c, j), visuals['feature_names'][j]))}</span>"
             for j in used.tolist()
         )
         rows.append([_esc(name), chips or '<span class="muted">(no features)</span>'])
@@ -602,6 +604,50 @@ def _metrics(report: Report) -> str:
     return _section("metrics", "".join(parts))
 
 
+def _truth(report: Report) -> str:
+    truth = report.results.get("truth") or {}
+    if "skipped" in truth or not truth:
+        why = truth.get("skipped", "not measured")
+        return _section("truth", f'<p class="muted">Skipped: {_esc(why)}.</p>')
+    keys = ("precision", "recall", "distinct", "coverage")
+    rows = [
+        [_esc(label), *(_num(truth[kind].get(k)) for k in keys)]
+        for kind, label in (("pair", "class-conditional names"), ("global", "global names"))
+        if kind in truth
+    ]
+    grounded = truth.get("pair", {}).get("grounded")
+    parts = [
+        '<p class="muted">Each class\'s named features against its true concepts'
+        + (
+            " (a name counts only where the feature responds to that concept, AUC ≥ "
+            f"{_num(truth['pair'].get('min_auc'), 2)})"
+            if grounded
+            else ""
+        )
+        + ". precision = correct / named pairs; recall = share of a class's true concepts named; "
+        "distinct = distinct names / named features; coverage = named / used pairs "
+        "(the rest say “unexplained”).</p>",
+        _table(["names", *keys], rows, {1, 2, 3, 4}),
+    ]
+    per_class = [
+        [
+            _esc(row["class"]),
+            _esc(", ".join(row["names"]) or "—"),
+            _esc(", ".join(row["truth"])),
+            _num(row["precision"], 2),
+            _num(row["recall"], 2),
+        ]
+        for row in truth.get("pair", {}).get("per_class", [])
+    ]
+    if per_class:
+        parts.append(
+            "<details><summary>Per class (class-conditional names)</summary>"
+            + _table(["class", "named", "true concepts", "precision", "recall"], per_class, {3, 4})
+            + "</details>"
+        )
+    return _section("truth", "".join(parts))
+
+
 def render_report(report: Report) -> str:
     """The whole report as one HTML string."""
     verdict = (
@@ -618,6 +664,7 @@ def render_report(report: Report) -> str:
             _explanations(report),
             _faithfulness(report),
             _metrics(report),
+            _truth(report),
         )
     )
     return (

@@ -28,6 +28,9 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
     "min_pixel_deletion_gain": ("pixel.class.*.deletion_auc_gain", ">="),
     "min_diversity": ("metrics.diversity@5", ">="),
     "max_dependence": ("metrics.dependence", "<="),
+    "min_truth_precision": ("truth.pair.precision", ">="),
+    "min_truth_recall": ("truth.pair.recall", ">="),
+    "min_truth_distinct": ("truth.pair.distinct", ">="),
 }
 _COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
 
@@ -262,6 +265,15 @@ class Report:
                 f"{_fmt(metrics.get('diversity@5'))}, dependence {_fmt(metrics.get('dependence'))}, "
                 f"class-independence {_fmt(metrics.get('class_independence'))}, contrastiveness "
                 f"{_fmt(metrics.get('contrastiveness'))}"
+            )
+        truth = self.results.get("truth") or {}
+        if "pair" in truth:
+            pair, flat = truth["pair"], truth.get("global", {})
+            lines.append(
+                f"truth      class-conditional names: precision {_fmt(pair.get('precision'))}, "
+                f"recall {_fmt(pair.get('recall'))}, distinct {_fmt(pair.get('distinct'))}, "
+                f"coverage {_fmt(pair.get('coverage'))} (global names: precision "
+                f"{_fmt(flat.get('precision'))}, recall {_fmt(flat.get('recall'))})"
             )
         lines.extend(f"  {t.describe()}" for t in self.thresholds)
         return "\n".join(lines)

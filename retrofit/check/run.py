@@ -31,6 +31,7 @@ from retrofit.check.pixel import (
     validate_methods,
 )
 from retrofit.check.report import Report, evaluate_thresholds, validate_thresholds
+from retrofit.check.truth import truth_check
 from retrofit.errors import ConfigError, DataError, ModelError
 from retrofit.hooks import FeatureCapture
 from retrofit.loaders import as_batches, dataset_length, iterate
@@ -72,6 +73,7 @@ class _Plan:
     masks: Any
     attributes: torch.Tensor | None
     concept_names: Sequence[str] | None
+    concept_labels: torch.Tensor | None
     top_images: int
     max_explanations: int
     seed: int
@@ -289,6 +291,9 @@ def check(
     min_pixel_deletion_gain: float | None = None,
     min_diversity: float | None = None,
     max_dependence: float | None = None,
+    min_truth_precision: float | None = None,
+    min_truth_recall: float | None = None,
+    min_truth_distinct: float | None = None,
     raise_on_failure: bool = False,
     pixel_methods: Sequence[str] = PIXEL_METHODS,
     max_pixel_images: int = 32,
@@ -299,6 +304,7 @@ def check(
     masks: Any = None,
     attributes: torch.Tensor | None = None,
     concept_names: Sequence[str] | None = None,
+    concept_labels: torch.Tensor | None = None,
     top_images: int = 6,
     max_explanations: int = 8,
     batch_size: int = 64,
@@ -310,7 +316,10 @@ def check(
     `reference` is the original model (fidelity needs it). `masks` (per image in loader order:
     a (N, H, W) tensor, a list, or a callable index -> mask, (objects, H, W) masks or
     (masks, object_concepts) as `SyntheticConceptDataset.masks` returns) enables localisation;
-    `attributes` (classes x attributes) enables Structural Grounding. Thresholds (min_*/max_*)
+    `attributes` (classes x attributes) enables Structural Grounding. `concept_labels` (images x
+    concepts, loader order) or `attributes`, with `concept_names` for their columns, enable the
+    truth of the explanation (retrofit.check.truth); a dataset with `concepts` and
+    `concept_names` (the synthetic world) provides them itself. Thresholds (min_*/max_*)
     decide `Report.passed`; with `raise_on_failure` a miss raises CheckFailedError.
     The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
     `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
@@ -330,6 +339,9 @@ def check(
             "min_pixel_deletion_gain": min_pixel_deletion_gain,
             "min_diversity": min_diversity,
             "max_dependence": max_dependence,
+            "min_truth_precision": min_truth_precision,
+            "min_truth_recall": min_truth_recall,
+            "min_truth_distinct": min_truth_distinct,
         }
     )
     missing = [name for name in _NEEDS_REFERENCE if name in limits and reference is None]
@@ -352,8 +364,11 @@ def check(
         internal_batch_size=internal_batch_size,
         batch_size=batch_size,
     )
+    dataset = getattr(loader, "dataset", loader)
     if concept_names is None:
-        concept_names = getattr(getattr(loader, "dataset", loader), "concept_names", None)
+        concept_names = getattr(dataset, "concept_names", None)
+    if concept_labels is None and attributes is None and _in_order(loader):
+        concept_labels = getattr(dataset, "concepts", None)
     plan = _Plan(
         limits,
         methods,
@@ -362,6 +377,7 @@ def check(
         masks,
         attributes,
         concept_names,
+        concept_labels,
         top_images,
         max_explanations,
         seed,
@@ -378,6 +394,12 @@ def check(
     finally:
         for module, mode in zip(modules, modes):
             module.train(mode)
+
+
+def _in_order(loader: Any) -> bool:
+    """Whether a loader yields its dataset in index order (per-image labels then line up)."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler is None or isinstance(sampler, torch.utils.data.SequentialSampler)
 
 
 def _check(
@@ -467,6 +489,9 @@ def _check(
             (rows, features, feature_maps),
             _concept_index(imodel, plan.concept_names),
         )
+    results["truth"] = truth_check(
+        imodel, z, labels, plan.attributes, plan.concept_labels, plan.concept_names
+    )
     timings["metrics"] = time.perf_counter() - start
 
     results["meta"] = {
@@ -493,6 +518,7 @@ def _check(
         "weight": weight.cpu(),
         "class_names": list(imodel.class_names),
         "feature_names": [imodel.feature_name(j) for j in range(imodel.n_features)],
+        "pair_names": {pair: imodel.pair_name(*pair) for pair in imodel.pair_concepts},
         "cards": cards,
         "explanations": _explanations(
             imodel,
@@ -616,7 +642,7 @@ def _explanations(
         maps = []
         if feature_maps is not None:
             for p in torch.nonzero(rows == i).flatten().tolist()[:3]:
-                maps.append((imodel.feature_name(int(features[p])), feature_maps[p]))
+                maps.append((imodel.pair_name(c, int(features[p])), feature_maps[p]))
         out.append(
             {
                 "image": images[i],
@@ -627,7 +653,7 @@ def _explanations(
                 else None,
                 "logit": float(v.sum() + bias[c]),
                 "bias": float(bias[c]),
-                "contributions": [(imodel.feature_name(int(j)), float(v[j])) for j in used],
+                "contributions": [(imodel.pair_name(c, int(j)), float(v[j])) for j in used],
                 "heatmap": class_maps[i].clamp_min(0) if class_maps is not None else None,
                 "feature_maps": maps,
             }

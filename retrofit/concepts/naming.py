@@ -27,6 +27,7 @@ from retrofit.concepts.encoders import (
     embed_images,
     load_encoder,
 )
+from retrofit.concepts.pairs import PairSettings, name_pairs, presence_from_similarity
 from retrofit.concepts.scoring import (
     WPMI_LAMBDA,
     WPMI_TEMPERATURE,
@@ -69,9 +70,11 @@ class NamingResult:
     removed: dict[str, str] = field(default_factory=dict)
     encoder: str | None = None
     align: float | None = None
+    pairs: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (for model stats, exports and reports)."""
+        statuses = [pair["status"] for pair in self.pairs.values()]
         return {
             "method": self.method,
             "encoder": self.encoder,
@@ -79,6 +82,7 @@ class NamingResult:
             "removed": dict(self.removed),
             "align": self.align,
             "names": self.names,
+            "pairs": {status: statuses.count(status) for status in sorted(set(statuses))},
         }
 
 
@@ -203,8 +207,11 @@ def name_features(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    pairs: PairSettings | bool = True,
 ) -> NamingResult:
-    """Fill `imodel.concepts` with each feature's top-k concepts, scores and p-values.
+    """Fill `imodel.concepts` with each feature's top-k concepts, scores and p-values, and
+    `imodel.pair_concepts` with class-conditional names (retrofit.concepts.pairs) when the
+    probe's classes are known (`pairs=False` skips them; PairSettings tunes them).
 
     `probe` is a loader/Dataset of images (activations and embeddings in one pass), or a
     FeatureSet / (N, D) tensor of the backbone's pooled features; then `images` (a loader or
@@ -343,6 +350,19 @@ def name_features(
         )
     imodel.concepts[:] = table
     logger.info("named %d features with %s over %d concepts", len(table), method, len(names))
+    pair_names: dict[tuple[int, int], dict[str, Any]] = {}
+    if pairs is not False and probe_labels is not None:
+        presence = signal.bool() if method == "delta" else presence_from_similarity(signal)
+        pair_names = name_pairs(
+            activations,
+            probe_labels,
+            presence,
+            names,
+            imodel.head.weight,
+            feature_names=[row[0]["concept"] for row in table],
+            settings=pairs if isinstance(pairs, PairSettings) else None,
+        )
+        imodel.pair_concepts = pair_names
     return NamingResult(
         method=method,
         concepts=names,
@@ -353,6 +373,7 @@ def name_features(
         removed=removed,
         encoder=enc.spec if enc is not None else None,
         align=alignment(scores) if method == "delta" else None,
+        pairs=pair_names,
     )
 
 
@@ -460,11 +481,13 @@ def apply_concepts(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    image_embeddings: torch.Tensor | None = None,
 ) -> dict[str, Any] | None:
     """Name (and with align=True, align) the features of a freshly converted model.
 
     `loader` is the training loader and `features` its FeatureSet from extraction (same
-    order), so the backbone does not run again. Returns a JSON-able report for imodel.stats.
+    order), so the backbone does not run again; `image_embeddings` of those images, when
+    already computed, spare the encoder a pass. Returns a JSON-able report for imodel.stats.
     """
     from retrofit.concepts.align import align_features
 
@@ -490,12 +513,14 @@ def apply_concepts(
             **common,
         )
     else:
+        reuse = image_embeddings is not None and features is not None
         result = name_features(
             imodel,
             probe,
-            images=loader if features is not None else None,
+            images=loader if features is not None and not reuse else None,
+            image_embeddings=image_embeddings if reuse else None,
             concepts=settings.vocabulary,
-            encoder=settings.encoder,
+            encoder=(settings.encoder or "tiny") if reuse else settings.encoder,
             method=settings.method,
             input_mean=settings.input_mean,
             input_std=settings.input_std,

@@ -1,0 +1,161 @@
+"""Are the global explanations true? Precision, recall and distinctness against the world's truth.
+
+For each world (the demo world with the bundled demo CNN; a second world with another seed and
+class count, its CNN trained by scripts/train_demo_classifier.py into benchmarks/weights/world2),
+each head (qpm, qsenn, sparse) and each adapter variant, one conversion named with the bundled
+tiny CLIP and the curated vocabulary; then, on held-out test images, the truth of the features'
+global names and of the class-conditional pair names (retrofit.check.truth), with accuracy
+retention beside each row. A name counts only when the feature responds to that concept
+(AUC >= 0.75 over the test images' true concept labels).
+
+    python -m benchmarks.explanation_truth [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+import retrofit
+from benchmarks.common import machine, write_result
+from retrofit.check.truth import explanation_truth, model_names
+from retrofit.datasets.demo import DemoCNN, load_demo_classifier
+from retrofit.datasets.synthetic import SyntheticConceptDataset
+
+WORLD2 = Path(__file__).parent / "weights" / "world2"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "linear_mix=False": {"linear_mix": False},
+    "finetune=none": {"finetune": "none"},
+    "align": {"concepts_extra": {"align": True}},
+}
+
+
+def _world2() -> tuple[torch.nn.Module, dict[str, Any]]:
+    settings = json.loads((WORLD2 / "demo_cnn.json").read_text())
+    arch = settings["architecture"]
+    model = DemoCNN(settings["n_classes"], arch["width"], arch["feature_dim"])
+    model.load_state_dict(load_file(str(WORLD2 / "demo_cnn.safetensors")))
+    return model.eval(), settings
+
+
+def worlds() -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
+    out = {"demo": (load_demo_classifier(), {"n_classes": 50, "seed": 0, "image_size": 64})}
+    if (WORLD2 / "demo_cnn.safetensors").exists():
+        out["world2"] = _world2()
+    return out
+
+
+@torch.no_grad()
+def _activations(imodel: Any, dataset: SyntheticConceptDataset) -> tuple[torch.Tensor, ...]:
+    zs, logits = [], []
+    for images, _ in DataLoader(dataset, batch_size=256):
+        z = imodel.concept_activations(images)
+        zs.append(z)
+        logits.append(imodel.head(z))
+    return torch.cat(zs), torch.cat(logits)
+
+
+@torch.no_grad()
+def _original_accuracy(model: torch.nn.Module, dataset: SyntheticConceptDataset) -> float:
+    correct = 0
+    for images, labels in DataLoader(dataset, batch_size=256):
+        correct += int((model(images).argmax(dim=1) == labels).sum())
+    return correct / len(dataset)
+
+
+def _summary(truth: dict[str, Any]) -> dict[str, Any]:
+    return {k: truth[k] for k in ("precision", "recall", "distinct", "coverage", "pairs")}
+
+
+def run_one(
+    model: torch.nn.Module,
+    world: dict[str, Any],
+    method: str,
+    variant: dict[str, Any],
+    n_train: int,
+    n_test: int,
+    cache_dir: str,
+) -> dict[str, Any]:
+    common = {"n_classes": world["n_classes"], "seed": world["seed"], "image_size": 64}
+    train = SyntheticConceptDataset(n_train, split="train", **common)
+    test = SyntheticConceptDataset(n_test, split="test", **common)
+    settings = dict(variant)
+    concepts = {"encoder": "tiny", "vocabulary": "curated", **settings.pop("concepts_extra", {})}
+    start = time.perf_counter()
+    imodel = retrofit.convert(
+        model,
+        DataLoader(train, batch_size=256),
+        method=method,
+        class_names=train.class_names,
+        concepts=concepts,
+        time_limit=30,
+        cache_dir=cache_dir,
+        progress=False,
+        **settings,
+    )
+    seconds = time.perf_counter() - start
+    z, logits = _activations(imodel, test)
+    accuracy = float((logits.argmax(dim=1) == test.labels).float().mean())
+    original = _original_accuracy(model, test)
+    truth = test.class_signatures.bool()
+    rows = {}
+    for kind, conditional in (("global", False), ("pair", True)):
+        rows[kind] = _summary(
+            explanation_truth(
+                imodel.head.weight,
+                model_names(imodel, conditional),
+                truth,
+                test.concept_names,
+                test.class_names,
+                activations=z,
+                concept_labels=test.concepts,
+            )
+        )
+    return {
+        "accuracy": accuracy,
+        "original_accuracy": original,
+        "retention": accuracy / original,
+        "convert_seconds": round(seconds, 1),
+        "alignment": (imodel.stats.get("concepts") or {}).get("alignment", {}).get("accepted"),
+        **rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="qpm, default variant, demo only")
+    parser.add_argument("--train-images", type=int, default=5000)
+    parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("--name", default="explanation_truth", help="results/NAME.json")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    measured_on = machine()
+    result: dict[str, Any] = {"settings": vars(args)}
+    methods = ("qpm",) if args.quick else ("qpm", "qsenn", "sparse")
+    variants = {"default": VARIANTS["default"]} if args.quick else VARIANTS
+    with tempfile.TemporaryDirectory() as cache:
+        for world_name, (model, world) in worlds().items():
+            if args.quick and world_name != "demo":
+                continue
+            for method in methods:
+                for variant_name, variant in variants.items():
+                    key = f"{world_name}/{method}/{variant_name}"
+                    row = run_one(
+                        model, world, method, variant, args.train_images, args.test_images, cache
+                    )
+                    result[key] = row
+                    print(key, json.dumps({k: row[k] for k in ("retention", "global", "pair")}))
+    write_result(args.name, result, measured_on)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Concept features: candidate features that each track one concept, for the head to choose from.
+
+Backbone channels are polysemantic, so a head built only from them explains classes with
+features that mean several things at once. Before the head is fitted, every concept of the
+vocabulary (or every labelled concept) gets a linear probe on the standardised penultimate
+features, trained to predict the concept's presence (from concept labels, or from CLIP
+similarity thresholded per concept). Probes that really detect their concept on held-out images
+(AUC ≥ `min_auc`) join the backbone channels as candidates: the head (qpm, qsenn, sparse, ...)
+then selects and assigns among channels and concept features alike, and a class whose
+concepts the backbone encodes is explained by features that mean one thing each.
+
+The extension is linear, so a head fitted on the extended features folds back exactly into an
+adapter with a linear mix over the D backbone features (`fold_adapter`): nothing changes
+downstream — export, explain and check see an ordinary adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from retrofit.concepts.pairs import MIN_AUC, auc_matrix, presence_from_similarity
+from retrofit.errors import ConfigError, DataError
+from retrofit.solvers.stats import MIN_STD
+
+logger = logging.getLogger(__name__)
+
+PROBE_STEPS = 300
+PROBE_LR = 0.05
+PROBE_WEIGHT_DECAY = 1e-3
+HELD_OUT = 0.2
+
+
+@dataclass
+class ConceptBasis:
+    """Linear concept probes on the raw pooled features: u = x @ weight.T + bias."""
+
+    weight: torch.Tensor  # (V, D)
+    bias: torch.Tensor  # (V,)
+    names: list[str]
+    auc: torch.Tensor  # (V,) held-out AUC of each kept probe
+
+    @property
+    def size(self) -> int:
+        return int(self.weight.shape[0])
+
+    def extend(self, features: torch.Tensor, channels: bool = True) -> torch.Tensor:
+        """(N, D) -> (N, D + V): the backbone channels followed by the concept features
+        (only the (N, V) concept features with channels=False)."""
+        weight, bias = self.weight.to(features.device), self.bias.to(features.device)
+        concepts = features.float() @ weight.T + bias
+        return torch.cat([features, concepts], dim=1) if channels else concepts
+
+    def extend_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) -> (B, D + V, H, W) through the same linear map (bias added)."""
+        weight = self.weight.to(maps.device, maps.dtype)
+        extra = torch.einsum("vd,bdhw->bvhw", weight, maps) + self.bias.to(maps.device)[
+            None, :, None, None
+        ].to(maps.dtype)
+        return torch.cat([maps, extra], dim=1)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "concepts": list(self.names),
+            "held_out_auc": [round(float(a), 4) for a in self.auc],
+        }
+
+
+def fit_concept_basis(
+    features: torch.Tensor,
+    presence: torch.Tensor,
+    names: Sequence[str],
+    *,
+    min_auc: float = MIN_AUC,
+    seed: int = 0,
+) -> ConceptBasis:
+    """Fit one logistic probe per concept; keep those with held-out AUC ≥ `min_auc`."""
+    n, d = features.shape
+    if presence.shape != (n, len(names)):
+        raise DataError(
+            f"concept presence must be ({n} images, {len(names)} concepts), got shape "
+            f"{tuple(presence.shape)}."
+        )
+    if not 0.5 < min_auc < 1:
+        raise ConfigError(f"min_auc must be in (0.5, 1), got {min_auc!r}.")
+    device = features.device
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).to(device)
+    n_held = max(1, int(n * HELD_OUT))
+    held, fit = order[:n_held], order[n_held:]
+    x = features.float()
+    mean = x[fit].mean(dim=0)
+    std = x[fit].std(dim=0, unbiased=False).clamp_min(MIN_STD)
+    z = (x - mean) / std
+    y = presence.to(device).float()
+    weight = torch.zeros(len(names), d, device=device, requires_grad=True)
+    bias = torch.zeros(len(names), device=device, requires_grad=True)
+    positives = y[fit].mean(dim=0).clamp(1e-3, 1 - 1e-3)
+    pos_weight = (1 - positives) / positives  # balance rare concepts
+    optimiser = torch.optim.Adam([weight, bias], lr=PROBE_LR)
+    with torch.enable_grad():
+        for _ in range(PROBE_STEPS):
+            logits = z[fit] @ weight.T + bias
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, y[fit], pos_weight=pos_weight)
+                + PROBE_WEIGHT_DECAY * weight.pow(2).sum(dim=1).mean()
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    with torch.no_grad():
+        held_logits = z[held] @ weight.T + bias
+        auc = torch.diagonal(auc_matrix(held_logits.cpu(), presence[held.cpu()].bool()))
+        keep = torch.nonzero(torch.nan_to_num(auc, nan=0.0) >= min_auc).flatten()
+        # back to raw features: u = ((x - mean) / std) @ w.T + b
+        raw_weight = (weight / std[None]).detach()[keep]
+        raw_bias = (bias - (weight * (mean / std)[None]).sum(dim=1)).detach()[keep]
+    kept = [names[int(k)] for k in keep]
+    logger.info(
+        "concept basis: %d of %d concepts detectable (AUC >= %.2f)", len(kept), len(names), min_auc
+    )
+    return ConceptBasis(raw_weight.cpu(), raw_bias.cpu(), kept, auc[keep].cpu())
+
+
+def fold_adapter(adapter: Any, basis: ConceptBasis, in_features: int, channels: bool = True) -> Any:
+    """An adapter over the D backbone features equal to `adapter` over the extended D + V ones
+    (over the V concept features alone with channels=False)."""
+    from retrofit.adapter import Adapter
+
+    d = in_features
+    device = adapter.mean.device
+    with torch.no_grad():
+        if adapter.mix is not None:
+            mix_ext = adapter.mix.detach()
+        else:
+            mix_ext = torch.zeros(len(adapter.selected), adapter.in_features, device=device)
+            mix_ext[torch.arange(len(adapter.selected)), adapter.selected] = 1.0
+        if not channels:
+            mix_ext = torch.cat([torch.zeros(len(mix_ext), d, device=device), mix_ext], dim=1)
+            adapter_selected = adapter.selected + d
+        else:
+            adapter_selected = adapter.selected
+        weight, bias = basis.weight.to(device), basis.bias.to(device)
+        mix = mix_ext[:, :d] + mix_ext[:, d:] @ weight
+        mean = adapter.mean.detach() - mix_ext[:, d:] @ bias
+        selected = adapter_selected.clone()
+        is_concept = selected >= d
+        if bool(is_concept.any()):
+            # where a concept feature "starts": its probe's strongest backbone channel
+            selected[is_concept] = weight[selected[is_concept] - d].abs().argmax(dim=1)
+        folded = Adapter(selected, mean, adapter.std.detach(), d, linear_mix=True)
+        folded.mix.copy_(mix)
+    return folded.to(device)
+
+
+def concept_presence(
+    settings: Any,
+    loader: Any,
+    labels: torch.Tensor,
+    *,
+    cache_dir: str | os.PathLike | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+    """(concept names, (N, V) presence, image embeddings or None) of the training images:
+    the labels when given, else CLIP similarity thresholded per concept."""
+    from retrofit.concepts.encoders import embed_concepts, embed_images, load_encoder
+    from retrofit.concepts.vocabulary import load_vocabulary
+
+    if settings.labels is not None:
+        names = list(
+            settings.label_names or [f"concept_{k}" for k in range(settings.labels.shape[1])]
+        )
+        return names, torch.as_tensor(settings.labels).bool(), None
+    encoder = load_encoder(settings.encoder)
+    vocab = load_vocabulary(settings.vocabulary)
+    embeddings, image_labels = embed_images(
+        encoder,
+        loader,
+        input_mean=settings.input_mean,
+        input_std=settings.input_std,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    if image_labels is not None and not torch.equal(image_labels.cpu(), labels.cpu()):
+        raise DataError(
+            "The loader's order changed between passes (shuffle=True?); concept features need "
+            "the same images in the same order. Pass a loader with shuffle=False."
+        )
+    text = embed_concepts(encoder, vocab.concepts, vocab.templates, cache_dir=cache_dir)
+    similarity = embeddings.float() @ text.T
+    return list(vocab.concepts), presence_from_similarity(similarity), embeddings
