@@ -292,6 +292,8 @@ def _reveal(args: argparse.Namespace) -> int:
         layers=args.layers,
         max_maps=args.max_maps,
         seed=args.seed,
+        concepts=args.concepts,
+        encoder=args.encoder,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -396,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     reveal.add_argument("--max-maps", type=_positive_int)
     reveal.add_argument("--seed", type=int, default=0)
     reveal.add_argument("--image-size", type=_positive_int)
+    reveal.add_argument("--concepts", help="vocabulary for automatic labels (e.g. curated)")
+    reveal.add_argument("--encoder", help="concept encoder spec (default: the tiny CLIP)")
     reveal.add_argument("--overwrite", action="store_true")
     reveal.set_defaults(run=_reveal)
 

@@ -69,8 +69,11 @@ def test_reveal_then_import(export_and_data: tuple[Path, Path], tmp_path: Path, 
     folder, data = export_and_data
     game = tmp_path / "game.html"
     args = ["--quiet", "reveal", str(folder), "--data", str(data), "--out", str(game)]
-    assert main([*args, "--images", "4"]) == 0
+    assert main([*args, "--images", "4", "--concepts", "curated"]) == 0
     summary = json.loads(game.with_suffix(".json").read_text())
+    assert len(summary["auto_labels"]) == len(summary["maps"])
+    assert set(summary["by_layer"]["classes"]) <= set(CLASSES)
+    assert "Concepts by layer" in (tmp_path / "game-layers.html").read_text()
     assert summary["layers"] == ["backbone.stem", "backbone.body"]
     assert {"cluster_maps", "random", "gradcam"} <= set(summary["reveal"])
     manifest = read_game_manifest(game)

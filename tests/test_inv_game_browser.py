@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from retrofit.inv import cluster_maps, read_answers
+from retrofit.inv import cluster_maps, layer_explanation, read_answers
 from retrofit.inv.commands import import_reveal_answers
 from retrofit.web.game import read_game_manifest, write_reveal_game
-from tests.test_report_browser import CHROMIUM, _chromium, _console
+from retrofit.web.layers_report import layer_explanation_section, write_layer_report
+from tests.test_report_browser import CHROMIUM, PROBE, _chromium, _console, _Resources
 from tests.tiny import colour_coded_images
 
 pytestmark = pytest.mark.skipif(
@@ -98,3 +99,32 @@ def test_a_person_plays_the_game_and_the_answers_import(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["by_layer"]["layers"] == sorted(
         {m["layer"] for m in manifest["maps"]}, key=result.layers.index
     )
+
+
+def test_the_layer_report_is_self_contained_and_every_map_image_shows(tmp_path: Path) -> None:
+    images, _ = colour_coded_images(3, 16, 3)
+    result = cluster_maps(tiny_cnn(), images, class_names=CLASSES, progress=False)
+    records = [
+        {
+            "image": m.image,
+            "layer": m.layer,
+            "depth": m.depth,
+            "predicted": result.class_name(int(result.predictions[m.image])),
+            "label": f"concept {m.rank}",
+            "score": m.weight,
+        }
+        for m in result.maps
+    ]
+    section = layer_explanation_section(layer_explanation(records), result, sample_images=2)
+    path = write_layer_report(tmp_path / "layers.html", section)
+    text = path.read_text()
+    parser = _Resources()
+    parser.feed(text)
+    assert [u for u in parser.urls if not u.startswith("data:image/")] == []
+    shown = len([m for m in result.maps if m.image in sorted({m.image for m in result.maps})[:2]])
+    assert text.count("<img ") == shown > 0
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("</body>", PROBE + "</body>"))
+    console = _console(_chromium(tmp_path, probed.as_uri(), "--dump-dom").stderr)
+    assert not [line for line in console if "ok image" not in line]
+    assert len(console) == shown

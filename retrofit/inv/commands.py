@@ -13,7 +13,8 @@ from torch import nn
 from retrofit.cache import atomic_write_bytes
 from retrofit.errors import ConfigError
 from retrofit.inv.answers import read_answers, score_answers
-from retrofit.inv.explanation import layer_explanation
+from retrofit.inv.explanation import auto_label_records, layer_explanation
+from retrofit.inv.labels import auto_labels
 from retrofit.inv.maps import cluster_maps
 from retrofit.inv.reveal import reveal_curves
 from retrofit.web.game import read_game_manifest, write_reveal_game
@@ -43,14 +44,19 @@ def make_reveal_game(
     layers: Sequence[str] | None = None,
     max_maps: int | None = None,
     seed: int = 0,
+    concepts: Any = None,
+    encoder: Any = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Path, Path]:
     """Cluster maps of the first `images` images, the game page at `out` and, next to it, a
-    JSON summary of the maps and their reveal curves (OUT with suffix .json)."""
+    JSON summary of the maps and their reveal curves (OUT with suffix .json). With `concepts`
+    (a vocabulary as concept naming takes it) the maps also get automatic labels, and their
+    explanation by layer goes into the summary and OUT-layers.html."""
     out = Path(out)
     summary = out.with_suffix(".json")
-    _check_free([out, summary], overwrite)
+    report = out.with_name(out.stem + "-layers.html")
+    _check_free([out, summary, *([report] if concepts is not None else [])], overwrite)
     result = cluster_maps(
         model,
         data,
@@ -62,10 +68,17 @@ def make_reveal_game(
     )
     mean, std = normalisation_of(transform)
     curves = reveal_curves(model, result, seed=seed)
+    content = {**result.to_dict(), "reveal": curves}
+    section = None
+    if concepts is not None:
+        labels = auto_labels(result, concepts, encoder, mean, std)
+        explanation = layer_explanation(auto_label_records(result, labels))
+        content.update(auto_labels=labels, by_layer=explanation)
+        section = layer_explanation_section(explanation, result, input_mean=mean, input_std=std)
     write_reveal_game(result, out, mean, std, max_maps=max_maps, seed=seed)
-    atomic_write_bytes(
-        summary, json.dumps({**result.to_dict(), "reveal": curves}, indent=1).encode()
-    )
+    atomic_write_bytes(summary, json.dumps(content, indent=1).encode())
+    if section is not None:
+        write_layer_report(report, section)
     return out, summary
 
 
