@@ -54,6 +54,13 @@ def test_clustering_recovers_the_planted_groups(n_groups: int) -> None:
     assert silhouette > 0.5
 
 
+def test_seeded_tsne_option_recovers_the_groups_deterministically() -> None:
+    activations, groups = planted([8, 8, 8, 8], seed=7)
+    labels, _ = cluster_channels(activations, seed=1, tsne=True)
+    assert adjusted_rand_score(groups, labels) >= 0.9
+    assert np.array_equal(labels, cluster_channels(activations, seed=1, tsne=True)[0])
+
+
 def test_pruning_keeps_the_important_groups() -> None:
     # two big groups carry 80 % of the evidence, two small ones 10 % each: the small clusters
     # fall below max(max_w / 3, mean_w / 2) and are pruned

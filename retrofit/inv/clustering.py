@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
 from retrofit.errors import ConfigError
@@ -57,9 +58,10 @@ def normalised_maps(maps: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_channels(
-    maps: torch.Tensor, k_range: tuple[int, int] = K_RANGE, seed: int = 0
+    maps: torch.Tensor, k_range: tuple[int, int] = K_RANGE, seed: int = 0, tsne: bool = False
 ) -> tuple[np.ndarray, float]:
-    """(cluster label per map, silhouette) by PCA + Ward with k chosen by silhouette.
+    """(cluster label per map, silhouette) by PCA (then a seeded 2-D t-SNE when `tsne`) + Ward
+    with k chosen by silhouette.
 
     Fewer maps than k_range allows give one cluster per map; identical maps give one cluster.
     """
@@ -74,6 +76,10 @@ def cluster_channels(
     reduced = PCA(n_components=components, svd_solver="full", random_state=seed).fit_transform(
         points
     )
+    if tsne:
+        reduced = TSNE(
+            n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed
+        ).fit_transform(reduced)
     best: tuple[float, int, np.ndarray] | None = None
     for k in range(low, min(high, n - 1) + 1):
         labels = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(reduced)
@@ -159,13 +165,14 @@ def cluster_layer(
     gradients: torch.Tensor,
     seed: int = 0,
     k_range: tuple[int, int] = K_RANGE,
+    tsne: bool = False,
 ) -> tuple[list[ChannelCluster], dict[str, float]]:
     """One image's clusters in one layer from its (K, H, W) activations and gradients."""
     shares = channel_shares(activations, gradients)
     kept = kept_channels(shares)
     if kept.numel() == 0:
         return [], {"k": 0, "kept_channels": 0, "silhouette": float("nan")}
-    labels, silhouette = cluster_channels(activations[kept], k_range, seed)
+    labels, silhouette = cluster_channels(activations[kept], k_range, seed, tsne)
     clusters = prune_and_merge(activations[kept], shares[kept], labels, kept)
     stats = {
         "k": int(labels.max()) + 1,

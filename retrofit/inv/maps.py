@@ -139,6 +139,7 @@ def cluster_maps(
     max_images: int = DEFAULT_MAX_IMAGES,
     batch_size: int = 16,
     k_range: tuple[int, int] = K_RANGE,
+    tsne: bool = False,
     class_names: Sequence[str] | None = None,
     progress: bool = True,
 ) -> ClusterMaps:
@@ -146,6 +147,7 @@ def cluster_maps(
 
     `layers`: module names (default: the last `n_layers` stages the execution trace finds).
     `targets`: the class each image is explained for (default: the predicted class).
+    `tsne`: cluster a seeded 2-D t-SNE of the PCA components (INV's option; slower).
     Time is bounded by `max_images`; the result is deterministic given `seed`.
     """
     for name, value in (
@@ -182,7 +184,7 @@ def cluster_maps(
             for offset in range(batch.shape[0]):
                 image = start + offset
                 clusters, layer_stats = cluster_layer(
-                    activations[offset].cpu(), gradients[offset].cpu(), seed, k_range
+                    activations[offset].cpu(), gradients[offset].cpu(), seed, k_range, tsne
                 )
                 stats.append({"image": image, "layer": name, "depth": depth, **layer_stats})
                 for rank, cluster in enumerate(clusters):
