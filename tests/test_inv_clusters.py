@@ -3,6 +3,8 @@ channel order does not matter, weights are exact for a linear head, and real CNN
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,18 @@ def test_bad_layers_are_clear_errors(tiny_resnet: nn.Module) -> None:
         cluster_maps(tiny_resnet, images, layers=["fc"], progress=False)
     with pytest.raises(LayerNotFoundError, match="no layer with a spatial grid"):
         cluster_maps(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), torch.rand(2, 3, 2, 2))
+
+
+def test_loaders_and_explicit_targets() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    images, labels = colour_coded_images(6, 8, 3)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=4)
+    result = cluster_maps(
+        PooledNet().eval(), loader, targets=labels[:5] % 4, max_images=5, progress=False
+    )
+    assert torch.equal(result.labels, labels[:5])
+    assert torch.equal(result.predictions, labels[:5] % 4)
+    assert result.images.shape == (5, 3, 8, 8)
+    assert json.dumps(result.to_dict())  # JSON-ready summary
