@@ -124,7 +124,7 @@ def gradcam_maps(
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0].cpu()
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -162,7 +162,12 @@ def cluster_maps(
     pixels, labels = _collect_images(images, max_images)
     if pixels.shape[0] == 0:
         raise DataError("No images to cluster.")
-    device = _device(model)
+    if targets is not None and (targets.ndim != 1 or targets.shape[0] < pixels.shape[0]):
+        raise ConfigError(
+            f"targets must hold one class per image ({pixels.shape[0]}), got shape "
+            f"{tuple(targets.shape)}."
+        )
+    device = model_device(model)
     resolved = resolve_layers(model, pixels[:1].to(device), layers, n_layers)
     names = [name for name, _ in resolved]
     logger.info("INV cluster maps on layers %s", names)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrofit.errors import ConfigError
-from retrofit.inv.maps import ClusterMaps, _device
+from retrofit.inv.maps import ClusterMaps, model_device
 from retrofit.outputs import logits_of
 
 REVEAL_FRACTIONS: tuple[float, ...] = (0.02, 0.045, 0.08, 0.13, 0.20, 0.30)
@@ -54,7 +54,7 @@ def reveal_curve(
     batch_size: int = 64,
 ) -> np.ndarray:
     """(N, S) probability of each image's target with only its map's top pixels shown."""
-    device = _device(model)
+    device = model_device(model)
     steps = len(REVEAL_FRACTIONS)
     masks = torch.stack([reveal_masks(s) for s in saliency])  # (N, S, H, W)
     out = []
