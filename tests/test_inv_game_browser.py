@@ -24,8 +24,11 @@ pytestmark = pytest.mark.skipif(
     reason="Chromium is not installed (apt-get install -y chromium); CI installs it",
 )
 CLASSES = ["red thing", "green thing", "blue thing"]
-# the scripted person: reveals every step, guesses the class (wrong on the second map), types
+# the scripted person: first tries to answer without choosing a class (refused), then per map
+# reveals every step, guesses the class (wrong on the second map) and types what they see
 PLAYER = """<script>window.addEventListener("load", () => {
+  document.getElementById("seen").value = "too early";
+  document.getElementById("answer").click();
   const texts = ["red", "stripes", "red", "stripes"];
   game.maps.forEach((map, i) => {
     for (let s = 0; s < 5; s++) document.getElementById("reveal").click();
