@@ -24,6 +24,7 @@ from retrofit.explanation import Explanation
 from retrofit.export import load
 from retrofit.features import extract
 from retrofit.featureset import FeatureSet
+from retrofit.inv import cluster_maps
 from retrofit.model import InterpretableModel
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "SolverError",
     "__version__",
     "check",
+    "cluster_maps",
     "convert",
     "extract",
     "load",

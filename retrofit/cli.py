@@ -5,6 +5,8 @@
     retrofit explain DIR IMAGE... [--json]
     retrofit check DIR --data DATA [--min-fidelity X ...]    exit 1 when a threshold fails
     retrofit report DIR [--data DATA]           rebuild DIR/report.html
+    retrofit reveal DIR --data DATA --out game.html    INV's reveal game for a person to play
+    retrofit reveal-import answers.json [--game game.html]   labels by layer from the answers
 Bad input gets a one-line error and exit code 2.
 """
 
@@ -274,6 +276,42 @@ def _report(args: argparse.Namespace) -> int:
     return _check(args)
 
 
+def _reveal(args: argparse.Namespace) -> int:
+    from retrofit.data_specs import open_data
+    from retrofit.inv.commands import make_reveal_game
+
+    imodel = _load(args.dir)
+    synthetic = args.data.startswith("synthetic")
+    transform = None if synthetic else _transform_for(imodel, args.dir, args.image_size)
+    game, summary = make_reveal_game(
+        imodel,
+        open_data(args.data, transform),
+        args.out,
+        transform=transform,
+        images=args.images,
+        layers=args.layers,
+        max_maps=args.max_maps,
+        seed=args.seed,
+        concepts=args.concepts,
+        encoder=args.encoder,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(f"wrote {game} (open it in a browser) and {summary}")
+    return 0
+
+
+def _reveal_import(args: argparse.Namespace) -> int:
+    from retrofit.inv.commands import import_reveal_answers
+
+    result, out, html = import_reveal_answers(
+        args.answers, args.game, args.out, args.html, args.encoder, args.overwrite
+    )
+    print(f"{len(result['labels'])} labelled cluster maps from {result['n_answers']} answers")
+    print(f"wrote {out} and {html}")
+    return 0
+
+
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-fidelity", type=float)
     parser.add_argument("--min-accuracy", type=float)
@@ -350,6 +388,29 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--data")
     _add_check_options(report)
     report.set_defaults(run=_report)
+
+    reveal = commands.add_parser("reveal", help="INV cluster maps as a reveal game page")
+    reveal.add_argument("dir")
+    reveal.add_argument("--data", required=True)
+    reveal.add_argument("--out", required=True, help="the game page (.html); a .json summary too")
+    reveal.add_argument("--images", type=_positive_int, default=16)
+    reveal.add_argument("--layers", nargs="+", help="module names (default: the last stages)")
+    reveal.add_argument("--max-maps", type=_positive_int)
+    reveal.add_argument("--seed", type=int, default=0)
+    reveal.add_argument("--image-size", type=_positive_int)
+    reveal.add_argument("--concepts", help="vocabulary for automatic labels (e.g. curated)")
+    reveal.add_argument("--encoder", help="concept encoder spec (default: the tiny CLIP)")
+    reveal.add_argument("--overwrite", action="store_true")
+    reveal.set_defaults(run=_reveal)
+
+    reveal_import = commands.add_parser("reveal-import", help="labels from reveal-game answers")
+    reveal_import.add_argument("answers", help="answers.json or answers.csv from the game")
+    reveal_import.add_argument("--game", help="the game page played (checks the maps)")
+    reveal_import.add_argument("--out", help="labels JSON (default: ANSWERS.labels.json)")
+    reveal_import.add_argument("--html", help="report page (default: ANSWERS.labels.html)")
+    reveal_import.add_argument("--encoder", help="text encoder spec (default: the tiny CLIP)")
+    reveal_import.add_argument("--overwrite", action="store_true")
+    reveal_import.set_defaults(run=_reveal_import)
     return parser
 
 
