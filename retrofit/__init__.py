@@ -3,10 +3,12 @@
 from retrofit.api import convert
 from retrofit.check import CheckFailedError, Report, check
 from retrofit.config import RetrofitConfig
+from retrofit.edit import EditResult, edit
 from retrofit.errors import (
     CacheError,
     ConfigError,
     DataError,
+    EditError,
     ExportCorruptedError,
     ExportError,
     ExportNotFoundError,
@@ -33,6 +35,8 @@ __all__ = [
     "CheckFailedError",
     "ConfigError",
     "DataError",
+    "EditError",
+    "EditResult",
     "Explanation",
     "ExportCorruptedError",
     "ExportError",
@@ -53,6 +57,7 @@ __all__ = [
     "__version__",
     "check",
     "convert",
+    "edit",
     "extract",
     "load",
 ]

@@ -330,7 +330,7 @@ def _resolve_qpm(
     swapped = sorted(plan.dropped)
     slot_to_pool[swapped] = new
     scale = _head_scale(imodel.head.weight) or 1.0
-    weight = scale * result.assignment[slot_to_pool].T.float()
+    weight = (scale * result.assignment[slot_to_pool].T.float()).contiguous()
     imodel.head = FixedHead(weight, imodel.head.bias.detach().cpu()).to(imodel.head.weight.device)
     _swap_channels(imodel.adapter, swapped, [channels[int(p)] for p in new], x)
     imodel.stats.setdefault("edit_solves", []).append(result.stats)

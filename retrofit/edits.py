@@ -168,7 +168,7 @@ def _parse_one(imodel: InterpretableModel, raw: Any, index: int) -> Edit:
             + f"; a {op} edit takes {sorted(required | optional)}."
         )
     cls = _class_index(imodel, raw["class"], index) if "class" in raw else None
-    feature = _feature_index(imodel, raw["feature"], index) if "feature" in raw else None
+    feature = feature_index(imodel, raw["feature"], f"edit {index}") if "feature" in raw else None
     name = raw.get("name")
     if op == "rename" and (not isinstance(name, str) or not name.strip()):
         raise EditError(f"edit {index} (rename) needs a non-empty 'name' string, got {name!r}.")
@@ -196,12 +196,14 @@ def _class_index(imodel: InterpretableModel, ref: Any, index: int) -> int:
     raise EditError(f"edit {index}: 'class' must be a class index or name, got {ref!r}.")
 
 
-def _feature_index(imodel: InterpretableModel, ref: Any, index: int) -> int:
+def feature_index(imodel: InterpretableModel, ref: Any, where: str) -> int:
+    """A feature position from a position or a (unique) feature name; unknown names list close
+    matches. `where` starts the error message (e.g. 'edit 3')."""
     n = imodel.n_features
     if isinstance(ref, int) and not isinstance(ref, bool):
         if 0 <= ref < n:
             return ref
-        raise EditError(f"edit {index}: feature {ref} is out of range (0..{n - 1}).")
+        raise EditError(f"{where}: feature {ref} is out of range (0..{n - 1}).")
     if isinstance(ref, str):
         names = [imodel.feature_name(j) for j in range(n)]
         hits = [j for j, name in enumerate(names) if name == ref]
@@ -209,11 +211,11 @@ def _feature_index(imodel: InterpretableModel, ref: Any, index: int) -> int:
             return hits[0]
         if hits:
             raise EditError(
-                f"edit {index}: feature name {ref!r} is ambiguous (features {hits}); "
+                f"{where}: feature name {ref!r} is ambiguous (features {hits}); "
                 "use a feature position instead."
             )
-        raise EditError(f"edit {index}: unknown feature {ref!r}.{_close(ref, names)}")
-    raise EditError(f"edit {index}: 'feature' must be a feature position or name, got {ref!r}.")
+        raise EditError(f"{where}: unknown feature {ref!r}.{_close(ref, names)}")
+    raise EditError(f"{where}: 'feature' must be a feature position or name, got {ref!r}.")
 
 
 def _close(ref: str, names: list[str]) -> str:

@@ -131,9 +131,12 @@ class InterpretableModel(nn.Module):
             lines.append(f"{name}: {', '.join(parts) if parts else '(no features)'}")
         return "\n".join(lines)
 
-    def explain(self, images: torch.Tensor) -> list[Explanation]:
-        """One Explanation per image: prediction, its features' contributions, the runner-up."""
-        return explain(self, images)
+    def explain(
+        self, images: torch.Tensor, intervene: dict[int | str, float] | None = None
+    ) -> list[Explanation]:
+        """One Explanation per image: prediction, its features' contributions, the runner-up;
+        `intervene` sets features by hand ({position or name: activation})."""
+        return explain(self, images, intervene)
 
     def edit(self, edits: Any, features: Any = None, **options: Any) -> Any:
         """Apply human edits and return a retrofit.edit.EditResult; see retrofit.edit.edit."""
