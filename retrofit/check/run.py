@@ -493,6 +493,7 @@ def _check(
         "weight": weight.cpu(),
         "class_names": list(imodel.class_names),
         "feature_names": [imodel.feature_name(j) for j in range(imodel.n_features)],
+        "model_fingerprint": _head_fingerprint(imodel),
         "cards": cards,
         "explanations": _explanations(
             imodel,
@@ -633,3 +634,10 @@ def _explanations(
             }
         )
     return out
+
+
+def _head_fingerprint(imodel: InterpretableModel) -> str:
+    """Names the model in the report's edits files (see retrofit.edits_file)."""
+    from retrofit.edit import head_fingerprint
+
+    return head_fingerprint(imodel)
