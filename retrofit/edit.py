@@ -92,7 +92,8 @@ def edit(
     if plan.needs_solve and train is None:
         raise EditError(
             "forbid, pin, drop and per_class edits re-solve the head on the training features: "
-            "pass features=FeatureSet (retrofit.extract) or loader= (and cache_dir=)."
+            "pass features=FeatureSet (retrofit.extract) or loader= (and cache_dir=); on the "
+            "command line, --train DATA."
         )
     splits = {"train": train, "eval": eval_features}
     splits = {name: fs for name, fs in splits.items() if fs is not None}
