@@ -4,10 +4,11 @@ Run: python -m benchmarks.edit   (writes benchmarks/results/edit.json)
 The bundled demo CNN is converted with qpm (the demo's settings: 50 features, 5 per class,
 30 s solver limit) on the synthetic concept world. The world knows every image's concepts, so
 a feature is a background feature when the concept its activation correlates with most (on
-the training images) is one of the five backgrounds. Two edits:
+the training images) is one of the five backgrounds. Three edits:
 - forbid_spurious: forbid every background feature for every class whose definition has no
   background (for the few classes defined by a background, it is signal, not a shortcut);
-- drop: drop every background feature (the program refills the slots from unused channels).
+- drop: drop every background feature (the program refills the slots from unused channels);
+- drop_without_refill: the same, the slots left unused (no class may read them).
 Reported per edit: test accuracy and fidelity (agreement with the original CNN) before and
 after, background reliance before and after (accuracy on the same test scenes with their
 backgrounds shuffled among images, on the classes whose definition has no background, and
@@ -128,6 +129,7 @@ def main() -> None:
             if imodel.head.weight[c, j] != 0
         ],
         "drop": [{"op": "drop", "feature": j} for j in background],
+        "drop_without_refill": [{"op": "drop", "feature": j, "refill": False} for j in background],
     }
     rows = {}
     for name, edit_list in edits.items():

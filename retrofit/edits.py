@@ -6,6 +6,7 @@ An edit is a dict (the JSON form of an edits file) with an "op":
   {"op": "forbid", "class": C, "feature": F}                      class C may not use feature F
   {"op": "pin", "class": C, "feature": F}                         class C must use feature F
   {"op": "drop", "feature": F}                                    no class may use feature F
+      (qpm refills its slot with a new feature; add "refill": false to leave the slot unused)
   {"op": "per_class", "class": C, "count": k}                     class C uses exactly k features
 F is a feature position or name, C a class index or name. Everything that can be checked
 without solving is checked here, so an infeasible or conflicting edit fails before any work.
@@ -28,7 +29,7 @@ _KEYS = {
     "rename": ({"feature", "name"}, {"class"}),
     "forbid": ({"class", "feature"}, set()),
     "pin": ({"class", "feature"}, set()),
-    "drop": ({"feature"}, set()),
+    "drop": ({"feature"}, {"refill"}),
     "per_class": ({"class", "count"}, set()),
 }
 
@@ -42,7 +43,10 @@ class Edit:
     cls: int | None = None
     name: str | None = None
     count: int | None = None
-    index: int = 0  # position in the list the user gave, for messages
+    index: int = 0
+    refill: bool = (
+        True  # drop only: qpm refills the slot  # position in the list the user gave, for messages
+    )
 
     def describe(self, imodel: InterpretableModel) -> str:
         """'edit 3 (pin class 'cat' to feature 7 'stripes')', as error messages name it."""
@@ -70,6 +74,8 @@ class Edit:
             data["name"] = self.name
         if self.count is not None:
             data["count"] = self.count
+        if not self.refill:
+            data["refill"] = False
         return data
 
 
@@ -114,6 +120,8 @@ def plan_edits(imodel: InterpretableModel, edits: list[Edit]) -> EditPlan:
         elif edit.op == "pin":
             _no_clash(imodel, seen, ("forbid", pair), edit, "pins a link another edit forbids")
             plan.pinned.add(pair)  # type: ignore[arg-type]
+        elif edit.op == "drop" and not edit.refill:  # the slot stays, no class may use it
+            plan.forbidden |= {(c, edit.feature) for c in range(imodel.num_classes)}  # type: ignore[misc]
         elif edit.op == "drop":
             plan.dropped.add(edit.feature)  # type: ignore[arg-type]
         elif edit.op == "per_class":
@@ -180,7 +188,10 @@ def _parse_one(imodel: InterpretableModel, raw: Any, index: int) -> Edit:
             f"edit {index} (per_class) needs a 'count' between 1 and n_features="
             f"{imodel.n_features}, got {count!r}."
         )
-    return Edit(op, feature, cls, name.strip() if name else None, count, index)
+    refill = raw.get("refill", True)
+    if not isinstance(refill, bool):
+        raise EditError(f"edit {index} (drop): 'refill' must be true or false, got {refill!r}.")
+    return Edit(op, feature, cls, name.strip() if name else None, count, index, refill)
 
 
 def _class_index(imodel: InterpretableModel, ref: Any, index: int) -> int:
@@ -249,6 +260,12 @@ def _check_dropped(imodel: InterpretableModel, plan: EditPlan, seen: dict) -> No
                 f"{edit.describe(imodel)} conflicts with {drop.describe(imodel)}: a dropped "
                 "feature cannot be pinned or named. Remove one of them."
             )
+    for c, j in sorted(plan.pinned & plan.forbidden):  # a pin against a drop without refill
+        raise EditError(
+            f"{seen[('pin', (c, j))].describe(imodel)} conflicts with "
+            f"{seen[('drop', j)].describe(imodel)}: a dropped feature cannot be pinned. "
+            "Remove one of them."
+        )
     if len(plan.dropped) >= imodel.n_features:
         raise EditError(f"the edits drop all {imodel.n_features} features; at least one must stay.")
 

@@ -119,6 +119,23 @@ def test_every_edit_kind_is_respected_exactly(world, method: str) -> None:
     assert result.seconds["total"] > 0
 
 
+def test_drop_without_refill_keeps_the_slot_unused(world) -> None:
+    imodel = converted(world, "qpm")
+    j = _links(imodel, 0)[0]
+    edited = imodel.edit([{"op": "drop", "feature": j, "refill": False}], world[3]).model
+    assert torch.equal(edited.adapter.selected, imodel.adapter.selected)
+    assert not bool((edited.head.weight[:, j] != 0).any())
+    assert edited.edits[0]["edits"][0]["refill"] is False
+    with pytest.raises(EditError, match="edit 1 \\(pin .* conflicts with edit 0 \\(drop"):
+        imodel.edit(
+            [
+                {"op": "drop", "feature": j, "refill": False},
+                {"op": "pin", "class": 1, "feature": j},
+            ],
+            world[3],
+        )
+
+
 def test_rename_only_needs_no_features(world) -> None:
     imodel = converted(world, "qpm")
     result = retrofit.edit(imodel, [{"op": "rename", "feature": 0, "name": "red"}])
