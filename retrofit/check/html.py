@@ -1,8 +1,9 @@
-"""Render a check Report as ONE self-contained HTML file: inline CSS, images as data URIs, no JS.
+"""Render a check Report as ONE self-contained HTML file: inline CSS, images as data URIs, and
+no JS but the editor's (editor_section: edits exported as JSON for `retrofit edit`).
 
 Plots are drawn with matplotlib (Agg backend); image strips with heatmap overlays are composed
 with PIL, which is much faster than a figure per image. Sections have stable ids: summary,
-assignment, features, explanations, faithfulness, metrics.
+assignment, features, explanations, faithfulness, metrics, editor.
 """
 
 from __future__ import annotations
