@@ -3,10 +3,12 @@
 from retrofit.api import convert
 from retrofit.check import CheckFailedError, Report, check
 from retrofit.config import RetrofitConfig
+from retrofit.edit import EditResult, edit
 from retrofit.errors import (
     CacheError,
     ConfigError,
     DataError,
+    EditError,
     ExportCorruptedError,
     ExportError,
     ExportNotFoundError,
@@ -34,6 +36,8 @@ __all__ = [
     "CheckFailedError",
     "ConfigError",
     "DataError",
+    "EditError",
+    "EditResult",
     "Explanation",
     "ExportCorruptedError",
     "ExportError",
@@ -55,6 +59,7 @@ __all__ = [
     "check",
     "cluster_maps",
     "convert",
+    "edit",
     "extract",
     "load",
 ]

@@ -7,6 +7,7 @@
     retrofit report DIR [--data DATA]           rebuild DIR/report.html
     retrofit reveal DIR --data DATA --out game.html    INV's reveal game for a person to play
     retrofit reveal-import answers.json [--game game.html]   labels by layer from the answers
+    retrofit edit DIR --apply EDITS.json --out NEW [--train DATA] [--data DATA]
 Bad input gets a one-line error and exit code 2.
 """
 
@@ -312,6 +313,58 @@ def _reveal_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit(args: argparse.Namespace) -> int:
+    """Apply an edits file to an export, save the edited model to a new folder, re-check it."""
+    import retrofit
+    from retrofit.data_specs import open_data
+    from retrofit.edit import head_fingerprint
+    from retrofit.edits_file import check_fingerprint, read_edits_file
+    from retrofit.export import read_config
+
+    document = read_edits_file(args.apply)
+    export, out = Path(args.dir), Path(args.out)
+    if out.resolve() == export.resolve():
+        raise UsageError(
+            "--out is the export itself; write the edited model to a new folder, so the "
+            "original stays untouched."
+        )
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"{out} is not empty; pass --overwrite to replace what is there.")
+    imodel = _load(args.dir)
+    check_fingerprint(document, head_fingerprint(imodel), args.apply)
+
+    def dataset(spec: str) -> Any:
+        synthetic = spec.startswith("synthetic")
+        return open_data(spec, None if synthetic else _transform_for(imodel, args.dir, None))
+
+    train = _loader(dataset(args.train)) if args.train else None
+    result = retrofit.edit(
+        imodel,
+        document["edits"],
+        loader=train,
+        cache_dir=args.cache_dir,
+        time_limit=args.time_limit,
+        progress=not args.quiet,
+    )
+    build = read_config(export)["base_model"].get("build") or {}
+    _prepare_out(out, args.overwrite)
+    result.model.save_pretrained(
+        out,
+        include_backbone=(export / "backbone.safetensors").is_file(),
+        base_model=build.get("spec"),
+    )
+    print(result.summary())
+    data = args.data
+    previous = export / CHECK_DATA_FILE
+    if data is None and previous.is_file():
+        data = json.loads(previous.read_text()).get("meta", {}).get("data")
+    if data:
+        report = _run_check(result.model, dataset(data), out, args, data)
+        print(report.summary())
+    print(f"edited model written to {out}/" + (" with report.html" if data else ""))
+    return 0
+
+
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-fidelity", type=float)
     parser.add_argument("--min-accuracy", type=float)
@@ -411,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     reveal_import.add_argument("--encoder", help="text encoder spec (default: the tiny CLIP)")
     reveal_import.add_argument("--overwrite", action="store_true")
     reveal_import.set_defaults(run=_reveal_import)
+    edit = commands.add_parser("edit", help="apply an edits file (from the report's editor)")
+    edit.add_argument("dir", help="the export to edit (left untouched)")
+    edit.add_argument("--apply", required=True, help="edits JSON file")
+    edit.add_argument("--out", required=True, help="new folder for the edited export")
+    edit.add_argument("--overwrite", action="store_true")
+    edit.add_argument("--train", help="training data; needed for every edit but renames")
+    edit.add_argument("--data", help="data to re-check on (default: the export's last check)")
+    edit.add_argument("--time-limit", type=_positive_float, help="seconds for the re-solve")
+    edit.add_argument("--cache-dir", default=".retrofit_cache")
+    _add_check_options(edit)
+    edit.set_defaults(run=_edit)
     return parser
 
 

@@ -61,3 +61,7 @@ class ExportVersionError(ExportError):
 
 class FingerprintMismatchError(ExportError):
     """The backbone is not the one the export was made from."""
+
+
+class EditError(ConfigError):
+    """A human edit is malformed, names an unknown class or feature, or conflicts with another."""

@@ -56,6 +56,8 @@ class Explanation:
     runner_up_features: list[FeatureContribution] = field(default_factory=list)
     only_predicted: list[FeatureContribution] = field(default_factory=list)  # not the runner-up's
     only_runner_up: list[FeatureContribution] = field(default_factory=list)  # not the prediction's
+    # set by explain(..., intervene=...): the features set by hand and the prediction without it
+    intervention: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data."""
@@ -79,12 +81,23 @@ class Explanation:
             ):
                 parts = ", ".join(f"{f.name} ({f.contribution:+.3f})" for f in group)
                 lines.append(f"  only {label}: {parts or '(none)'}")
+        if self.intervention is not None:
+            lines.append(_intervention_line(self.intervention))
         return "\n".join(lines)
 
 
 @torch.no_grad()
-def explain(imodel: InterpretableModel, images: torch.Tensor) -> list[Explanation]:
-    """One Explanation per image of a (N, ...) batch (a single unbatched image also works)."""
+def explain(
+    imodel: InterpretableModel,
+    images: torch.Tensor,
+    intervene: dict[int | str, float] | None = None,
+) -> list[Explanation]:
+    """One Explanation per image of a (N, ...) batch (a single unbatched image also works).
+
+    `intervene` maps features (position or concept name) to the activation to use instead of
+    the image's, e.g. {"stripes": 0.0} switches a concept off; each explanation then records
+    the prediction without the intervention in `intervention`.
+    """
     if not isinstance(images, torch.Tensor) or images.ndim < 2:
         raise DataError(
             f"explain() takes a batch of images as a tensor (N, C, H, W), got "
@@ -93,7 +106,56 @@ def explain(imodel: InterpretableModel, images: torch.Tensor) -> list[Explanatio
     if images.ndim == 3:
         images = images.unsqueeze(0)
     device = imodel.head.weight.device
-    return explain_activations(imodel, imodel.concept_activations(images.to(device)))
+    activations = imodel.concept_activations(images.to(device))
+    if intervene is None:
+        return explain_activations(imodel, activations)
+    return intervened_explanations(imodel, activations, intervene)
+
+
+@torch.no_grad()
+def intervened_explanations(
+    imodel: InterpretableModel, activations: torch.Tensor, intervene: dict[int | str, float]
+) -> list[Explanation]:
+    """Explanations with the given features set by hand, each noting what changed."""
+    from retrofit.edits import feature_index
+
+    if not isinstance(intervene, dict) or not intervene:
+        raise DataError(
+            "intervene must be a non-empty dict {feature position or name: activation value}."
+        )
+    settings: dict[int, float] = {}
+    for key, value in intervene.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise DataError(f"intervene[{key!r}] must be a number, got {value!r}.")
+        settings[feature_index(imodel, key, "intervene")] = float(value)
+    originals = explain_activations(imodel, activations)
+    changed = activations.clone()
+    for j, value in settings.items():
+        changed[:, j] = value
+    explanations = explain_activations(imodel, changed)
+    for original, explanation in zip(originals, explanations):
+        explanation.intervention = {
+            "features": {imodel.feature_name(j): v for j, v in settings.items()},
+            "positions": sorted(settings),
+            "original_predicted": original.predicted,
+            "original_class_name": original.class_name,
+            "original_probability": original.probability,
+            "prediction_changed": original.predicted != explanation.predicted,
+        }
+    return explanations
+
+
+def _intervention_line(intervention: dict[str, Any]) -> str:
+    settings = ", ".join(f"{name} = {value:g}" for name, value in intervention["features"].items())
+    outcome = (
+        f"changed from {intervention['original_class_name']}"
+        if intervention["prediction_changed"]
+        else "unchanged"
+    )
+    return (
+        f"intervention: {settings}; prediction {outcome} (without it: "
+        f"{intervention['original_class_name']}, p={intervention['original_probability']:.3f})"
+    )
 
 
 @torch.no_grad()

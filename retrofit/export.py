@@ -247,6 +247,7 @@ def _config(
             {"class": c, "feature": j, **_jsonable(pair)}
             for (c, j), pair in sorted(imodel.pair_concepts.items())
         ],
+        "edits": _jsonable(imodel.edits),
         "head": {**head_info, "nonzero": int((imodel.head.weight != 0).sum())},
         "adapter": {"linear_mix": imodel.adapter.mix is not None},
         "config": _jsonable(imodel.config.to_dict()),
@@ -389,6 +390,7 @@ def load(
     )
     imodel.concepts = [list(f["concepts"]) for f in config["features"]]
     imodel.pair_concepts = _pairs(config.get("pairs", []), imodel.num_classes, imodel.n_features)
+    imodel.edits = _edits(config.get("edits", []))
     device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     return imodel.to(device).eval()
 
@@ -418,6 +420,13 @@ def _pairs(
             )
         pairs[(c, j)] = {k: v for k, v in entry.items() if k not in ("class", "feature")}
     return pairs
+
+
+def _edits(entries: Any) -> list[dict[str, Any]]:
+    """The optional provenance of human edits (retrofit.edit), one record per edit call."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ExportSchemaError("'edits' in the export config must be a list of objects.")
+    return [dict(entry) for entry in entries]
 
 
 def read_config(folder: Path) -> dict[str, Any]:

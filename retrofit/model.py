@@ -50,6 +50,8 @@ class InterpretableModel(nn.Module):
         # class-conditional names: (class, feature) -> {"concept", "status", "auc", ...}; why
         # this class uses this feature, which may differ from the feature's global best concept
         self.pair_concepts: dict[tuple[int, int], dict[str, Any]] = {}
+        # provenance of human edits (retrofit.edit), oldest first; the export keeps it
+        self.edits: list[dict[str, Any]] = []
 
     @property
     def n_features(self) -> int:
@@ -129,9 +131,18 @@ class InterpretableModel(nn.Module):
             lines.append(f"{name}: {', '.join(parts) if parts else '(no features)'}")
         return "\n".join(lines)
 
-    def explain(self, images: torch.Tensor) -> list[Explanation]:
-        """One Explanation per image: prediction, its features' contributions, the runner-up."""
-        return explain(self, images)
+    def explain(
+        self, images: torch.Tensor, intervene: dict[int | str, float] | None = None
+    ) -> list[Explanation]:
+        """One Explanation per image: prediction, its features' contributions, the runner-up;
+        `intervene` sets features by hand ({position or name: activation})."""
+        return explain(self, images, intervene)
+
+    def edit(self, edits: Any, features: Any = None, **options: Any) -> Any:
+        """Apply human edits and return a retrofit.edit.EditResult; see retrofit.edit.edit."""
+        from retrofit.edit import edit
+
+        return edit(self, edits, features, **options)
 
     def save_pretrained(
         self,

@@ -74,6 +74,7 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
             ]
             lines.append(f"| {_cell(split)} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _edit_lines(config.get("edits") or [])
     lines += [
         "## Global explanation",
         "",
@@ -118,3 +119,41 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
         "",
     ]
     return "\n".join(front + lines)
+
+
+def _edit_lines(records: list[dict[str, Any]]) -> list[str]:
+    """A 'Human edits' section: when, what, and the figures before and after each edit."""
+    if not records:
+        return []
+    lines = [
+        "## Human edits",
+        "",
+        "This model was edited by a person after conversion (`retrofit.edit`); every edit is "
+        "a constraint the head was re-solved under.",
+        "",
+        "| when | edits | train accuracy | train fidelity | previous model |",
+        "|---|---|---|---|---|",
+    ]
+    for record in records:
+        what = "; ".join(_edit_words(e) for e in record.get("edits", []))
+        before = (record.get("before") or {}).get("train", {})
+        after = (record.get("after") or {}).get("train", {})
+        cells = [_before_after(before.get(key), after.get(key)) for key in ("accuracy", "fidelity")]
+        lines.append(
+            f"| {_cell(record.get('time', '-'))} | {_cell(what or '-')} | {cells[0]} | "
+            f"{cells[1]} | `{_cell(str(record.get('previous_fingerprint', '-'))[:12])}` |"
+        )
+    return lines + [""]
+
+
+def _edit_words(edit: dict[str, Any]) -> str:
+    target = " ".join(str(edit[key]) for key in ("class_name", "feature_name") if key in edit)
+    tail = f" → {edit['name']}" if "name" in edit else ""
+    tail += f" = {edit['count']}" if "count" in edit else ""
+    return f"{edit.get('op', '?')} {target}{tail}".strip()
+
+
+def _before_after(old: Any, new: Any) -> str:
+    if not isinstance(new, (int, float)):
+        return "-"
+    return (f"{old:.4f} → " if isinstance(old, (int, float)) else "") + f"{new:.4f}"

@@ -1,8 +1,9 @@
-"""Render a check Report as ONE self-contained HTML file: inline CSS, images as data URIs, no JS.
+"""Render a check Report as ONE self-contained HTML file: inline CSS, images as data URIs, and
+no JS but the editor's (editor_section: edits exported as JSON for `retrofit edit`).
 
 Plots are drawn with matplotlib (Agg backend); image strips with heatmap overlays are composed
 with PIL, which is much faster than a figure per image. Sections have stable ids: summary,
-assignment, features, explanations, faithfulness, metrics.
+assignment, features, explanations, faithfulness, metrics, editor.
 """
 
 from __future__ import annotations
@@ -648,6 +649,109 @@ def _truth(report: Report) -> str:
     return _section("truth", "".join(parts))
 
 
+EDITOR_STYLE = """
+.editor-wrap{overflow:auto;max-height:640px}
+table.editor{width:auto;font-size:12px}
+table.editor td.cell{text-align:center;cursor:pointer;min-width:22px;user-select:none}
+table.editor td.pos{color:var(--pos)}table.editor td.neg{color:var(--neg)}
+table.editor td[data-edit=forbid]{background:#fbeceb;text-decoration:line-through}
+table.editor td[data-edit=pin]{background:#e3f1e7;outline:2px solid var(--pos)}
+table.editor input.rename{width:90px;font-size:11px}
+#edits-json{width:100%;height:90px;font:12px monospace}
+"""
+EDITOR_SCRIPT = """(() => {
+  const table = document.getElementById("edit-table");
+  const out = document.getElementById("edits-json");
+  const count = document.getElementById("edit-count");
+  const marks = new Map();
+  const cycle = {"": "forbid", forbid: "pin", pin: ""};
+  function edits() {
+    const list = [];
+    for (const [key, op] of marks) {
+      const [c, j] = key.split(",").map(Number);
+      list.push({op: op, "class": c, feature: j});
+    }
+    for (const box of table.querySelectorAll("input.drop:checked")) {
+      list.push({op: "drop", feature: Number(box.dataset.feature)});
+    }
+    for (const input of table.querySelectorAll("input.rename")) {
+      const name = input.value.trim();
+      if (name && name !== input.defaultValue) {
+        list.push({op: "rename", feature: Number(input.dataset.feature), name: name});
+      }
+    }
+    return list;
+  }
+  function update() {
+    const list = edits();
+    out.textContent = JSON.stringify({format: "retrofit-edits", version: 1,
+      model_fingerprint: table.dataset.fingerprint, edits: list}, null, 1);
+    count.textContent = list.length + (list.length === 1 ? " edit" : " edits");
+  }
+  table.addEventListener("click", (event) => {
+    const cell = event.target.closest("td.cell");
+    if (!cell) return;
+    const key = cell.dataset.class + "," + cell.dataset.feature;
+    const next = cycle[marks.get(key) || ""];
+    if (next) marks.set(key, next); else marks.delete(key);
+    cell.dataset.edit = next;
+    update();
+  });
+  table.addEventListener("input", update);
+  table.addEventListener("change", update);
+  document.getElementById("export-edits").addEventListener("click", () => {
+    update();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([out.textContent], {type: "application/json"}));
+    link.download = "edits.json";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  });
+  update();
+})();"""
+
+
+def editor_section(report: Report) -> str:
+    """The editing mode: click a class-feature cell to forbid or pin it, rename or drop a
+    feature, export edits.json for `retrofit edit`. Plain inline JS, no server."""
+    visuals = report.visuals
+    fingerprint = visuals.get("model_fingerprint")
+    if "weight" not in visuals or not fingerprint:
+        return ""
+    weight = visuals["weight"][:MAX_MATRIX_CLASSES]
+    names = visuals["feature_names"]
+    head = "".join(
+        f'<th><input class="rename" data-feature="{j}" value="{_esc(name)}" '
+        f'title="rename feature {j}"><br><label><input type="checkbox" class="drop" '
+        f'data-feature="{j}"> drop</label></th>'
+        for j, name in enumerate(names)
+    )
+    rows = []
+    for c, class_name in enumerate(visuals["class_names"][: weight.shape[0]]):
+        cells = "".join(
+            f'<td class="cell{" pos" if w > 0 else " neg" if w < 0 else ""}" data-class="{c}" '
+            f'data-feature="{j}" title="{_esc(class_name)} × {_esc(names[j])}">'
+            f"{'+' if w > 0 else '−' if w < 0 else '·'}</td>"
+            for j, w in enumerate(weight[c].tolist())
+        )
+        rows.append(f"<tr><th>{_esc(class_name)}</th>{cells}</tr>")
+    body = (
+        '<p class="muted">Click a class–feature cell to forbid the link, again to pin it, again '
+        "to clear; rename a feature in its box or tick drop. Export the edits and apply them "
+        "with <code>retrofit edit EXPORT --apply edits.json --out EDITED --train DATA</code>: "
+        "the head is re-solved under every edit and checked again.</p>"
+        f'<div class="editor-wrap"><table class="editor" id="edit-table" '
+        f'data-fingerprint="{_esc(fingerprint)}"><thead><tr><th>class</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        '<p><button id="export-edits" type="button">Export edits.json</button> '
+        '<span id="edit-count" class="muted"></span></p>'
+        '<textarea id="edits-json" readonly aria-label="edits.json"></textarea>'
+        f"<style>{EDITOR_STYLE}</style><script>{EDITOR_SCRIPT}</script>"
+    )
+    return f'<section id="editor"><h2>Edit the model</h2>{body}</section>'
+
+
 def render_report(report: Report) -> str:
     """The whole report as one HTML string."""
     verdict = (
@@ -665,6 +769,7 @@ def render_report(report: Report) -> str:
             _faithfulness(report),
             _metrics(report),
             _truth(report),
+            editor_section(report),
         )
     )
     return (

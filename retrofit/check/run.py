@@ -519,6 +519,7 @@ def _check(
         "class_names": list(imodel.class_names),
         "feature_names": [imodel.feature_name(j) for j in range(imodel.n_features)],
         "pair_names": {pair: imodel.pair_name(*pair) for pair in imodel.pair_concepts},
+        "model_fingerprint": _head_fingerprint(imodel),
         "cards": cards,
         "explanations": _explanations(
             imodel,
@@ -659,3 +660,10 @@ def _explanations(
             }
         )
     return out
+
+
+def _head_fingerprint(imodel: InterpretableModel) -> str:
+    """Names the model in the report's edits files (see retrofit.edits_file)."""
+    from retrofit.edit import head_fingerprint
+
+    return head_fingerprint(imodel)
