@@ -33,6 +33,7 @@ from retrofit.datasets.synthetic import SyntheticConceptDataset
 WORLD2 = Path(__file__).parent / "weights" / "world2"
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "concept_features=False": {"concept_features": False},
     "linear_mix=False": {"linear_mix": False},
     "finetune=none": {"finetune": "none"},
     "align": {"concepts_extra": {"align": True}},
@@ -136,25 +137,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--name", default="explanation_truth", help="results/NAME.json")
+    parser.add_argument("--worlds", nargs="+", default=["demo", "world2"])
+    parser.add_argument("--cache-dir", help="reuse extracted features between runs")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     measured_on = machine()
     result: dict[str, Any] = {"settings": vars(args)}
-    methods = ("qpm",) if args.quick else ("qpm", "qsenn", "sparse")
-    variants = {"default": VARIANTS["default"]} if args.quick else VARIANTS
-    with tempfile.TemporaryDirectory() as cache:
+    runs = [("qpm", name) for name in VARIANTS] + [("qsenn", "default"), ("sparse", "default")]
+    if args.quick:
+        runs = [("qpm", "default")]
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = args.cache_dir or scratch
         for world_name, (model, world) in worlds().items():
-            if args.quick and world_name != "demo":
+            if world_name not in args.worlds:
                 continue
-            for method in methods:
-                for variant_name, variant in variants.items():
-                    key = f"{world_name}/{method}/{variant_name}"
-                    row = run_one(
-                        model, world, method, variant, args.train_images, args.test_images, cache
-                    )
-                    result[key] = row
-                    print(key, json.dumps({k: row[k] for k in ("retention", "global", "pair")}))
-    write_result(args.name, result, measured_on)
+            for method, variant_name in runs:
+                key = f"{world_name}/{method}/{variant_name}"
+                row = run_one(
+                    model,
+                    world,
+                    method,
+                    VARIANTS[variant_name],
+                    args.train_images,
+                    args.test_images,
+                    cache,
+                )
+                result[key] = row
+                print(key, json.dumps({k: row[k] for k in ("retention", "global", "pair")}))
+                write_result(args.name, result, measured_on)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from retrofit.concepts.basis import fit_concept_basis, fold_adapter
 from retrofit.concepts.pairs import (
     PairSettings,
     auc_matrix,
+    distinct_concepts,
     name_pairs,
     presence_from_similarity,
+    separability,
 )
 from retrofit.datasets import SyntheticConceptDataset, load_demo_classifier
 from retrofit.errors import ConfigError, DataError
@@ -96,6 +98,19 @@ def test_presence_threshold_splits_two_groups() -> None:
     )
     present = presence_from_similarity(sim)
     assert present[:50].sum() == 0 and present[50:].all()
+
+
+def test_concepts_the_images_cannot_tell_apart_are_merged() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(200, generator=g) < 0.4
+    b = a.clone()
+    b[:3] = ~b[:3]  # nearly the same images as a
+    c = torch.rand(200, generator=g) < 0.4
+    presence = torch.stack([a, b, c], dim=1)
+    keep = distinct_concepts(presence, torch.tensor([0.5, 0.9, 0.7]))
+    assert keep.tolist() == [1, 2]  # b is better shown than a; c is its own concept
+    sim = presence.float() + 0.05 * torch.randn(200, 3, generator=g)
+    assert bool((separability(sim, presence) > 0.9).all())
 
 
 def test_truth_metric_counts_by_hand() -> None:

@@ -25,7 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from retrofit.concepts.pairs import MIN_AUC, auc_matrix, presence_from_similarity
+from retrofit.concepts.pairs import (
+    MIN_AUC,
+    auc_matrix,
+    distinct_concepts,
+    presence_from_similarity,
+    separability,
+)
 from retrofit.errors import ConfigError, DataError
 from retrofit.solvers.stats import MIN_STD
 
@@ -196,4 +202,6 @@ def concept_presence(
         )
     text = embed_concepts(encoder, vocab.concepts, vocab.templates, cache_dir=cache_dir)
     similarity = embeddings.float() @ text.T
-    return list(vocab.concepts), presence_from_similarity(similarity), embeddings
+    presence = presence_from_similarity(similarity)
+    keep = distinct_concepts(presence, separability(similarity, presence))
+    return [vocab.concepts[int(k)] for k in keep], presence[:, keep], embeddings

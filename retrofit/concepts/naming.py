@@ -27,7 +27,13 @@ from retrofit.concepts.encoders import (
     embed_images,
     load_encoder,
 )
-from retrofit.concepts.pairs import PairSettings, name_pairs, presence_from_similarity
+from retrofit.concepts.pairs import (
+    PairSettings,
+    distinct_concepts,
+    name_pairs,
+    presence_from_similarity,
+    separability,
+)
 from retrofit.concepts.scoring import (
     WPMI_LAMBDA,
     WPMI_TEMPERATURE,
@@ -352,12 +358,16 @@ def name_features(
     logger.info("named %d features with %s over %d concepts", len(table), method, len(names))
     pair_names: dict[tuple[int, int], dict[str, Any]] = {}
     if pairs is not False and probe_labels is not None:
-        presence = signal.bool() if method == "delta" else presence_from_similarity(signal)
+        if method == "delta":
+            presence, keep = signal.bool(), torch.arange(len(names))
+        else:
+            presence = presence_from_similarity(signal)
+            keep = distinct_concepts(presence, separability(signal, presence))
         pair_names = name_pairs(
             activations,
             probe_labels,
-            presence,
-            names,
+            presence[:, keep],
+            [names[int(k)] for k in keep],
             imodel.head.weight,
             feature_names=[row[0]["concept"] for row in table],
             settings=pairs if isinstance(pairs, PairSettings) else None,

@@ -27,6 +27,7 @@ from retrofit.errors import ConfigError, DataError
 MIN_AUC = 0.75  # the grounding bar: the feature must really respond to the concept
 MIN_FREQUENCY = 0.5  # a class's concept is present in at least half of its images ...
 MIN_LIFT = 0.2  # ... and in clearly more of them than of other classes' images
+SAME_CONCEPT = 0.8  # presence Jaccard above which two concepts are one for these images
 MIN_GROUP = 5  # fewest images with (and without) a concept for an AUC to be meaningful
 CANDIDATES_KEPT = 3
 
@@ -64,6 +65,30 @@ def presence_from_similarity(similarity: torch.Tensor) -> torch.Tensor:
     best = between.argmax(dim=0)
     threshold = cuts.gather(0, best[None])[0]
     return sim > threshold[None]
+
+
+def separability(similarity: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """(V,) share of each similarity column's variance that its present/absent split explains."""
+    sim, p = similarity.float(), presence.float()
+    w = p.mean(dim=0)
+    m1 = (sim * p).sum(dim=0) / p.sum(dim=0).clamp_min(1)
+    m0 = (sim * (1 - p)).sum(dim=0) / (1 - p).sum(dim=0).clamp_min(1)
+    return w * (1 - w) * (m1 - m0) ** 2 / sim.var(dim=0, unbiased=False).clamp_min(1e-12)
+
+
+def distinct_concepts(presence: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Indices of concepts kept when those present on nearly the same images (Jaccard ≥
+    SAME_CONCEPT) are merged into the one with the higher `quality` — the probe images cannot
+    tell them apart, so naming a feature by either would be a guess."""
+    p = presence.float()
+    inter = p.T @ p
+    union = p.sum(dim=0)[:, None] + p.sum(dim=0)[None] - inter
+    jaccard = inter / union.clamp_min(1)
+    kept: list[int] = []
+    for v in torch.argsort(quality, descending=True, stable=True).tolist():
+        if all(float(jaccard[v, k]) < SAME_CONCEPT for k in kept):
+            kept.append(v)
+    return torch.tensor(sorted(kept), dtype=torch.long)
 
 
 def class_concepts(
