@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
+from retrofit.attributes import attribute_features, read_attributes
 from retrofit.concepts import apply_concepts
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
@@ -76,7 +77,7 @@ def convert(
     """
     config = _config(settings)
     train = _features(model, train_loader, config)
-    if config.n_features > train.dim:
+    if config.n_features > train.dim and "flint" not in (config.method, config.features):
         raise InfeasibleSettingsError(
             f"n_features={config.n_features} is larger than the {train.dim} penultimate features of "
             f"the model (layer {train.layer}). Lower n_features or pick a wider feature_layer."
@@ -85,8 +86,16 @@ def convert(
     features = train.features.to(device)
     labels = train.labels.to(device)
     logger.info("fitting the %s head on %d x %d features", config.method, *train.features.shape)
-    result = get_head(config.method)(features, labels, config, train.maps, train.logits)
-    adapter = result.adapter or build_adapter(result, config, in_features=train.dim)
+    maps, attributes = train.maps, None
+    if config.features == "flint" and config.method != "flint":
+        attributes, features, maps = attribute_features(
+            features, labels, config, train.logits, maps
+        )
+    result = get_head(config.method)(features, labels, config, maps, train.logits)
+    adapter = result.adapter or build_adapter(result, config, in_features=features.shape[1])
+    if attributes is not None:
+        adapter = read_attributes(adapter, attributes)
+        features = train.features.to(device)
     head = FixedHead.from_result(result)
     history: dict[str, Any] = {}
     if config.finetune != "none" and result.adapter is None:

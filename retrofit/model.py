@@ -90,7 +90,10 @@ class InterpretableModel(nn.Module):
     def feature_name(self, index: int) -> str:
         """The best concept name of feature `index`, or a neutral id when it has none."""
         names = self.concepts[index]
-        return names[0]["concept"] if names else f"feature_{int(self.adapter.selected[index])}"
+        if names:
+            return names[0]["concept"]
+        kind = "feature" if self.adapter.attributes is None else "attribute"
+        return f"{kind}_{int(self.adapter.selected[index])}"
 
     def pair_name(self, class_index: int, index: int) -> str:
         """Why class `class_index` uses feature `index`: its class-conditional name when one was

@@ -1,0 +1,194 @@
+"""FLINT: its losses, the 'flint' head end to end, attributes feeding other heads, export, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import retrofit
+from retrofit.attributes import FlintSettings, parse_flint
+from retrofit.errors import ConfigError, InfeasibleSettingsError
+from retrofit.flint_losses import conciseness_diversity, entropy, output_fidelity
+from tests.tiny import colour_coded_images
+
+C = 4
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, width: int = 24) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 12, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(12, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(width, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    return colour_coded_images(96, 16, C, bright=3)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    """A SmallCNN trained briefly on the colour-coded images, so its decisions mean something."""
+    torch.manual_seed(0)
+    net = SmallCNN()
+    images, labels = colour_coded_images(96, 16, C, bright=3)
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = F.cross_entropy(net(images), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return net.eval()
+
+
+def _loader(data) -> DataLoader:
+    return DataLoader(TensorDataset(*data), batch_size=32)
+
+
+FAST = {"n_features": 6, "epochs": 40, "progress": False, "flint": {"hidden": 32, "lr": 1e-2}}
+
+
+# ------------------------------------------------------------------------------ the losses
+
+
+def test_entropy_is_zero_for_one_hot_and_log_j_for_uniform() -> None:
+    j = 7
+    assert entropy(F.one_hot(torch.tensor([3]), j).float()).item() == 0.0
+    assert entropy(torch.full((1, j), 1 / j)).item() == pytest.approx(math.log(j), rel=1e-6)
+    p = torch.softmax(torch.randn(5, j), dim=1)
+    assert (entropy(p) > 0).all() and (entropy(p) < math.log(j)).all()
+
+
+def test_output_fidelity_is_cross_entropy_for_one_hot_targets() -> None:
+    student = torch.randn(6, 5)
+    target = torch.tensor([0, 4, 2, 2, 1, 3])
+    one_hot_teacher = 1e4 * F.one_hot(target, 5).float()  # softmax is exactly one-hot
+    assert output_fidelity(student, one_hot_teacher).item() == pytest.approx(
+        F.cross_entropy(student, target).item(), rel=1e-6
+    )
+    # a soft teacher is a different target: the loss is larger than for its own argmax
+    soft = torch.randn(6, 5)
+    assert output_fidelity(soft, soft).item() < output_fidelity(student, soft).item() + 1e-6 + (
+        output_fidelity(soft, soft).item()
+    )
+
+
+def test_conciseness_diversity_prefers_few_attributes_per_image_and_all_over_the_batch() -> None:
+    j = 6
+    # each image one strong attribute, different ones across the batch: concise and diverse
+    concise = 5.0 * torch.eye(j)
+    # every image spreads over all attributes
+    spread = torch.full((j, j), 5.0 / j)
+    # every image uses the same single attribute: concise but not diverse
+    collapsed = 5.0 * F.one_hot(torch.zeros(j, dtype=torch.long), j).float()
+    value = {
+        name: conciseness_diversity(phi, l1=0.0)[0].item()
+        for name, phi in (("concise", concise), ("spread", spread), ("collapsed", collapsed))
+    }
+    assert value["concise"] < value["spread"] and value["concise"] < value["collapsed"]
+    assert conciseness_diversity(concise, l1=0.5)[1].item() == pytest.approx(0.5 * 5.0)
+
+
+# ------------------------------------------------------------------------- the flint head
+
+
+def test_flint_converts_reproduces_the_model_and_reloads_exactly(model, data, tmp_path) -> None:
+    imodel = retrofit.convert(model, _loader(data), method="flint", **FAST)
+    images, _ = data
+    with torch.no_grad():
+        phi = imodel.concept_activations(images)
+        logits = imodel(images)
+        original = model(images)
+    assert phi.shape == (len(images), 6) and (phi >= 0).all(), "attributes are non-negative"
+    assert imodel.stats["train"]["agreement"] >= 0.9
+    assert (logits.argmax(1) == original.argmax(1)).float().mean() >= 0.9
+    assert imodel.feature_name(0) == "attribute_0"
+    assert imodel.stats["head"]["history"]["n_attributes"] == 6
+    folder = imodel.save_pretrained(tmp_path / "export")
+    loaded = retrofit.load(folder, model=model)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), logits)
+    assert loaded.adapter.attributes is not None and loaded.feature_name(0) == "attribute_0"
+
+
+def test_flint_is_seeded_and_its_settings_change_the_result(model, data) -> None:
+    a, b = (retrofit.convert(model, _loader(data), method="flint", **FAST) for _ in range(2))
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    other = retrofit.convert(model, _loader(data), method="flint", **{**FAST, "seed": 1})
+    assert not torch.equal(other.head.weight, a.head.weight)
+
+
+@pytest.mark.parametrize("method", ["qpm", "qsenn"])
+def test_flint_attributes_feed_other_heads(method, model, data, tmp_path) -> None:
+    imodel = retrofit.convert(
+        model,
+        _loader(data),
+        method=method,
+        features="flint",
+        per_class=2,
+        time_limit=10,
+        **{**FAST, "n_features": 4, "flint": {"attributes": 6, "hidden": 32, "lr": 1e-2}},
+    )
+    assert imodel.adapter.attributes.n_attributes == 6
+    assert imodel.n_features == 4 and int(imodel.adapter.selected.max()) < 6
+    assert not any(p.requires_grad for p in imodel.adapter.attributes.parameters())
+    images, _ = data
+    with torch.no_grad():
+        logits = imodel(images)
+    assert (logits.argmax(1) == model(images).argmax(1)).float().mean() >= 0.8
+    loaded = retrofit.load(imodel.save_pretrained(tmp_path / method), model=model)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), logits)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("flint", "message"),
+    [
+        ({"attributes": 0}, "attributes must be an integer >= 1"),
+        ({"entropy": -0.1}, "must be a finite number >= 0"),
+        ({"l1": float("nan")}, "must be a finite number >= 0"),
+        ({"output_fidelity": 0}, "output_fidelity must be > 0"),
+        ({"warmup": 2}, "warmup"),
+        ({"atributes": 5}, "Unknown flint settings"),
+    ],
+)
+def test_bad_flint_settings_fail_on_construction(flint, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        retrofit.RetrofitConfig(method="flint", flint=flint)
+
+
+def test_too_many_attributes_fail_before_training(model, data) -> None:
+    with pytest.raises(InfeasibleSettingsError, match="at most 24"):
+        retrofit.convert(model, _loader(data), method="flint", **{**FAST, "n_features": 25})
+    with pytest.raises(InfeasibleSettingsError, match="larger than the 6 FLINT attributes"):
+        retrofit.convert(
+            model,
+            _loader(data),
+            method="qpm",
+            features="flint",
+            **{**FAST, "n_features": 8, "flint": {"attributes": 6}},
+        )
+    with pytest.raises(ConfigError, match="features='pixels' is not supported"):
+        retrofit.RetrofitConfig(features="pixels")
+
+
+def test_settings_parse_from_dicts() -> None:
+    assert parse_flint(None) == FlintSettings()
+    assert parse_flint({"attributes": 9}).attributes == 9
