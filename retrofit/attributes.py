@@ -31,6 +31,7 @@ from retrofit.solvers.stats import standardise
 logger = logging.getLogger(__name__)
 
 _EVAL_ROWS = 8192
+_REVIVE_ROWS = 4096  # images used to place a revived attribute's threshold
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,10 @@ def fit_attributes(
     """Train Φ, h and the decoder d on cached features (Adam, seeded minibatches).
 
     The distillation target is the original model's `logits`; without them, the labels.
-    Training steps: config.epochs passes, or enough for retrofit's adapter step budget.
+    Training steps: config.epochs passes, or enough for retrofit's adapter step budget. An
+    attribute that is 0 on every training image after an epoch (a dead ReLU) is redrawn, except
+    after the last epoch: on the demo world one of 50 attributes dies in the first epoch
+    otherwise, and stays dead.
     """
     from retrofit.adapter import adapter_epochs
 
@@ -222,7 +226,13 @@ def fit_attributes(
     warm_steps = settings.warmup * total_steps
     optimiser = torch.optim.Adam(modules.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    history: dict[str, Any] = {"loss": [], "output_fidelity": [], "agreement": []}
+    history: dict[str, Any] = {
+        "loss": [],
+        "output_fidelity": [],
+        "agreement": [],
+        "dead": [],
+        "revived": 0,
+    }
     step = 0
     epoch_iter = range(epochs)
     if config.progress:
@@ -230,7 +240,7 @@ def fit_attributes(
 
         epoch_iter = tqdm(epoch_iter, desc="FLINT attributes", leave=False)
     modules.train()
-    for _ in epoch_iter:
+    for epoch in epoch_iter:
         order = torch.randperm(n, generator=generator).to(device)
         totals = torch.zeros(2, device=device)
         for start in range(0, n, batch):
@@ -259,7 +269,12 @@ def fit_attributes(
             raise SolverError("FLINT training diverged (non-finite loss); lower flint={'lr': ...}.")
         history["loss"].append(loss_sum)
         history["output_fidelity"].append(fidelity_sum)
-        history["agreement"].append(_agreement(phi, head, x, teacher, labels))
+        agreement, dead = _evaluate(phi, head, x, teacher, labels)
+        history["agreement"].append(agreement)
+        history["dead"].append(int(dead.sum()))
+        if dead.any() and epoch < epochs - 1:
+            _revive(phi, x, dead, generator)
+            history["revived"] += int(dead.sum())
     modules.eval()
     phi.requires_grad_(False)
     logger.info(
@@ -272,17 +287,34 @@ def fit_attributes(
 
 
 @torch.no_grad()
-def _agreement(
+def _evaluate(
     phi: AttributeMap,
     head: nn.Module,
     x: torch.Tensor,
     teacher: torch.Tensor | None,
     labels: torch.Tensor,
-) -> float:
-    """Share of training images on which g's top-1 equals f's (the labels without f)."""
+) -> tuple[float, torch.Tensor]:
+    """(share of training images on which g's top-1 equals f's (the labels without f),
+    attributes that are 0 on every training image)."""
     target = teacher.argmax(dim=1) if teacher is not None else labels
-    predicted = head(phi.transform(x)).argmax(dim=1)
-    return float((predicted == target).float().mean())
+    attributes = phi.transform(x)
+    predicted = head(attributes).argmax(dim=1)
+    return float((predicted == target).float().mean()), attributes.amax(dim=0) <= 0
+
+
+@torch.no_grad()
+def _revive(
+    phi: AttributeMap, x: torch.Tensor, dead: torch.Tensor, generator: torch.Generator
+) -> None:
+    """Redraw the output row of each dead attribute (0 on every image: a ReLU that no gradient
+    reaches again) and set its bias so it is active on about half of the images."""
+    sample = x[torch.randperm(len(x), generator=generator)[:_REVIVE_ROWS].to(x.device)]
+    hidden = F.relu(phi.hidden(phi.standardise(sample)))
+    alive = ~dead
+    scale = phi.out.weight[alive].std() if alive.sum() > 1 else phi.out.weight.std()
+    rows = torch.randn(int(dead.sum()), hidden.shape[1], generator=generator).to(x.device) * scale
+    phi.out.weight[dead] = rows
+    phi.out.bias[dead] = -(hidden @ rows.T).median(dim=0).values
 
 
 def read_attributes(adapter: Any, attributes: AttributeMap) -> Any:

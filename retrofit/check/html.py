@@ -70,6 +70,13 @@ METRIC_INFO: dict[str, tuple[str, str, str]] = {
         "mean largest cosine between two features' activations",
         "lower",
     ),
+    "dead_attributes": ("Dead attributes", "share of features constant on the data", "lower"),
+    "attribute_entropy": (
+        "Attribute entropy",
+        "entropy of the mean |activation| share: log of the attributes in use "
+        "(max: log n_features)",
+        "higher",
+    ),
 }
 STYLE = """
 :root{--fg:#1d2330;--muted:#5b6475;--line:#d9dde5;--bg:#f6f7f9;--pos:#2f7d4f;--neg:#b8322c;--accent:#2b5fb4}
@@ -309,7 +316,11 @@ def _summary(report: Report) -> str:
     metrics = report.metrics
     kpis = [
         ("Accuracy", fid.get("accuracy"), f"reference {_num(fid.get('reference_accuracy'))}"),
-        ("Agreement with reference", fid.get("agreement"), "top-1 fidelity"),
+        (
+            "Agreement with reference",
+            fid.get("agreement"),
+            f"top-1 fidelity; fidelity@5 {_num(fid.get('fidelity@5'))}",
+        ),
         (
             "Agreement on reference mistakes",
             fid.get("agreement_on_reference_mistakes"),

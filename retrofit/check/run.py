@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from retrofit.check import attribute_metrics as AM
 from retrofit.check import metrics as M
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.fidelity import fidelity
@@ -415,6 +416,10 @@ def _check(
             lambda: concept_deletion(z, weight.cpu(), bias.cpu(), seed=plan.seed),
         ),
     }
+    if reference_logits is not None:
+        results["fidelity"].update(
+            {f"fidelity@{k}": AM.fidelity_at_k(logits, reference_logits, k) for k in AM.FIDELITY_KS}
+        )
 
     pixel_images = torch.cat(state.pixel_images) if state.pixel_images else torch.zeros(0)
     n_pixel = len(pixel_images)
@@ -540,6 +545,9 @@ def _metrics(
         ),
         "correlation": M.correlation(z),
         "conciseness": M.conciseness(z, weight, predicted),
+        "dead_attributes": AM.dead_share(z),
+        "attribute_entropy": AM.attribute_entropy(z)["entropy"],
+        "attribute_entropy_max": AM.attribute_entropy(z)["max"],
     }
 
 
