@@ -133,9 +133,10 @@ def convert(
             batch_size=config.batch_size,
             progress=config.progress,
         )
-    imodel.stats["train"] = _accuracy(
-        imodel, _own_features(imodel, train_loader, train, config), train
-    )
+    own = _own_features(imodel, train_loader, train, config)
+    imodel.stats["train"] = _accuracy(imodel, own, train)
+    if adapter.attributes is not None:  # FLINT's r_{j,c}; other heads: measure_relevance()
+        imodel.measure_relevance(own)
     if val_loader is not None:
         val = _features(model, val_loader, config)
         imodel.stats["val"] = _accuracy(imodel, _own_features(imodel, val_loader, val, config), val)

@@ -197,6 +197,8 @@ def _tensors(imodel: InterpretableModel) -> tuple[dict[str, torch.Tensor], dict[
     if adapter.attributes is not None:
         for name, value in adapter.attributes.state_dict().items():
             tensors[f"adapter.attributes.{name}"] = cpu(value).float()
+    if imodel.class_relevance is not None:
+        tensors["relevance.class"] = cpu(imodel.class_relevance).float()
     weight = cpu(imodel.head.weight).float()
     assignment = torch.sign(weight).to(torch.int8)
     nonzero = weight[weight != 0]
@@ -400,6 +402,7 @@ def load(
     )
     imodel.concepts = [list(f["concepts"]) for f in config["features"]]
     imodel.pair_concepts = _pairs(config.get("pairs", []), imodel.num_classes, imodel.n_features)
+    imodel.class_relevance = tensors.get("relevance.class")
     device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     return imodel.to(device).eval()
 
@@ -577,6 +580,8 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> 
         "adapter.log_std": ((n_f,), (torch.float32,)),
         "head.bias": ((c,), (torch.float32,)),
     }
+    if "relevance.class" in tensors:  # optional: FLINT's r_{j,c}, measured at conversion
+        expected["relevance.class"] = ((c, n_f), (torch.float32,))
     attributes = _attribute_shape(config)
     width = attributes["n_attributes"] if attributes else dim
     if config["adapter"]["linear_mix"]:

@@ -11,6 +11,7 @@ from retrofit.adapter import Adapter, FixedHead
 from retrofit.config import RetrofitConfig
 from retrofit.explanation import Explanation, explain
 from retrofit.hooks import FeatureCapture, LayerSpec
+from retrofit.relevance import DEFAULT_TAU, check_tau, class_relevance
 
 if TYPE_CHECKING:  # retrofit.export imports this module; it is imported lazily below
     import os
@@ -50,6 +51,9 @@ class InterpretableModel(nn.Module):
         # class-conditional names: (class, feature) -> {"concept", "status", "auc", ...}; why
         # this class uses this feature, which may differ from the feature's global best concept
         self.pair_concepts: dict[tuple[int, int], dict[str, Any]] = {}
+        # FLINT global relevance r_{j,c} (C, n_features) on the training images: set by convert
+        # for models on FLINT attributes, by measure_relevance() for any other
+        self.class_relevance: torch.Tensor | None = None
 
     @property
     def n_features(self) -> int:
@@ -101,14 +105,35 @@ class InterpretableModel(nn.Module):
         pair = self.pair_concepts.get((int(class_index), int(index)))
         return pair["concept"] if pair else self.feature_name(index)
 
-    def global_explanation(self) -> dict[str, list[dict[str, Any]]]:
+    @torch.no_grad()
+    def measure_relevance(self, features: torch.Tensor) -> torch.Tensor:
+        """Set and return class_relevance, r_{j,c}, from pooled features (N, D) (FLINT)."""
+        z = self.adapter.transform(features.to(self.head.weight.device))
+        predicted = self.head(z).argmax(dim=1)
+        self.class_relevance = class_relevance(z, self.head.weight, predicted, self.num_classes)
+        return self.class_relevance
+
+    def global_explanation(self, tau: float | None = None) -> dict[str, list[dict[str, Any]]]:
         """Every class with the features it uses: position, backbone index, sign, weight, its
-        class-conditional name (`name`) and the feature's global name (`feature_name`)."""
+        class-conditional name (`name`) and the feature's global name (`feature_name`).
+
+        When class_relevance is known each entry has its `relevance` r_{j,c}; with `tau` only
+        the relevant ones (r > 1/tau) are listed, most relevant first. A flint model, whose
+        head reads every attribute, uses tau = 2 unless told otherwise.
+        """
         table: dict[str, list[dict[str, Any]]] = {}
         weight = self.head.weight.detach().cpu()
+        relevance = self.class_relevance
+        if tau is None and relevance is not None and self.config.method == "flint":
+            tau = DEFAULT_TAU
+        if tau is not None:
+            check_tau(tau)
         for c, name in enumerate(self.class_names):
             row = weight[c]
             order = torch.argsort(row.abs(), descending=True, stable=True)
+            if relevance is not None and tau is not None:
+                order = torch.argsort(relevance[c], descending=True, stable=True)
+                order = order[relevance[c][order] > 1 / tau]
             table[name] = [
                 {
                     "feature": int(j),
@@ -118,6 +143,7 @@ class InterpretableModel(nn.Module):
                     "name": self.pair_name(c, int(j)),
                     "feature_name": self.feature_name(int(j)),
                     "pair": dict(self.pair_concepts.get((c, int(j)), {})),
+                    **({"relevance": float(relevance[c, j])} if relevance is not None else {}),
                 }
                 for j in order.tolist()
                 if row[j] != 0

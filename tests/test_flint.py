@@ -117,11 +117,30 @@ def test_flint_converts_reproduces_the_model_and_reloads_exactly(model, data, tm
     assert (logits.argmax(1) == original.argmax(1)).float().mean() >= 0.9
     assert imodel.feature_name(0) == "attribute_0"
     assert imodel.stats["head"]["history"]["n_attributes"] == 6
+    # local relevance: the strongest contribution has r = 1; relevant() keeps r > 1/tau
+    explanation = imodel.explain(images[:1])[0]
+    r = [f.relevance for f in explanation.features]
+    assert max(r) == pytest.approx(1.0) and all(-1 <= v <= 1 for v in r)
+    assert {f.feature for f in explanation.relevant(2)} == {
+        f.feature for f in explanation.features if f.relevance > 0.5
+    }
+    assert "relevance" in explanation.to_dict()["features"][0]
+    # global relevance: flint lists only the relevant attributes (tau = 2), most relevant first
+    table = imodel.global_explanation()
+    assert imodel.class_relevance.shape == (C, 6)
+    for c, entries in enumerate(table.values()):
+        values = [e["relevance"] for e in entries]
+        assert values == sorted(values, reverse=True) and all(v > 0.5 for v in values)
+        assert len(entries) == int((imodel.class_relevance[c] > 0.5).sum())
+    everything = imodel.global_explanation(tau=100)
+    assert sum(map(len, everything.values())) >= sum(map(len, table.values()))
     folder = imodel.save_pretrained(tmp_path / "export")
     loaded = retrofit.load(folder, model=model)
     with torch.no_grad():
         assert torch.equal(loaded(images), logits)
     assert loaded.adapter.attributes is not None and loaded.feature_name(0) == "attribute_0"
+    assert torch.equal(loaded.class_relevance, imodel.class_relevance)
+    assert loaded.global_explanation() == table
 
 
 def test_flint_is_seeded_and_its_settings_change_the_result(model, data) -> None:
@@ -146,6 +165,9 @@ def test_flint_attributes_feed_other_heads(method, model, data, tmp_path) -> Non
     assert imodel.adapter.attributes.n_attributes == 6
     assert imodel.n_features == 4 and int(imodel.adapter.selected.max()) < 6
     assert not any(p.requires_grad for p in imodel.adapter.attributes.parameters())
+    entries = [e for v in imodel.global_explanation().values() for e in v]
+    assert len(entries) == int((imodel.head.weight != 0).sum()), "tau only when asked"
+    assert all("relevance" in e for e in entries)
     images, _ = data
     with torch.no_grad():
         logits = imodel(images)
