@@ -12,8 +12,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
 from retrofit.attributes import FlintSettings, parse_flint
+from retrofit.check import check
 from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.flint_losses import conciseness_diversity, entropy, output_fidelity
+from tests.test_report_browser import CHROMIUM, _chromium, _console
 from tests.tiny import colour_coded_images
 
 C = 4
@@ -61,6 +63,11 @@ def _loader(data) -> DataLoader:
 FAST = {"n_features": 6, "epochs": 40, "progress": False, "flint": {"hidden": 32, "lr": 1e-2}}
 
 
+@pytest.fixture(scope="module")
+def flint_model(model, data) -> retrofit.InterpretableModel:
+    return retrofit.convert(model, _loader(data), method="flint", **FAST)
+
+
 # ------------------------------------------------------------------------------ the losses
 
 
@@ -105,8 +112,10 @@ def test_conciseness_diversity_prefers_few_attributes_per_image_and_all_over_the
 # ------------------------------------------------------------------------- the flint head
 
 
-def test_flint_converts_reproduces_the_model_and_reloads_exactly(model, data, tmp_path) -> None:
-    imodel = retrofit.convert(model, _loader(data), method="flint", **FAST)
+def test_flint_converts_reproduces_the_model_and_reloads_exactly(
+    flint_model, model, data, tmp_path
+) -> None:
+    imodel = flint_model
     images, _ = data
     with torch.no_grad():
         phi = imodel.concept_activations(images)
@@ -143,8 +152,8 @@ def test_flint_converts_reproduces_the_model_and_reloads_exactly(model, data, tm
     assert loaded.global_explanation() == table
 
 
-def test_flint_is_seeded_and_its_settings_change_the_result(model, data) -> None:
-    a, b = (retrofit.convert(model, _loader(data), method="flint", **FAST) for _ in range(2))
+def test_flint_is_seeded_and_its_settings_change_the_result(flint_model, model, data) -> None:
+    a, b = flint_model, retrofit.convert(model, _loader(data), method="flint", **FAST)
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
     other = retrofit.convert(model, _loader(data), method="flint", **{**FAST, "seed": 1})
@@ -214,3 +223,50 @@ def test_too_many_attributes_fail_before_training(model, data) -> None:
 def test_settings_parse_from_dicts() -> None:
     assert parse_flint(None) == FlintSettings()
     assert parse_flint({"attributes": 9}).attributes == 9
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_check_measures_flint_metrics_and_the_report_shows_mas(
+    flint_model, model, data, tmp_path
+) -> None:
+    report = check(
+        flint_model,
+        _loader(data),
+        reference=model,
+        pixel_methods=("gradcam",),
+        max_pixel_images=4,
+        top_images=2,
+        max_explanations=2,
+        mas_pairs=5,
+        **{"ig_steps": 4, "curve_steps": 4, "perturb_samples": 2, "progress": False},
+    )
+    fid = report.fidelity
+    assert fid["fidelity@1"] == pytest.approx(fid["agreement"])
+    assert fid["fidelity@1"] <= fid["fidelity@5"] == 1.0  # 4 classes: every top-5 has all
+    metrics = report.metrics
+    assert list(metrics["conciseness"]) == ["1.5", "2", "2.5", "3", "4", "5"]
+    assert 0 <= metrics["dead_attributes"] <= 1
+    assert 0 < metrics["attribute_entropy"] <= metrics["attribute_entropy_max"] == math.log(6)
+    pairs = report.visuals["mas"]
+    assert 0 < len(pairs) <= 5
+    images, labels = data
+    for pair in pairs:
+        c = flint_model.class_names.index(pair["class"])
+        assert pair["relevance"] > 0.5 and len(pair["images"]) == 3
+        # the shown images are the class's images with the largest attribute, in order
+        with torch.no_grad():
+            phi = flint_model.concept_activations(images[labels == c])[:, pair["index"]]
+        torch.testing.assert_close(
+            torch.tensor(pair["activations"]), phi.sort(descending=True).values[:3]
+        )
+        assert any(torch.allclose(pair["images"][0], im.half().float()) for im in images)
+    path = report.to_html(tmp_path / "report.html")
+    text = path.read_text(encoding="utf-8")
+    assert '<section id="mas">' in text and text.count("MAS of ") == len(pairs)
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium); CI installs it")
+    run = _chromium(tmp_path, path.as_uri(), "--dump-dom")
+    assert _console(run.stderr) == []
+    assert '<section id="mas">' in run.stdout

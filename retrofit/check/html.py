@@ -2,7 +2,7 @@
 
 Plots are drawn with matplotlib (Agg backend); image strips with heatmap overlays are composed
 with PIL, which is much faster than a figure per image. Sections have stable ids: summary,
-assignment, features, explanations, faithfulness, metrics.
+assignment, features, explanations, faithfulness, metrics, mas.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ SECTIONS = (
     ("explanations", "Explanations"),
     ("faithfulness", "Faithfulness"),
     ("metrics", "Metrics"),
+    ("mas", "Relevant attributes per class (MAS)"),
 )
 MAX_MATRIX_CLASSES = 100
 MAX_TICK_LABELS = 60
@@ -613,6 +614,34 @@ def _metrics(report: Report) -> str:
     return _section("metrics", "".join(parts))
 
 
+def _mas(report: Report) -> str:
+    """FLINT's MAS: per relevant class–feature pair (r_{j,c} > 1/2), the 3 images of the class
+    on which the feature is largest."""
+    pairs = report.visuals.get("mas")
+    if not pairs:
+        return _section(
+            "mas", '<p class="muted">No class–feature pair is relevant (or mas_pairs=0).</p>'
+        )
+    cards = []
+    for pair in pairs:
+        picture = ""
+        if pair["images"]:
+            strip = _grid_jpeg([[_display(im) for im in pair["images"]]], size=64)
+            picture = _img(strip, f"MAS of {pair['feature']} for {pair['class']}", "image/jpeg")
+        cards.append(
+            f'<div class="card"><h3>{_esc(pair["class"])} · {_esc(pair["feature"])}</h3>'
+            f'<div class="muted">relevance r = {_num(pair["relevance"], 2)}; activations '
+            + ", ".join(_num(a, 2) for a in pair["activations"])
+            + f"</div>{picture}</div>"
+        )
+    note = (
+        '<p class="muted">Pairs whose mean relevance over the images predicted as the class '
+        "exceeds 1/2, most relevant first; each shows the class's images on which the feature "
+        "is largest.</p>"
+    )
+    return _section("mas", note + f'<div class="cards">{"".join(cards)}</div>')
+
+
 def render_report(report: Report) -> str:
     """The whole report as one HTML string."""
     verdict = (
@@ -629,6 +658,7 @@ def render_report(report: Report) -> str:
             _explanations(report),
             _faithfulness(report),
             _metrics(report),
+            _mas(report),
         )
     )
     return (

@@ -22,6 +22,7 @@ from retrofit.check import attribute_metrics as AM
 from retrofit.check import metrics as M
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.fidelity import fidelity
+from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
 from retrofit.check.pixel import (
     PIXEL_METHODS,
     PixelSettings,
@@ -78,6 +79,7 @@ class _Plan:
     seed: int
     progress: bool
     raise_on_failure: bool
+    mas_pairs: int = DEFAULT_MAS_PAIRS
 
 
 def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -305,6 +307,7 @@ def check(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    mas_pairs: int = DEFAULT_MAS_PAIRS,
 ) -> Report:
     """Measure fidelity, concept- and pixel-level faithfulness and interpretability metrics.
 
@@ -315,6 +318,8 @@ def check(
     decide `Report.passed`; with `raise_on_failure` a miss raises CheckFailedError.
     The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
     `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
+    `mas_pairs` caps the relevant class–feature pairs whose top images (FLINT's MAS) the
+    report shows (0: none; fetching them re-reads the loader without running the model).
     """
     if not isinstance(imodel, InterpretableModel):
         raise ConfigError(
@@ -343,6 +348,7 @@ def check(
         ("max_pixel_images", max_pixel_images),
         ("top_images", top_images),
         ("max_explanations", max_explanations),
+        ("mas_pairs", mas_pairs),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
@@ -368,6 +374,7 @@ def check(
         seed,
         progress,
         raise_on_failure,
+        mas_pairs,
     )
 
     modules = [imodel] + ([reference] if reference is not None else [])
@@ -511,6 +518,21 @@ def _check(
             plan.max_explanations,
         ),
     }
+    if plan.mas_pairs:
+        visuals["mas"] = _timed(
+            timings,
+            "mas",
+            lambda: mas_visuals(
+                loader,
+                z,
+                labels,
+                predicted,
+                weight,
+                (visuals["class_names"], visuals["feature_names"]),
+                plan.mas_pairs,
+                plan.settings.batch_size,
+            ),
+        )
     report = Report(results, evaluate_thresholds(results, plan.limits), visuals)
     for failure in report.failures:
         logger.warning("check threshold failed: %s", failure.describe())
