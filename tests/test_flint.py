@@ -169,6 +169,7 @@ def test_flint_attributes_feed_other_heads(method, model, data, tmp_path) -> Non
         features="flint",
         per_class=2,
         time_limit=10,
+        rounds=2,
         **{**FAST, "n_features": 4, "flint": {"attributes": 6, "hidden": 32, "lr": 1e-2}},
     )
     assert imodel.adapter.attributes.n_attributes == 6
@@ -235,12 +236,12 @@ def test_check_measures_flint_metrics_and_the_report_shows_mas(
         flint_model,
         _loader(data),
         reference=model,
-        pixel_methods=("gradcam",),
-        max_pixel_images=4,
-        top_images=2,
-        max_explanations=2,
+        pixel_methods=(),
+        max_pixel_images=0,
+        top_images=1,
+        max_explanations=0,
         mas_pairs=5,
-        **{"ig_steps": 4, "curve_steps": 4, "perturb_samples": 2, "progress": False},
+        progress=False,
     )
     fid = report.fidelity
     assert fid["fidelity@1"] == pytest.approx(fid["agreement"])
