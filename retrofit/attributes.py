@@ -221,6 +221,11 @@ def fit_attributes(
     teacher = logits.to(device).float() if logits is not None else None
     labels = labels.to(device)
     epochs = adapter_epochs(config, n)
+    if epochs < 1:
+        raise ConfigError(
+            "FLINT learns its attributes by training: epochs=0 would leave them random. Use "
+            "epochs >= 1, or None for retrofit's default step budget."
+        )
     batch = config.batch_size
     total_steps = epochs * math.ceil(n / batch)
     warm_steps = settings.warmup * total_steps
