@@ -281,6 +281,7 @@ def fit_attributes(
             _revive(phi, x, dead, generator)
             history["revived"] += int(dead.sum())
     modules.eval()
+    modules.zero_grad(set_to_none=True)
     phi.requires_grad_(False)
     logger.info(
         "FLINT: %d attributes, training agreement %.4f", n_attributes, history["agreement"][-1]

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import retrofit
 from retrofit.attributes import FlintSettings, parse_flint
 from retrofit.check import check
+from retrofit.check.am_pi import AmPiSettings, am_pi, total_variation
 from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.flint_losses import conciseness_diversity, entropy, output_fidelity
 from tests.test_report_browser import CHROMIUM, _chromium, _console
@@ -53,6 +54,7 @@ def model() -> nn.Module:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    net.zero_grad(set_to_none=True)
     return net.eval()
 
 
@@ -243,6 +245,7 @@ def test_check_measures_flint_metrics_and_the_report_shows_mas(
         top_images=1,
         max_explanations=0,
         mas_pairs=5,
+        am_pi_pairs=1,
         progress=False,
     )
     fid = report.fidelity
@@ -265,11 +268,37 @@ def test_check_measures_flint_metrics_and_the_report_shows_mas(
             torch.tensor(pair["activations"]), phi.sort(descending=True).values[:3]
         )
         assert any(torch.allclose(pair["images"][0], im.half().float()) for im in images)
+    # AM+PI on the first pair only: it raised the attribute from the faded start
+    assert all("am_pi" not in pair for pair in pairs[1:])
+    values = pairs[0]["am_pi_values"]
+    assert values["end"] > values["start"] and values["steps"] > 0
+    assert pairs[0]["am_pi"].shape == images.shape[1:]
+    assert float(pairs[0]["am_pi"].min()) >= 0 and float(pairs[0]["am_pi"].max()) <= 1
+    left = [n for n, p in flint_model.named_parameters() if p.grad is not None]
+    assert left == [], "AM+PI leaves no gradients on the model"
     path = report.to_html(tmp_path / "report.html")
     text = path.read_text(encoding="utf-8")
     assert '<section id="mas">' in text and text.count("MAS of ") == len(pairs)
+    assert text.count("last image: AM+PI") == 1
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium); CI installs it")
     run = _chromium(tmp_path, path.as_uri(), "--dump-dom")
     assert _console(run.stderr) == []
     assert '<section id="mas">' in run.stdout
+
+
+def test_am_pi_is_deterministic_and_bounded(flint_model, data) -> None:
+    images, _ = data
+    settings = AmPiSettings(rounds=2, steps=5)
+    a = am_pi(flint_model.concept_activations, images[0], 0, settings)
+    b = am_pi(flint_model.concept_activations, images[0], 0, settings)
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[1]["steps"] == 10
+    assert (
+        am_pi(flint_model.concept_activations, images[0], 0, AmPiSettings(max_seconds=1e-9))[1][
+            "steps"
+        ]
+        == 0
+    )
+    assert total_variation(torch.ones(1, 3, 4, 4)).item() == 0.0
+    with pytest.raises(ConfigError, match="alpha"):
+        AmPiSettings(alpha=0)

@@ -625,9 +625,19 @@ def _mas(report: Report) -> str:
     cards = []
     for pair in pairs:
         picture = ""
-        if pair["images"]:
-            strip = _grid_jpeg([[_display(im) for im in pair["images"]]], size=64)
-            picture = _img(strip, f"MAS of {pair['feature']} for {pair['class']}", "image/jpeg")
+        tiles = [_display(im) for im in pair["images"]]
+        if pair.get("am_pi") is not None:
+            tiles.append(_display(pair["am_pi"]))
+            values = pair["am_pi_values"]
+            picture = (
+                f'<div class="muted">last image: AM+PI from the first, activation '
+                f"{_num(values['start'], 2)} → {_num(values['end'], 2)}</div>"
+            )
+        if tiles:
+            strip = _grid_jpeg([tiles], size=64)
+            picture = (
+                _img(strip, f"MAS of {pair['feature']} for {pair['class']}", "image/jpeg") + picture
+            )
         cards.append(
             f'<div class="card"><h3>{_esc(pair["class"])} · {_esc(pair["feature"])}</h3>'
             f'<div class="muted">relevance r = {_num(pair["relevance"], 2)}; activations '

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from retrofit.check import attribute_metrics as AM
 from retrofit.check import metrics as M
+from retrofit.check.am_pi import am_pi
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.fidelity import fidelity
 from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
@@ -80,6 +81,7 @@ class _Plan:
     progress: bool
     raise_on_failure: bool
     mas_pairs: int = DEFAULT_MAS_PAIRS
+    am_pi_pairs: int = 0
 
 
 def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -308,6 +310,7 @@ def check(
     seed: int = 0,
     progress: bool = True,
     mas_pairs: int = DEFAULT_MAS_PAIRS,
+    am_pi_pairs: int = 0,
 ) -> Report:
     """Measure fidelity, concept- and pixel-level faithfulness and interpretability metrics.
 
@@ -319,7 +322,9 @@ def check(
     The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
     `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
     `mas_pairs` caps the relevant class–feature pairs whose top images (FLINT's MAS) the
-    report shows (0: none; fetching them re-reads the loader without running the model).
+    report shows (0: none; fetching them re-reads the loader without running the model);
+    for the first `am_pi_pairs` of them the report adds FLINT's AM+PI image (retrofit.check.am_pi,
+    at most 10 s each).
     """
     if not isinstance(imodel, InterpretableModel):
         raise ConfigError(
@@ -349,6 +354,7 @@ def check(
         ("top_images", top_images),
         ("max_explanations", max_explanations),
         ("mas_pairs", mas_pairs),
+        ("am_pi_pairs", am_pi_pairs),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
@@ -375,6 +381,7 @@ def check(
         progress,
         raise_on_failure,
         mas_pairs,
+        am_pi_pairs,
     )
 
     modules = [imodel] + ([reference] if reference is not None else [])
@@ -533,6 +540,16 @@ def _check(
                 plan.settings.batch_size,
             ),
         )
+        with torch.enable_grad():
+            for pair in [p for p in visuals["mas"] if p["images"]][: plan.am_pi_pairs]:
+                image, values = _timed(
+                    timings,
+                    "am_pi",
+                    lambda p=pair: am_pi(
+                        imodel.concept_activations, p["images"][0].to(device), p["index"]
+                    ),
+                )
+                pair["am_pi"], pair["am_pi_values"] = image.cpu(), values
     report = Report(results, evaluate_thresholds(results, plan.limits), visuals)
     for failure in report.failures:
         logger.warning("check threshold failed: %s", failure.describe())
