@@ -302,3 +302,27 @@ def test_am_pi_is_deterministic_and_bounded(flint_model, data) -> None:
     assert total_variation(torch.ones(1, 3, 4, 4)).item() == 0.0
     with pytest.raises(ConfigError, match="alpha"):
         AmPiSettings(alpha=0)
+
+
+def test_flint_on_a_vision_transformer_and_a_torchvision_resnet(data, tmp_path) -> None:
+    import torchvision
+    import transformers
+
+    from tests.tiny import TINY_VIT
+
+    images, labels = data
+    small = torch.nn.functional.interpolate(images[:48], size=32)
+    loader = DataLoader(TensorDataset(small, labels[:48]), batch_size=24)
+    vit = transformers.ViTForImageClassification(
+        transformers.ViTConfig(**TINY_VIT, num_labels=C)
+    ).eval()
+    for backbone in (vit, torchvision.models.resnet18(num_classes=C).eval()):
+        imodel = retrofit.convert(backbone, loader, method="flint", **{**FAST, "epochs": 3})
+        with torch.no_grad():
+            logits = imodel(small[:4])
+        assert logits.shape == (4, C) and imodel.adapter.attributes.n_attributes == 6
+        loaded = retrofit.load(
+            imodel.save_pretrained(tmp_path / type(backbone).__name__), model=backbone
+        )
+        with torch.no_grad():
+            assert torch.equal(loaded(small[:4]), logits)
