@@ -9,6 +9,7 @@ from torch import nn
 
 from retrofit.adapter import Adapter, FixedHead
 from retrofit.config import RetrofitConfig
+from retrofit.errors import ConfigError
 from retrofit.explanation import Explanation, explain
 from retrofit.hooks import FeatureCapture, LayerSpec
 from retrofit.relevance import DEFAULT_TAU, check_tau, class_relevance
@@ -128,6 +129,11 @@ class InterpretableModel(nn.Module):
             tau = DEFAULT_TAU
         if tau is not None:
             check_tau(tau)
+            if relevance is None:
+                raise ConfigError(
+                    "global_explanation(tau=...) needs the class relevance: call "
+                    "imodel.measure_relevance(features) with pooled training features first."
+                )
         for c, name in enumerate(self.class_names):
             row = weight[c]
             order = torch.argsort(row.abs(), descending=True, stable=True)

@@ -180,6 +180,9 @@ def test_flint_attributes_feed_other_heads(method, model, data, tmp_path) -> Non
     entries = [e for v in imodel.global_explanation().values() for e in v]
     assert len(entries) == int((imodel.head.weight != 0).sum()), "tau only when asked"
     assert all("relevance" in e for e in entries)
+    imodel.class_relevance = None
+    with pytest.raises(ConfigError, match="measure_relevance"):
+        imodel.global_explanation(tau=2)
     images, _ = data
     with torch.no_grad():
         logits = imodel(images)
