@@ -84,6 +84,11 @@ class RetrofitConfig:
                     "concepts with align=True needs linear_mix=True: a per-feature scale and shift "
                     "cannot change how well a feature tracks its concept."
                 )
+            if settings.align and self.method == "flint":
+                raise ConfigError(
+                    "concepts with align=True cannot re-mix FLINT attributes (the flint head reads "
+                    "them as they are); use method='qpm' with features='flint', or align=False."
+                )
         if self.distill < 0:
             raise ConfigError(f"distill must be >= 0, got {self.distill!r}.")
         _check_choice("features", self.features, FEATURE_SOURCES)

@@ -224,6 +224,8 @@ def test_too_many_attributes_fail_before_training(model, data) -> None:
         )
     with pytest.raises(ConfigError, match="epochs=0 would leave them random"):
         retrofit.convert(model, _loader(data), method="flint", **{**FAST, "epochs": 0})
+    with pytest.raises(ConfigError, match="cannot re-mix FLINT attributes"):
+        retrofit.RetrofitConfig(method="flint", concepts={"encoder": "tiny", "align": True})
     with pytest.raises(ConfigError, match="features='pixels' is not supported"):
         retrofit.RetrofitConfig(features="pixels")
 
