@@ -49,7 +49,8 @@ class FlintSettings:
     The defaults start from FLINT's MNIST weights (β 0.5→1 since L_of is the only task loss
     here, γ 0.8, δ 0.2) with η lowered to 0.01 for unnormalised attributes; on the demo world
     (5,000 cached images, J = 50) they give fidelity 0.974 and CNS(2) 1.59 on held-out images;
-    η = 0.003 gave 0.976 / 1.69 and δ = 0.5 gave 0.967 / 1.60 (benchmarks/flint.py).
+    in the same measurement η = 0.003 gave 0.976 / 1.69 and δ = 0.5 gave 0.967 / 1.60, and both
+    still left one attribute dead before dead attributes were redrawn.
     """
 
     attributes: int | None = None
