@@ -36,6 +36,8 @@ class Adapter(nn.Module):
     """(x[:, selected] − mean) / std, or (x @ mixᵀ − mean) / std with a learned mix.
 
     The mix is initialised to the selection, so both variants start as the same function.
+    With an `attributes` module (FLINT's Φ, retrofit.attributes.AttributeMap), x is first
+    replaced by Φ(x): `selected` and the mix then index the attributes, not backbone channels.
     """
 
     def __init__(
@@ -45,25 +47,28 @@ class Adapter(nn.Module):
         std: torch.Tensor,
         in_features: int,
         linear_mix: bool = False,
+        attributes: nn.Module | None = None,
     ) -> None:
         super().__init__()
         selected = torch.as_tensor(selected, dtype=torch.long).reshape(-1)
+        width = attributes.n_attributes if attributes is not None else in_features
         n_f = selected.numel()
         if mean.shape != (n_f,) or std.shape != (n_f,):
             raise ConfigError(
                 f"mean and std must have one entry per selected feature ({n_f}), "
                 f"got {tuple(mean.shape)} and {tuple(std.shape)}."
             )
-        if n_f and (int(selected.min()) < 0 or int(selected.max()) >= in_features):
+        if n_f and (int(selected.min()) < 0 or int(selected.max()) >= width):
             raise ConfigError(
-                f"selected indices must lie in [0, {in_features}), got {selected.tolist()}."
+                f"selected indices must lie in [0, {width}), got {selected.tolist()}."
             )
         self.in_features = int(in_features)
+        self.attributes = attributes
         self.register_buffer("selected", selected.clone())
         self.mean = nn.Parameter(mean.detach().float().clone())
         self.log_std = nn.Parameter(std.detach().float().clamp_min(MIN_STD).log())
         if linear_mix:
-            mix = torch.zeros(n_f, in_features, device=mean.device)
+            mix = torch.zeros(n_f, width, device=mean.device)
             mix[torch.arange(n_f, device=mean.device), selected.to(mean.device)] = 1.0
             self.mix = nn.Parameter(mix)
         else:
@@ -80,6 +85,8 @@ class Adapter(nn.Module):
                 f"the adapter expects (N, {self.in_features}) features, got shape {tuple(features.shape)}."
             )
         features = features.to(self.mean.dtype)
+        if self.attributes is not None:
+            features = self.attributes(features)
         return features[:, self.selected] if self.mix is None else features @ self.mix.T
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -92,6 +99,8 @@ class Adapter(nn.Module):
                 f"maps must be (B, {self.in_features}, H, W), got shape {tuple(maps.shape)}."
             )
         maps = maps.to(self.mean.dtype)
+        if self.attributes is not None:  # Φ at every position: attribute maps
+            maps = self.attributes(maps.movedim(1, -1)).movedim(-1, 1)
         if self.mix is None:
             return maps[:, self.selected]
         return torch.einsum("fd,bdhw->bfhw", self.mix, maps)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
+from retrofit.attributes import attribute_features, read_attributes
 from retrofit.concepts import apply_concepts, parse_concepts
 from retrofit.concepts.basis import ConceptBasis, concept_presence, fit_concept_basis, fold_adapter
 from retrofit.config import RetrofitConfig
@@ -77,7 +78,7 @@ def convert(
     """
     config = _config(settings)
     train = _features(model, train_loader, config)
-    if config.n_features > train.dim:
+    if config.n_features > train.dim and "flint" not in (config.method, config.features):
         raise InfeasibleSettingsError(
             f"n_features={config.n_features} is larger than the {train.dim} penultimate features of "
             f"the model (layer {train.layer}). Lower n_features or pick a wider feature_layer."
@@ -85,18 +86,29 @@ def convert(
     device = resolve_device(model, config.device)
     features = train.features.to(device)
     labels = train.labels.to(device)
-    basis, embeddings = _concept_basis(train_loader, train, features, config)
-    # concepts alone when there are enough of them; else channels and concepts together
-    channels = basis is None or basis.size < config.n_features or config.concept_features == "mix"
-    head_features = basis.extend(features, channels) if basis is not None else features
-    head_maps = train.maps
-    if basis is not None and train.maps is not None:
-        head_maps = basis.extend_maps(train.maps)[:, (0 if channels else train.dim) :]
+    maps, attributes = train.maps, None
+    basis, embeddings, channels = None, None, True
+    if config.features == "flint" and config.method != "flint":
+        attributes, features, maps = attribute_features(
+            features, labels, config, train.logits, maps
+        )
+    else:
+        basis, embeddings = _concept_basis(train_loader, train, features, config)
+    head_features = features
+    if basis is not None:
+        # concepts alone when there are enough of them; else channels and concepts together
+        channels = basis.size < config.n_features or config.concept_features == "mix"
+        head_features = basis.extend(features, channels)
+        if maps is not None:
+            maps = basis.extend_maps(maps)[:, (0 if channels else train.dim) :]
     logger.info("fitting the %s head on %d x %d features", config.method, *head_features.shape)
-    result = get_head(config.method)(head_features, labels, config, head_maps, train.logits)
+    result = get_head(config.method)(head_features, labels, config, maps, train.logits)
     adapter = result.adapter or build_adapter(result, config, in_features=head_features.shape[1])
     if basis is not None:
         adapter = fold_adapter(adapter, basis, train.dim, channels)
+    if attributes is not None:
+        adapter = read_attributes(adapter, attributes)
+        features = train.features.to(device)
     head = FixedHead.from_result(result)
     history: dict[str, Any] = {}
     if config.finetune != "none" and result.adapter is None:
@@ -136,9 +148,10 @@ def convert(
             progress=config.progress,
             image_embeddings=embeddings if config.finetune != "backbone" else None,
         )
-    imodel.stats["train"] = _accuracy(
-        imodel, _own_features(imodel, train_loader, train, config), train
-    )
+    own = _own_features(imodel, train_loader, train, config)
+    imodel.stats["train"] = _accuracy(imodel, own, train)
+    if adapter.attributes is not None:  # FLINT's r_{j,c}; other heads: measure_relevance()
+        imodel.measure_relevance(own)
     if val_loader is not None:
         val = _features(model, val_loader, config)
         imodel.stats["val"] = _accuracy(imodel, _own_features(imodel, val_loader, val, config), val)
@@ -150,7 +163,12 @@ def _concept_basis(
 ) -> tuple[ConceptBasis | None, torch.Tensor | None]:
     """Concept features for the head to choose from (retrofit.concepts.basis), when concepts
     are named and the adapter can mix channels; also the image embeddings naming reuses."""
-    if config.concepts is None or not config.concept_features or not config.linear_mix:
+    if (
+        config.concepts is None
+        or not config.concept_features
+        or not config.linear_mix
+        or config.method == "flint"  # FLINT learns its own attribute dictionary
+    ):
         return None, None
     names, presence, embeddings = concept_presence(
         parse_concepts(config.concepts),

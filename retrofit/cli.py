@@ -405,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--val")
     convert.add_argument("--out", required=True)
     convert.add_argument("--overwrite", action="store_true")
-    convert.add_argument("--method", default="qpm", choices=["qpm", "qsenn", "sparse", "dense"])
+    convert.add_argument(
+        "--method", default="qpm", choices=["qpm", "qsenn", "sparse", "dense", "flint"]
+    )
     convert.add_argument("--n-features", type=_positive_int, default=50)
     convert.add_argument("--per-class", type=_positive_int, default=5)
     convert.add_argument("--finetune", default="adapter", choices=["adapter", "none", "backbone"])

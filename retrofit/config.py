@@ -8,7 +8,9 @@ from typing import Any
 
 from retrofit.errors import ConfigError
 
-METHODS = ("qpm", "qsenn", "sparse", "dense")
+METHODS = ("qpm", "qsenn", "sparse", "dense", "flint")
+# what the head reads: the backbone's penultimate features, or FLINT attributes learned from them
+FEATURE_SOURCES = ("backbone", "flint")
 FINETUNE_MODES = ("adapter", "none", "backbone")
 SOLVERS = ("cbc", "highs", "gurobi")
 
@@ -52,6 +54,9 @@ class RetrofitConfig:
     # than n_features (or "mix") the backbone channels are candidates too; False: channels only
     concept_features: bool | str = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # FLINT attributes: a dict of retrofit.attributes.FlintSettings fields (J, loss weights, ...)
+    flint: dict[str, Any] | None = None
+    features: str = "backbone"  # "flint": qpm/qsenn/sparse/dense fit on learned FLINT attributes
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -87,8 +92,18 @@ class RetrofitConfig:
                     "concepts with align=True needs linear_mix=True: a per-feature scale and shift "
                     "cannot change how well a feature tracks its concept."
                 )
+            if settings.align and self.method == "flint":
+                raise ConfigError(
+                    "concepts with align=True cannot re-mix FLINT attributes (the flint head reads "
+                    "them as they are); use method='qpm' with features='flint', or align=False."
+                )
         if self.distill < 0:
             raise ConfigError(f"distill must be >= 0, got {self.distill!r}.")
+        _check_choice("features", self.features, FEATURE_SOURCES)
+        if self.flint is not None:
+            from retrofit.attributes import parse_flint
+
+            parse_flint(self.flint)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe settings; concept settings are summarised (labels by their shape)."""

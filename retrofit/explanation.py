@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from retrofit.errors import DataError
+from retrofit.relevance import DEFAULT_TAU, check_tau, local_relevance
 
 if TYPE_CHECKING:  # retrofit.model imports this module lazily; a runtime import would be circular
     from retrofit.model import InterpretableModel
@@ -29,6 +30,8 @@ class FeatureContribution:
     weight: float  # the class's head weight on this feature
     contribution: float  # weight * activation
     feature_name: str = ""  # the feature's global name; `name` is why this class uses it
+    # FLINT's r_{j,x}: contribution / the largest |contribution| to this class's logit, in [-1, 1]
+    relevance: float = 0.0
 
     def __str__(self) -> str:
         return (
@@ -62,6 +65,11 @@ class Explanation:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data."""
         return asdict(self)
+
+    def relevant(self, tau: float = DEFAULT_TAU) -> list[FeatureContribution]:
+        """The predicted class's features with relevance r_{j,x} > 1/tau (FLINT), strongest first."""
+        limit = 1 / check_tau(tau)
+        return [f for f in self.features if f.relevance > limit]
 
     def __str__(self) -> str:
         total = sum(f.contribution for f in self.features)
@@ -171,6 +179,7 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
     backbone = imodel.adapter.selected.tolist()
 
     def contributions(c: int, z: torch.Tensor, among: list[int]) -> list[FeatureContribution]:
+        r = local_relevance(z[None], weight, torch.tensor([c]))[0]
         rows = [
             FeatureContribution(
                 feature=j,
@@ -180,6 +189,7 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
                 weight=float(weight[c, j]),
                 contribution=float(weight[c, j] * z[j]),
                 feature_name=names[j],
+                relevance=float(r[j]),
             )
             for j in among
         ]

@@ -36,6 +36,7 @@ from torch import nn
 
 from retrofit.adapter import Adapter, FixedHead
 from retrofit.adapters import adapter_for
+from retrofit.attributes import AttributeMap
 from retrofit.cache import atomic_write_bytes
 from retrofit.config import RetrofitConfig
 from retrofit.errors import (
@@ -193,6 +194,11 @@ def _tensors(imodel: InterpretableModel) -> tuple[dict[str, torch.Tensor], dict[
     }
     if adapter.mix is not None:
         tensors["adapter.mix"] = cpu(adapter.mix)
+    if adapter.attributes is not None:
+        for name, value in adapter.attributes.state_dict().items():
+            tensors[f"adapter.attributes.{name}"] = cpu(value).float()
+    if imodel.class_relevance is not None:
+        tensors["relevance.class"] = cpu(imodel.class_relevance).float()
     weight = cpu(imodel.head.weight).float()
     assignment = torch.sign(weight).to(torch.int8)
     nonzero = weight[weight != 0]
@@ -249,7 +255,14 @@ def _config(
         ],
         "edits": _jsonable(imodel.edits),
         "head": {**head_info, "nonzero": int((imodel.head.weight != 0).sum())},
-        "adapter": {"linear_mix": imodel.adapter.mix is not None},
+        "adapter": {
+            "linear_mix": imodel.adapter.mix is not None,
+            **(
+                {"attributes": imodel.adapter.attributes.describe()}
+                if imodel.adapter.attributes is not None
+                else {}
+            ),
+        },
         "config": _jsonable(imodel.config.to_dict()),
         "method": imodel.config.method,
         "stats": stats,
@@ -391,6 +404,7 @@ def load(
     imodel.concepts = [list(f["concepts"]) for f in config["features"]]
     imodel.pair_concepts = _pairs(config.get("pairs", []), imodel.num_classes, imodel.n_features)
     imodel.edits = _edits(config.get("edits", []))
+    imodel.class_relevance = tensors.get("relevance.class")
     device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     return imodel.to(device).eval()
 
@@ -575,8 +589,23 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> 
         "adapter.log_std": ((n_f,), (torch.float32,)),
         "head.bias": ((c,), (torch.float32,)),
     }
+    if "relevance.class" in tensors:  # optional: FLINT's r_{j,c}, measured at conversion
+        expected["relevance.class"] = ((c, n_f), (torch.float32,))
+    attributes = _attribute_shape(config)
+    width = attributes["n_attributes"] if attributes else dim
     if config["adapter"]["linear_mix"]:
-        expected["adapter.mix"] = ((n_f, dim), (torch.float32,))
+        expected["adapter.mix"] = ((n_f, width), (torch.float32,))
+    if attributes:
+        hidden = attributes["hidden"]
+        for name, shape in {
+            "input_mean": (dim,),
+            "input_std": (dim,),
+            "hidden.weight": (hidden, dim),
+            "hidden.bias": (hidden,),
+            "out.weight": (width, hidden),
+            "out.bias": (width,),
+        }.items():
+            expected[f"adapter.attributes.{name}"] = (shape, (torch.float32,))
     if config["head"]["storage"] == "assignment":
         expected["head.assignment"] = ((c, n_f), (torch.int8,))
         expected["head.scale"] = ((), (torch.float32,))
@@ -602,6 +631,10 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> 
     if selected != listed:
         raise ExportSchemaError(
             f"{MODEL_FILE} selects backbone features {selected} but {CONFIG_FILE} lists {listed}."
+        )
+    if attributes and selected and max(selected) >= width:
+        raise ExportSchemaError(
+            f"{MODEL_FILE} selects attribute {max(selected)} of only {width} FLINT attributes."
         )
     if "head.assignment" in tensors and not set(tensors["head.assignment"].unique().tolist()) <= {
         -1,
@@ -720,14 +753,44 @@ def _input_width(module: nn.Module) -> int | None:
     return None
 
 
+def _attribute_shape(config: dict[str, Any]) -> dict[str, int] | None:
+    """The FLINT attribute map's shape from config['adapter']['attributes'], checked; or None."""
+    shape = config["adapter"].get("attributes")
+    if shape is None:
+        return None
+    keys = ("in_features", "n_attributes", "hidden")
+    if not isinstance(shape, dict) or not all(
+        _is(shape.get(k), int) and shape[k] >= 1 for k in keys
+    ):
+        raise ExportSchemaError(
+            f"{CONFIG_FILE}: adapter.attributes must give positive integers {list(keys)}."
+        )
+    if shape["in_features"] != config["base_model"]["feature_dim"]:
+        raise ExportSchemaError(
+            f"{CONFIG_FILE}: adapter.attributes reads {shape['in_features']} features but the "
+            f"backbone gives {config['base_model']['feature_dim']} (base_model.feature_dim)."
+        )
+    return {k: shape[k] for k in keys}
+
+
 def _adapter(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Adapter:
     log_std = tensors["adapter.log_std"]
+    shape = _attribute_shape(config)
+    attributes = None
+    if shape is not None:
+        attributes = AttributeMap(shape["in_features"], shape["n_attributes"], shape["hidden"])
+        prefix = "adapter.attributes."
+        attributes.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+        attributes.requires_grad_(False)
     adapter = Adapter(
         tensors["adapter.selected"],
         tensors["adapter.mean"],
         log_std.exp(),
         config["base_model"]["feature_dim"],
         linear_mix="adapter.mix" in tensors,
+        attributes=attributes,
     )
     with torch.no_grad():  # exp/log does not round-trip bit for bit: restore the stored values
         adapter.log_std.copy_(log_std)

@@ -9,8 +9,10 @@ from torch import nn
 
 from retrofit.adapter import Adapter, FixedHead
 from retrofit.config import RetrofitConfig
+from retrofit.errors import ConfigError
 from retrofit.explanation import Explanation, explain
 from retrofit.hooks import FeatureCapture, LayerSpec
+from retrofit.relevance import DEFAULT_TAU, check_tau, class_relevance
 
 if TYPE_CHECKING:  # retrofit.export imports this module; it is imported lazily below
     import os
@@ -52,6 +54,9 @@ class InterpretableModel(nn.Module):
         self.pair_concepts: dict[tuple[int, int], dict[str, Any]] = {}
         # provenance of human edits (retrofit.edit), oldest first; the export keeps it
         self.edits: list[dict[str, Any]] = []
+        # FLINT global relevance r_{j,c} (C, n_features) on the training images: set by convert
+        # for models on FLINT attributes, by measure_relevance() for any other
+        self.class_relevance: torch.Tensor | None = None
 
     @property
     def n_features(self) -> int:
@@ -92,7 +97,10 @@ class InterpretableModel(nn.Module):
     def feature_name(self, index: int) -> str:
         """The best concept name of feature `index`, or a neutral id when it has none."""
         names = self.concepts[index]
-        return names[0]["concept"] if names else f"feature_{int(self.adapter.selected[index])}"
+        if names:
+            return names[0]["concept"]
+        kind = "feature" if self.adapter.attributes is None else "attribute"
+        return f"{kind}_{int(self.adapter.selected[index])}"
 
     def pair_name(self, class_index: int, index: int) -> str:
         """Why class `class_index` uses feature `index`: its class-conditional name when one was
@@ -100,14 +108,40 @@ class InterpretableModel(nn.Module):
         pair = self.pair_concepts.get((int(class_index), int(index)))
         return pair["concept"] if pair else self.feature_name(index)
 
-    def global_explanation(self) -> dict[str, list[dict[str, Any]]]:
+    @torch.no_grad()
+    def measure_relevance(self, features: torch.Tensor) -> torch.Tensor:
+        """Set and return class_relevance, r_{j,c}, from pooled features (N, D) (FLINT)."""
+        z = self.adapter.transform(features.to(self.head.weight.device))
+        predicted = self.head(z).argmax(dim=1)
+        self.class_relevance = class_relevance(z, self.head.weight, predicted, self.num_classes)
+        return self.class_relevance
+
+    def global_explanation(self, tau: float | None = None) -> dict[str, list[dict[str, Any]]]:
         """Every class with the features it uses: position, backbone index, sign, weight, its
-        class-conditional name (`name`) and the feature's global name (`feature_name`)."""
+        class-conditional name (`name`) and the feature's global name (`feature_name`).
+
+        When class_relevance is known each entry has its `relevance` r_{j,c}; with `tau` only
+        the relevant ones (r > 1/tau) are listed, most relevant first. A flint model, whose
+        head reads every attribute, uses tau = 2 unless told otherwise.
+        """
         table: dict[str, list[dict[str, Any]]] = {}
         weight = self.head.weight.detach().cpu()
+        relevance = self.class_relevance
+        if tau is None and relevance is not None and self.config.method == "flint":
+            tau = DEFAULT_TAU
+        if tau is not None:
+            check_tau(tau)
+            if relevance is None:
+                raise ConfigError(
+                    "global_explanation(tau=...) needs the class relevance: call "
+                    "imodel.measure_relevance(features) with pooled training features first."
+                )
         for c, name in enumerate(self.class_names):
             row = weight[c]
             order = torch.argsort(row.abs(), descending=True, stable=True)
+            if relevance is not None and tau is not None:
+                order = torch.argsort(relevance[c], descending=True, stable=True)
+                order = order[relevance[c][order] > 1 / tau]
             table[name] = [
                 {
                     "feature": int(j),
@@ -117,6 +151,7 @@ class InterpretableModel(nn.Module):
                     "name": self.pair_name(c, int(j)),
                     "feature_name": self.feature_name(int(j)),
                     "pair": dict(self.pair_concepts.get((c, int(j)), {})),
+                    **({"relevance": float(relevance[c, j])} if relevance is not None else {}),
                 }
                 for j in order.tolist()
                 if row[j] != 0

@@ -4,6 +4,7 @@ no JS but the editor's (editor_section: edits exported as JSON for `retrofit edi
 Plots are drawn with matplotlib (Agg backend); image strips with heatmap overlays are composed
 with PIL, which is much faster than a figure per image. Sections have stable ids: summary,
 assignment, features, explanations, faithfulness, metrics, editor.
+assignment, features, explanations, faithfulness, metrics, mas.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SECTIONS = (
     ("faithfulness", "Faithfulness"),
     ("metrics", "Metrics"),
     ("truth", "Truth of the explanation"),
+    ("mas", "Relevant attributes per class (MAS)"),
 )
 MAX_MATRIX_CLASSES = 100
 MAX_TICK_LABELS = 60
@@ -71,6 +73,13 @@ METRIC_INFO: dict[str, tuple[str, str, str]] = {
         "Correlation",
         "mean largest cosine between two features' activations",
         "lower",
+    ),
+    "dead_attributes": ("Dead attributes", "share of features constant on the data", "lower"),
+    "attribute_entropy": (
+        "Attribute entropy",
+        "entropy of the mean |activation| share: log of the attributes in use "
+        "(max: log n_features)",
+        "higher",
     ),
 }
 STYLE = """
@@ -311,7 +320,11 @@ def _summary(report: Report) -> str:
     metrics = report.metrics
     kpis = [
         ("Accuracy", fid.get("accuracy"), f"reference {_num(fid.get('reference_accuracy'))}"),
-        ("Agreement with reference", fid.get("agreement"), "top-1 fidelity"),
+        (
+            "Agreement with reference",
+            fid.get("agreement"),
+            f"top-1 fidelity; fidelity@5 {_num(fid.get('fidelity@5'))}",
+        ),
         (
             "Agreement on reference mistakes",
             fid.get("agreement_on_reference_mistakes"),
@@ -752,6 +765,44 @@ def editor_section(report: Report) -> str:
     return f'<section id="editor"><h2>Edit the model</h2>{body}</section>'
 
 
+def _mas(report: Report) -> str:
+    """FLINT's MAS: per relevant class–feature pair (r_{j,c} > 1/2), the 3 images of the class
+    on which the feature is largest."""
+    pairs = report.visuals.get("mas")
+    if not pairs:
+        return _section(
+            "mas", '<p class="muted">No class–feature pair is relevant (or mas_pairs=0).</p>'
+        )
+    cards = []
+    for pair in pairs:
+        picture = ""
+        tiles = [_display(im) for im in pair["images"]]
+        if pair.get("am_pi") is not None:
+            tiles.append(_display(pair["am_pi"]))
+            values = pair["am_pi_values"]
+            picture = (
+                f'<div class="muted">last image: AM+PI from the first, activation '
+                f"{_num(values['start'], 2)} → {_num(values['end'], 2)}</div>"
+            )
+        if tiles:
+            strip = _grid_jpeg([tiles], size=64)
+            picture = (
+                _img(strip, f"MAS of {pair['feature']} for {pair['class']}", "image/jpeg") + picture
+            )
+        cards.append(
+            f'<div class="card"><h3>{_esc(pair["class"])} · {_esc(pair["feature"])}</h3>'
+            f'<div class="muted">relevance r = {_num(pair["relevance"], 2)}; activations '
+            + ", ".join(_num(a, 2) for a in pair["activations"])
+            + f"</div>{picture}</div>"
+        )
+    note = (
+        '<p class="muted">Pairs whose mean relevance over the images predicted as the class '
+        "exceeds 1/2, most relevant first; each shows the class's images on which the feature "
+        "is largest.</p>"
+    )
+    return _section("mas", note + f'<div class="cards">{"".join(cards)}</div>')
+
+
 def render_report(report: Report) -> str:
     """The whole report as one HTML string."""
     verdict = (
@@ -770,6 +821,7 @@ def render_report(report: Report) -> str:
             _metrics(report),
             _truth(report),
             editor_section(report),
+            _mas(report),
         )
     )
     return (

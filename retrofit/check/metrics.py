@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from retrofit.errors import ConfigError
+from retrofit.relevance import local_relevance
 
 CNS_TAUS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 DIVERSITY_K = 5
@@ -261,11 +262,11 @@ def conciseness(
     predicted: torch.Tensor,
     taus: Sequence[float] = CNS_TAUS,
 ) -> dict[str, float]:
-    """FLINT's CNS(τ): mean number of features with relevance r_j > 1/τ, r_j = v_j / max_i |v_i|."""
-    v = contributions(z, weight, predicted)
-    scale = v.abs().max(dim=1).values
-    ok = scale > 0
-    relevance = v[ok] / scale[ok, None]
+    """FLINT's CNS(τ): mean number of features with relevance r_j > 1/τ, r_j = v_j / max_i |v_i|
+    (retrofit.relevance.local_relevance), over the images with a non-zero contribution."""
+    relevance = local_relevance(z, weight, predicted)
+    ok = relevance.abs().amax(dim=1) > 0
+    relevance = relevance[ok]
     return {
         f"{tau:g}": float((relevance > 1 / tau).sum(dim=1).float().mean()) if ok.any() else _NAN
         for tau in taus

@@ -18,9 +18,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from retrofit.check import attribute_metrics as AM
 from retrofit.check import metrics as M
+from retrofit.check.am_pi import am_pi
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.fidelity import fidelity
+from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
 from retrofit.check.pixel import (
     PIXEL_METHODS,
     PixelSettings,
@@ -79,6 +82,8 @@ class _Plan:
     seed: int
     progress: bool
     raise_on_failure: bool
+    mas_pairs: int = DEFAULT_MAS_PAIRS
+    am_pi_pairs: int = 0
 
 
 def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -310,6 +315,8 @@ def check(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    mas_pairs: int = DEFAULT_MAS_PAIRS,
+    am_pi_pairs: int = 0,
 ) -> Report:
     """Measure fidelity, concept- and pixel-level faithfulness and interpretability metrics.
 
@@ -323,6 +330,10 @@ def check(
     decide `Report.passed`; with `raise_on_failure` a miss raises CheckFailedError.
     The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
     `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
+    `mas_pairs` caps the relevant class–feature pairs whose top images (FLINT's MAS) the
+    report shows (0: none; fetching them re-reads the loader without running the model);
+    for the first `am_pi_pairs` of them the report adds FLINT's AM+PI image (retrofit.check.am_pi,
+    at most 10 s each).
     """
     if not isinstance(imodel, InterpretableModel):
         raise ConfigError(
@@ -354,6 +365,8 @@ def check(
         ("max_pixel_images", max_pixel_images),
         ("top_images", top_images),
         ("max_explanations", max_explanations),
+        ("mas_pairs", mas_pairs),
+        ("am_pi_pairs", am_pi_pairs),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
@@ -383,6 +396,8 @@ def check(
         seed,
         progress,
         raise_on_failure,
+        mas_pairs,
+        am_pi_pairs,
     )
 
     modules = [imodel] + ([reference] if reference is not None else [])
@@ -437,6 +452,10 @@ def _check(
             lambda: concept_deletion(z, weight.cpu(), bias.cpu(), seed=plan.seed),
         ),
     }
+    if reference_logits is not None:
+        results["fidelity"].update(
+            {f"fidelity@{k}": AM.fidelity_at_k(logits, reference_logits, k) for k in AM.FIDELITY_KS}
+        )
 
     pixel_images = torch.cat(state.pixel_images) if state.pixel_images else torch.zeros(0)
     n_pixel = len(pixel_images)
@@ -533,6 +552,31 @@ def _check(
             plan.max_explanations,
         ),
     }
+    if plan.mas_pairs:
+        visuals["mas"] = _timed(
+            timings,
+            "mas",
+            lambda: mas_visuals(
+                loader,
+                z,
+                labels,
+                predicted,
+                weight,
+                (visuals["class_names"], visuals["feature_names"]),
+                plan.mas_pairs,
+                plan.settings.batch_size,
+            ),
+        )
+        with torch.enable_grad():
+            for pair in [p for p in visuals["mas"] if p["images"]][: plan.am_pi_pairs]:
+                image, values = _timed(
+                    timings,
+                    "am_pi",
+                    lambda p=pair: am_pi(
+                        imodel.concept_activations, p["images"][0].to(device), p["index"]
+                    ),
+                )
+                pair["am_pi"], pair["am_pi_values"] = image.cpu(), values
     report = Report(results, evaluate_thresholds(results, plan.limits), visuals)
     for failure in report.failures:
         logger.warning("check threshold failed: %s", failure.describe())
@@ -567,6 +611,9 @@ def _metrics(
         ),
         "correlation": M.correlation(z),
         "conciseness": M.conciseness(z, weight, predicted),
+        "dead_attributes": AM.dead_share(z),
+        "attribute_entropy": AM.attribute_entropy(z)["entropy"],
+        "attribute_entropy_max": AM.attribute_entropy(z)["max"],
     }
 
 
