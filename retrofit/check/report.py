@@ -28,6 +28,8 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
     "min_pixel_deletion_gain": ("pixel.class.*.deletion_auc_gain", ">="),
     "min_diversity": ("metrics.diversity@5", ">="),
     "max_dependence": ("metrics.dependence", "<="),
+    "min_consistency": ("consistency.interpretable.mean", ">="),
+    "max_consistency_flip_rate": ("consistency.interpretable.flip_rate", "<="),
 }
 _COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
 

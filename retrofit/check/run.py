@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from retrofit.check import metrics as M
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
+from retrofit.check.consistency import ConsistencySettings, consistency_report
 from retrofit.check.fidelity import fidelity
 from retrofit.check.pixel import (
     PIXEL_METHODS,
@@ -77,6 +78,7 @@ class _Plan:
     seed: int
     progress: bool
     raise_on_failure: bool
+    consistency: ConsistencySettings | None = None
 
 
 def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -289,6 +291,8 @@ def check(
     min_pixel_deletion_gain: float | None = None,
     min_diversity: float | None = None,
     max_dependence: float | None = None,
+    min_consistency: float | None = None,
+    max_consistency_flip_rate: float | None = None,
     raise_on_failure: bool = False,
     pixel_methods: Sequence[str] = PIXEL_METHODS,
     max_pixel_images: int = 32,
@@ -304,6 +308,7 @@ def check(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    consistency: Any = None,
 ) -> Report:
     """Measure fidelity, concept- and pixel-level faithfulness and interpretability metrics.
 
@@ -312,6 +317,8 @@ def check(
     (masks, object_concepts) as `SyntheticConceptDataset.masks` returns) enables localisation;
     `attributes` (classes x attributes) enables Structural Grounding. Thresholds (min_*/max_*)
     decide `Report.passed`; with `raise_on_failure` a miss raises CheckFailedError.
+    `consistency` (True, a dict or a ConsistencySettings) adds explanation consistency under
+    background perturbation for both models (`masks` then give the foreground).
     The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
     `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
     """
@@ -330,12 +337,19 @@ def check(
             "min_pixel_deletion_gain": min_pixel_deletion_gain,
             "min_diversity": min_diversity,
             "max_dependence": max_dependence,
+            "min_consistency": min_consistency,
+            "max_consistency_flip_rate": max_consistency_flip_rate,
         }
     )
     missing = [name for name in _NEEDS_REFERENCE if name in limits and reference is None]
     if missing:
         raise ConfigError(
             f"{missing} compare with the original model: pass reference=<the model you converted>."
+        )
+    if not consistency and ("min_consistency" in limits or "max_consistency_flip_rate" in limits):
+        raise ConfigError(
+            "min_consistency and max_consistency_flip_rate need the consistency check: pass "
+            "consistency=True (or a dict of ConsistencySettings fields)."
         )
     methods = validate_methods(pixel_methods)
     for name, value in (
@@ -367,6 +381,7 @@ def check(
         seed,
         progress,
         raise_on_failure,
+        consistency=ConsistencySettings.parse(consistency) if consistency else None,
     )
 
     modules = [imodel] + ([reference] if reference is not None else [])
@@ -468,6 +483,14 @@ def _check(
             _concept_index(imodel, plan.concept_names),
         )
     timings["metrics"] = time.perf_counter() - start
+    if plan.consistency is not None:
+        results["consistency"], consistency_examples = _timed(
+            timings,
+            "consistency",
+            lambda: consistency_report(
+                imodel, loader, reference, plan.consistency, plan.masks, plan.progress
+            ),
+        )
 
     results["meta"] = {
         "n_images": int(state.seen),
@@ -506,6 +529,8 @@ def _check(
             plan.max_explanations,
         ),
     }
+    if plan.consistency is not None:
+        visuals["consistency"] = consistency_examples
     report = Report(results, evaluate_thresholds(results, plan.limits), visuals)
     for failure in report.failures:
         logger.warning("check threshold failed: %s", failure.describe())
