@@ -24,6 +24,7 @@ from retrofit.check.consistency import (
 from retrofit.datasets.spurious import SpuriousBackgroundDataset
 from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
 from retrofit.errors import ConfigError, DataError, LayerNotFoundError
+from retrofit.reweight import consistency_weights
 from tests.tiny import TINY_VIT
 
 FAST = {"max_images": 16, "steps": 4, "batch_size": 16}
@@ -201,3 +202,59 @@ def test_works_for_tiny_torchvision_and_transformers_models() -> None:
         result = consistency(model, loader, settings={"steps": 2}, progress=False)
         assert result.summary["heatmap"] == f"Grad-CAM on {layer}"
         assert result.scores.shape == (4,) and (result.scores <= 1 + 1e-6).all()
+
+
+def test_consistency_weights_have_mean_one_are_clipped_and_favour_inconsistent_samples() -> None:
+    scores = torch.tensor([1.0, 0.99, 0.9, 0.5, 0.0])
+    weights = consistency_weights(scores, clip=3.0, temperature=1.0)
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert torch.all(weights[:-1] <= weights[1:]), "less consistent, more weight"
+    assert weights.max() / weights.min() <= 9.0 + 1e-4
+    assert torch.equal(consistency_weights(torch.ones(4), 3.0, 1.0), torch.ones(4))
+    sharp = consistency_weights(scores, clip=100.0, temperature=0.5)
+    assert sharp[-1] > weights[-1]
+
+
+@pytest.mark.parametrize("finetune", ["adapter", "backbone"])
+def test_convert_with_consistency_reweighting_records_its_rounds(world, finetune: str) -> None:
+    settings = {"reweight_consistency": {"steps": 2, "batch_size": 24}}
+    imodel = retrofit_model(
+        world,
+        finetune=finetune,
+        epochs=2,
+        reweight="consistency",
+        reweight_rounds=2,
+        reweight_images=24,
+        **settings,
+    )
+    history = imodel.stats["history"]["reweight"]
+    assert history["images"] == 24 and len(history["rounds"]) == 2
+    assert all(0 <= r["consistency"] <= 1 for r in history["rounds"])
+    assert history["rounds"][0]["weight_max"] > 1 > history["rounds"][0]["weight_min"]
+    assert 0 <= history["consistency_after"] <= 1
+    if finetune == "backbone":
+        assert len(history["rounds"][0]["history"]["loss"]) == 1
+    with torch.no_grad():
+        assert imodel(world[0][0][None]).shape == (1, 8)
+
+
+def test_reweighting_needs_a_loader_in_a_fixed_order_and_valid_settings(world) -> None:
+    shuffled = DataLoader(world, batch_size=16, shuffle=True)
+    with pytest.raises(DataError, match="shuffle=False"):
+        retrofit.convert(
+            load_spurious_classifier("spurious"),
+            shuffled,
+            method="dense",
+            finetune="none",
+            reweight="consistency",
+            reweight_images=16,
+            progress=False,
+        )
+    for bad, match in (
+        ({"reweight": "focal"}, "reweight='focal' is not supported"),
+        ({"reweight": "consistency", "reweight_rounds": 0}, "reweight_rounds must be"),
+        ({"reweight": "consistency", "reweight_clip": 1.0}, "reweight_clip must be > 1"),
+        ({"reweight": "consistency", "reweight_consistency": {"quantile": 1.0}}, "quantile"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            retrofit.RetrofitConfig(**bad)
