@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -22,9 +23,9 @@ from tqdm.auto import tqdm
 from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
 from retrofit.check.consistency import (
     ConsistencySettings,
-    _take_images,
     consistency_scores,
     heatmap_function,
+    take_images,
 )
 from retrofit.config import RetrofitConfig
 from retrofit.errors import DataError
@@ -112,7 +113,7 @@ def reweight_by_consistency(
     """Run the K reweighting rounds in place on `imodel`; returns what each round measured."""
     settings = ConsistencySettings.parse(dict(config.reweight_consistency))
     n = len(train.labels)
-    images, subset_labels = _take_images(
+    images, subset_labels = take_images(
         train_loader, min(config.reweight_images, n), settings.batch_size
     )
     if not torch.equal(subset_labels, train.labels[: len(subset_labels)]):
@@ -164,6 +165,6 @@ def reweight_by_consistency(
         "settings": {
             "clip": config.reweight_clip,
             "temperature": config.reweight_temperature,
-            **settings.__dict__,
+            **asdict(settings),
         },
     }

@@ -25,6 +25,7 @@ from retrofit.datasets.spurious import SpuriousBackgroundDataset
 from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
 from retrofit.errors import ConfigError, DataError, LayerNotFoundError
 from retrofit.reweight import consistency_weights
+from tests.test_report_browser import CHROMIUM, PROBE, _chromium, _console
 from tests.tiny import TINY_VIT
 
 FAST = {"max_images": 16, "steps": 4, "batch_size": 16}
@@ -124,7 +125,12 @@ def test_the_spurious_world_has_exact_masks_and_shuffled_backgrounds() -> None:
         SpuriousBackgroundDataset(4, background="random")
 
 
-def test_bad_input_raises_clear_errors(world) -> None:
+@pytest.fixture(scope="module")
+def imodel(world) -> retrofit.InterpretableModel:
+    return retrofit_model(world)
+
+
+def test_bad_input_raises_clear_errors(world, imodel) -> None:
     model = load_spurious_classifier("spurious")
     for bad, match in (
         ({"epsilon": 0.0}, "epsilon must be a positive"),
@@ -143,7 +149,7 @@ def test_bad_input_raises_clear_errors(world) -> None:
     with pytest.raises(LayerNotFoundError, match="Grad-CAM needs a spatial layer"):
         consistency(flat, world, settings=FAST, progress=False)
     with pytest.raises(ConfigError, match="consistency=True"):
-        check(retrofit_model(world), world, min_consistency=0.5, progress=False)
+        check(imodel, world, min_consistency=0.5, progress=False)
 
 
 def retrofit_model(world, finetune: str = "none", **settings) -> retrofit.InterpretableModel:
@@ -158,9 +164,8 @@ def retrofit_model(world, finetune: str = "none", **settings) -> retrofit.Interp
 
 
 def test_interpretable_model_uses_the_exact_cam_and_check_reports_both_models(
-    world, tmp_path
+    world, imodel, tmp_path
 ) -> None:
-    imodel = retrofit_model(world)
     result = consistency(imodel, world, settings=FAST, progress=False)
     assert result.summary["heatmap"].startswith("exact CAM")
     assert 0 < result.mean <= 1
@@ -172,7 +177,7 @@ def test_interpretable_model_uses_the_exact_cam_and_check_reports_both_models(
         max_pixel_images=4,
         top_images=1,
         masks=[world.mask(i) for i in range(len(world))],
-        consistency=FAST,
+        consistency={**FAST, "max_images": 8, "examples": 2},
         min_consistency=0.0,
         max_consistency_flip_rate=1.0,
         progress=False,
@@ -185,9 +190,18 @@ def test_interpretable_model_uses_the_exact_cam_and_check_reports_both_models(
         "max_consistency_flip_rate",
     }
     assert "consistency" in report.to_dict()
-    page = report.to_html(tmp_path / "report.html").read_text()
+    path = report.to_html(tmp_path / "report.html")
+    page = path.read_text()
     assert '<section id="consistency">' in page and 'href="#consistency"' in page
     assert page.count("consistency examples of the") == 2
+    if CHROMIUM is not None:  # the page as a browser shows it: no console errors, images decode
+        probed = tmp_path / "probed.html"
+        probed.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+        run = _chromium(tmp_path, probed.as_uri(), "--dump-dom")
+        console = _console(run.stderr)
+        assert '<section id="consistency">' in run.stdout
+        assert not [line for line in console if "broken image" in line]
+        assert len([line for line in console if "ok image" in line]) == page.count("<img ")
 
 
 def test_works_for_tiny_torchvision_and_transformers_models() -> None:

@@ -343,7 +343,8 @@ def _foreground(masks: Any, index: int, size: tuple[int, int]) -> torch.Tensor:
     return mask.bool()
 
 
-def _take_images(loader: Any, n: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def take_images(loader: Any, n: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n (images, labels) the loader yields, in its order."""
     images, labels, seen = [], [], 0
     for x, y in iterate(as_batches(loader, batch_size=batch_size)):
         images.append(x[: n - seen])
@@ -414,7 +415,7 @@ def consistency(
     """
     settings = ConsistencySettings.parse(settings if settings is not None else True)
     device = _device(model)
-    images, labels = _take_images(loader, settings.max_images, settings.batch_size)
+    images, labels = take_images(loader, settings.max_images, settings.batch_size)
     size = tuple(images.shape[2:])
     foreground = (
         torch.stack([_foreground(masks, i, size) for i in range(len(images))])
