@@ -3,8 +3,8 @@
 Run: python -m benchmarks.consistency   (writes benchmarks/results/consistency.json)
 
 Models: the shipped spurious CNN (trained where the background predicts the class) and the
-control CNN (trained on shuffled backgrounds); the spurious CNN converted with QPM on
-`--train-images` spurious-split training images, without and with reweight="consistency", and
+control CNN (trained on shuffled backgrounds); the spurious CNN converted with Q-SENN (16
+features, 4 per class) on `--train-images` spurious-split training images, without and with reweight="consistency", and
 the same two with finetune="backbone". Every seed draws its own training and test scenes
 (world seed) and converts with its own seed. Measured on `--test-images` shuffled-background
 test images with their true object masks:
@@ -64,10 +64,9 @@ def convert(model: torch.nn.Module, train: TensorDataset, seed: int, **settings:
     return retrofit.convert(
         model,
         DataLoader(train, batch_size=64),
-        method="qpm",
+        method="qsenn",
         n_features=16,
         per_class=4,
-        time_limit=60,
         seed=seed,
         progress=False,
         **settings,
