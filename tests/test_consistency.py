@@ -213,7 +213,7 @@ def test_works_for_tiny_torchvision_and_transformers_models() -> None:
         transformers.ViTConfig(**{**TINY_VIT, "image_size": 64}, num_labels=3)
     ).eval()
     for model, layer in ((resnet, "layer4"), (vit, "vit.layernorm")):
-        result = consistency(model, loader, settings={"steps": 2}, progress=False)
+        result = retrofit.check.consistency(model, loader, settings={"steps": 2}, progress=False)
         assert result.summary["heatmap"] == f"Grad-CAM on {layer}"
         assert result.scores.shape == (4,) and (result.scores <= 1 + 1e-6).all()
 
