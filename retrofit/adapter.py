@@ -175,6 +175,7 @@ def finetune_adapter(
     *,
     lr: float | None = None,
     epochs: int | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
     """Train the adapter with the head fixed, on cached features (Adam, seeded minibatches).
 
@@ -182,7 +183,8 @@ def finetune_adapter(
     + the Feature Diversity Loss on `adapter.project_maps(maps)` when `maps` are given and the
     adapter has a linear mix (β from config.extra["diversity_beta"], default 0.196; without a
     mix the maps do not depend on any trainable parameter, so the loss would be a constant and
-    is skipped). Runs on the device of `features`;
+    is skipped). `sample_weights` (N,) weight each sample's cross-entropy (consistency
+    reweighting). Runs on the device of `features`;
     `maps` may stay on the CPU and are moved per batch. Returns per-epoch mean loss and
     training accuracy, plus the accuracy before training.
     """
@@ -193,6 +195,10 @@ def finetune_adapter(
     if logits is not None and logits.shape[0] != n:
         raise FeatureError(
             f"logits must have one row per sample ({n}), got shape {tuple(logits.shape)}."
+        )
+    if sample_weights is not None and sample_weights.shape != (n,):
+        raise FeatureError(
+            f"sample_weights must be (N,) with N = {n}, got shape {tuple(sample_weights.shape)}."
         )
     if maps is not None and maps.shape[0] != n:
         raise FeatureError(
@@ -234,7 +240,11 @@ def finetune_adapter(
             index = order[start : start + batch]
             index_dev = index.to(device)
             out = head(adapter(features[index_dev]))
-            loss = F.cross_entropy(out, labels[index_dev])
+            if sample_weights is None:
+                loss = F.cross_entropy(out, labels[index_dev])
+            else:
+                weights = sample_weights.to(device)[index_dev]
+                loss = (weights * F.cross_entropy(out, labels[index_dev], reduction="none")).mean()
             if teacher is not None:
                 loss = loss + config.distill * F.kl_div(
                     F.log_softmax(out, dim=1),

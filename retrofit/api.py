@@ -23,6 +23,7 @@ from retrofit.heads import get_head
 from retrofit.hooks import LayerSpec
 from retrofit.loaders import as_batches
 from retrofit.model import InterpretableModel
+from retrofit.reweight import reweight_by_consistency
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ def convert(
         history["backbone"] = finetune_backbone(
             imodel, as_batches(train_loader, config.batch_size), device
         )
+    if config.reweight == "consistency":
+        history["reweight"] = reweight_by_consistency(imodel, train_loader, train, config, device)
     imodel.stats["history"] = history
     if config.concepts is not None:
         imodel.stats["concepts"] = apply_concepts(

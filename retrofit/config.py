@@ -13,6 +13,7 @@ METHODS = ("qpm", "qsenn", "sparse", "dense", "flint")
 FEATURE_SOURCES = ("backbone", "flint")
 FINETUNE_MODES = ("adapter", "none", "backbone")
 SOLVERS = ("cbc", "highs", "gurobi")
+REWEIGHT_MODES = ("consistency",)
 
 
 @dataclass
@@ -57,6 +58,14 @@ class RetrofitConfig:
     # FLINT attributes: a dict of retrofit.attributes.FlintSettings fields (J, loss weights, ...)
     flint: dict[str, Any] | None = None
     features: str = "backbone"  # "flint": qpm/qsenn/sparse/dense fit on learned FLINT attributes
+    # consistency reweighting (ALGORITHMS §9.2): refit with weights 1 − E, K rounds, E on the
+    # first reweight_images training images; reweight_consistency: ConsistencySettings fields
+    reweight: str | None = None
+    reweight_rounds: int = 2
+    reweight_images: int = 256
+    reweight_clip: float = 5.0
+    reweight_temperature: float = 1.0
+    reweight_consistency: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -97,6 +106,19 @@ class RetrofitConfig:
                     "concepts with align=True cannot re-mix FLINT attributes (the flint head reads "
                     "them as they are); use method='qpm' with features='flint', or align=False."
                 )
+        if self.reweight is not None:
+            _check_choice("reweight", self.reweight, REWEIGHT_MODES)
+            _check_positive_int("reweight_rounds", self.reweight_rounds)
+            _check_positive_int("reweight_images", self.reweight_images)
+            if not self.reweight_clip > 1:
+                raise ConfigError(f"reweight_clip must be > 1, got {self.reweight_clip!r}.")
+            if not self.reweight_temperature > 0:
+                raise ConfigError(
+                    f"reweight_temperature must be > 0, got {self.reweight_temperature!r}."
+                )
+            from retrofit.check.consistency import ConsistencySettings
+
+            ConsistencySettings.parse(dict(self.reweight_consistency))
         if self.distill < 0:
             raise ConfigError(f"distill must be >= 0, got {self.distill!r}.")
         _check_choice("features", self.features, FEATURE_SOURCES)

@@ -17,9 +17,16 @@ logger = logging.getLogger(__name__)
 
 
 def finetune_backbone(
-    imodel: InterpretableModel, batches: Iterable, device: torch.device
+    imodel: InterpretableModel,
+    batches: Iterable,
+    device: torch.device,
+    sample_weights: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
-    """SGD with momentum 0.95 and weight decay 5e-4 (the references' setting) on backbone + adapter."""
+    """SGD with momentum 0.95 and weight decay 5e-4 (the references' setting) on backbone + adapter.
+
+    `sample_weights` weight each image's loss, in the order `batches` yields them (the
+    loader must not shuffle); images beyond the weights get weight 1.
+    """
     config = imodel.config
     torch.manual_seed(config.seed)
     imodel.to(device).train()
@@ -33,7 +40,14 @@ def finetune_backbone(
         total, count = 0.0, 0
         for images, labels in iterate(batches):
             images, labels = images.to(device), labels.to(device)
-            loss = F.cross_entropy(imodel(images), labels)
+            if sample_weights is None:
+                loss = F.cross_entropy(imodel(images), labels)
+            else:
+                weights = torch.ones(len(labels), device=device)
+                known = sample_weights[count : count + len(labels)].to(device)
+                weights[: len(known)] = known
+                losses = F.cross_entropy(imodel(images), labels, reduction="none")
+                loss = (weights * losses).mean()
             if not torch.isfinite(loss):
                 raise FeatureError(
                     f"Backbone fine-tuning diverged (loss {float(loss)}); lower backbone_lr "

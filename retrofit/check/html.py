@@ -33,6 +33,7 @@ SECTIONS = (
     ("truth", "Truth of the explanation"),
     ("mas", "Relevant attributes per class (MAS)"),
 )
+CONSISTENCY_SECTION = ("consistency", "Explanation consistency")
 MAX_MATRIX_CLASSES = 100
 MAX_TICK_LABELS = 60
 THUMB = 96  # pixels per thumbnail side
@@ -803,6 +804,67 @@ def _mas(report: Report) -> str:
     return _section("mas", note + f'<div class="cards">{"".join(cards)}</div>')
 
 
+def _consistency(report: Report) -> str:
+    """Mean E and flip rate per model, the least consistent classes, before/after heatmaps."""
+    measured = report.results.get("consistency")
+    if not measured:
+        return ""
+    rows = [
+        [
+            _esc(name),
+            _num(entry.get("mean")),
+            _num(entry.get("flip_rate")),
+            _num(entry.get("n_images")),
+            _esc(entry.get("heatmap", "")),
+            ", ".join(
+                f"{_esc(w['class'])} ({_num(w['consistency'])})"
+                for w in entry.get("worst_classes", [])
+            ),
+        ]
+        for name, entry in measured.items()
+    ]
+    parts = [
+        '<p class="muted">E = similarity of the predicted class\'s heatmap before and after an '
+        "adversarial perturbation (PGD) of the background only; 1 means the explanation ignores "
+        "the background. Flip rate: share of predictions the perturbation changed.</p>",
+        _table(
+            ["model", "E", "flip rate", "images", "heatmap", "least consistent classes"],
+            rows,
+            {1, 2, 3},
+        ),
+    ]
+    for name, examples in report.visuals.get("consistency", {}).items():
+        if not examples:
+            continue
+        grid = []
+        for example in examples:
+            image, after = _display(example["image"]), _display(example["perturbed"])
+            change = (example["perturbed"] - example["image"]).abs().amax(dim=0)
+            peak = float(change.max())
+            change = (change / peak if peak > 0 else change).numpy()
+            grid.append(
+                [
+                    image,
+                    _overlay(image, example["heatmap"]),
+                    np.repeat(change[..., None], 3, axis=2),
+                    _overlay(after, example["heatmap_after"]),
+                ]
+            )
+        scores = ", ".join(
+            f"{_esc(e['predicted'])}: E {_num(e['consistency'])}"
+            + (" (flipped)" if e["flipped"] else "")
+            for e in examples
+        )
+        parts.append(
+            f"<h3>{_esc(name)} model</h3>"
+            + _img(_grid_jpeg(grid), f"consistency examples of the {name} model", "image/jpeg")
+            + '<div class="muted">per row: image · heatmap · perturbation (scaled to its peak) · '
+            f"heatmap after; {scores}</div>"
+        )
+    section_id, title = CONSISTENCY_SECTION
+    return f'<section id="{section_id}"><h2>{_esc(title)}</h2>{"".join(parts)}</section>'
+
+
 def render_report(report: Report) -> str:
     """The whole report as one HTML string."""
     verdict = (
@@ -810,7 +872,8 @@ def render_report(report: Report) -> str:
         if report.passed
         else '<span class="badge fail">FAILED</span>'
     )
-    nav = "".join(f'<a href="#{sid}">{_esc(title)}</a>' for sid, title in SECTIONS)
+    sections = SECTIONS + ((CONSISTENCY_SECTION,) if report.results.get("consistency") else ())
+    nav = "".join(f'<a href="#{sid}">{_esc(title)}</a>' for sid, title in sections)
     body = "".join(
         (
             _summary(report),
@@ -822,6 +885,7 @@ def render_report(report: Report) -> str:
             _truth(report),
             editor_section(report),
             _mas(report),
+            _consistency(report),
         )
     )
     return (

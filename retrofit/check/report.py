@@ -31,6 +31,8 @@ THRESHOLDS: dict[str, tuple[str, str]] = {
     "min_truth_precision": ("truth.pair.precision", ">="),
     "min_truth_recall": ("truth.pair.recall", ">="),
     "min_truth_distinct": ("truth.pair.distinct", ">="),
+    "min_consistency": ("consistency.interpretable.mean", ">="),
+    "max_consistency_flip_rate": ("consistency.interpretable.flip_rate", "<="),
 }
 _COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
 

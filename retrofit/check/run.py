@@ -22,6 +22,7 @@ from retrofit.check import attribute_metrics as AM
 from retrofit.check import metrics as M
 from retrofit.check.am_pi import am_pi
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
+from retrofit.check.consistency import ConsistencySettings, consistency_report
 from retrofit.check.fidelity import fidelity
 from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
 from retrofit.check.pixel import (
@@ -84,6 +85,7 @@ class _Plan:
     raise_on_failure: bool
     mas_pairs: int = DEFAULT_MAS_PAIRS
     am_pi_pairs: int = 0
+    consistency: ConsistencySettings | None = None
 
 
 def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -299,6 +301,8 @@ def check(
     min_truth_precision: float | None = None,
     min_truth_recall: float | None = None,
     min_truth_distinct: float | None = None,
+    min_consistency: float | None = None,
+    max_consistency_flip_rate: float | None = None,
     raise_on_failure: bool = False,
     pixel_methods: Sequence[str] = PIXEL_METHODS,
     max_pixel_images: int = 32,
@@ -317,6 +321,7 @@ def check(
     progress: bool = True,
     mas_pairs: int = DEFAULT_MAS_PAIRS,
     am_pi_pairs: int = 0,
+    consistency: Any = None,
 ) -> Report:
     """Measure fidelity, concept- and pixel-level faithfulness and interpretability metrics.
 
@@ -328,6 +333,8 @@ def check(
     truth of the explanation (retrofit.check.truth); a dataset with `concepts` and
     `concept_names` (the synthetic world) provides them itself. Thresholds (min_*/max_*)
     decide `Report.passed`; with `raise_on_failure` a miss raises CheckFailedError.
+    `consistency` (True, a dict or a ConsistencySettings) adds explanation consistency under
+    background perturbation for both models (`masks` then give the foreground).
     The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
     `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
     `mas_pairs` caps the relevant class–feature pairs whose top images (FLINT's MAS) the
@@ -353,12 +360,19 @@ def check(
             "min_truth_precision": min_truth_precision,
             "min_truth_recall": min_truth_recall,
             "min_truth_distinct": min_truth_distinct,
+            "min_consistency": min_consistency,
+            "max_consistency_flip_rate": max_consistency_flip_rate,
         }
     )
     missing = [name for name in _NEEDS_REFERENCE if name in limits and reference is None]
     if missing:
         raise ConfigError(
             f"{missing} compare with the original model: pass reference=<the model you converted>."
+        )
+    if not consistency and ("min_consistency" in limits or "max_consistency_flip_rate" in limits):
+        raise ConfigError(
+            "min_consistency and max_consistency_flip_rate need the consistency check: pass "
+            "consistency=True (or a dict of ConsistencySettings fields)."
         )
     methods = validate_methods(pixel_methods)
     for name, value in (
@@ -398,6 +412,7 @@ def check(
         raise_on_failure,
         mas_pairs,
         am_pi_pairs,
+        consistency=ConsistencySettings.parse(consistency) if consistency else None,
     )
 
     modules = [imodel] + ([reference] if reference is not None else [])
@@ -512,6 +527,14 @@ def _check(
         imodel, z, labels, plan.attributes, plan.concept_labels, plan.concept_names
     )
     timings["metrics"] = time.perf_counter() - start
+    if plan.consistency is not None:
+        results["consistency"], consistency_examples = _timed(
+            timings,
+            "consistency",
+            lambda: consistency_report(
+                imodel, loader, reference, plan.consistency, plan.masks, plan.progress
+            ),
+        )
 
     results["meta"] = {
         "n_images": int(state.seen),
@@ -577,6 +600,8 @@ def _check(
                     ),
                 )
                 pair["am_pi"], pair["am_pi_values"] = image.cpu(), values
+    if plan.consistency is not None:
+        visuals["consistency"] = consistency_examples
     report = Report(results, evaluate_thresholds(results, plan.limits), visuals)
     for failure in report.failures:
         logger.warning("check threshold failed: %s", failure.describe())

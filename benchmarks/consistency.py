@@ -1,0 +1,216 @@
+"""Explanation consistency on the spurious-background world, and whether reweighting helps.
+
+Run: python -m benchmarks.consistency   (writes benchmarks/results/consistency.json)
+
+Models: the shipped spurious CNN (trained where the background predicts the class) and the
+control CNN (trained on shuffled backgrounds); the spurious CNN converted with Q-SENN (16
+features, 4 per class) on `--train-images` spurious-split training images, without and with reweight="consistency", and
+the same two with finetune="backbone". Every seed draws its own training and test scenes
+(world seed) and converts with its own seed. Measured on `--test-images` shuffled-background
+test images with their true object masks:
+
+- E and flip rate (background = complement of the true mask, PGD ε = 8/255, 10 steps);
+- energy share: Σ of the predicted class's heatmap inside the object / Σ over the image;
+- pointing game: the heatmap's peak lies on the object;
+- accuracy on the shuffled test images and worst-group accuracy (groups: class x background
+  aligned with the class or not);
+- the check's cost relative to one forward pass over the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import retrofit
+from benchmarks.common import machine, timed, write_result
+from retrofit.check.consistency import ConsistencySettings, consistency, heatmap_function
+from retrofit.datasets.spurious import SpuriousBackgroundDataset
+from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
+
+VARIANTS = (
+    "original",
+    "control",
+    "converted",
+    "converted_reweight",
+    "backbone",
+    "backbone_reweight",
+)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-images", type=int, default=800)
+    p.add_argument("--test-images", type=int, default=400)
+    p.add_argument("--reweight-images", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args()
+
+
+def rendered(dataset: SpuriousBackgroundDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    masks = torch.stack([dataset.mask(i) for i in range(len(dataset))])
+    return TensorDataset(images, dataset.labels.clone()), masks
+
+
+def convert(model: torch.nn.Module, train: TensorDataset, seed: int, **settings: Any):
+    return retrofit.convert(
+        model,
+        DataLoader(train, batch_size=64),
+        method="qsenn",
+        n_features=16,
+        per_class=4,
+        seed=seed,
+        progress=False,
+        **settings,
+    )
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, test: TensorDataset, aligned: torch.Tensor) -> dict:
+    images, labels = test.tensors
+    predicted = torch.cat(
+        [model(images[s : s + 256]).argmax(1) for s in range(0, len(images), 256)]
+    )
+    correct = (predicted == labels).float()
+    groups = [
+        correct[(labels == c) & (aligned == a)]
+        for c in labels.unique().tolist()
+        for a in (True, False)
+    ]
+    return {
+        "accuracy": float(correct.mean()),
+        "worst_group_accuracy": min(float(g.mean()) for g in groups if len(g)),
+    }
+
+
+def localisation(model: torch.nn.Module, test: TensorDataset, masks: torch.Tensor) -> dict:
+    """Heatmap energy inside the object and pointing-game accuracy, for the predicted class."""
+    images, _ = test.tensors
+    heatmaps, _ = heatmap_function(model, images[:2])
+    share, hits = [], []
+    for s in range(0, len(images), 64):
+        x, m = images[s : s + 64], masks[s : s + 64]
+        with torch.no_grad():
+            predicted = model(x).argmax(1)
+        heat = heatmaps(x, predicted).flatten(1)
+        total = heat.sum(dim=1)
+        inside = (heat * m.flatten(1)).sum(dim=1)
+        share.append(
+            torch.where(total > 0, inside / total.clamp_min(1e-12), m.flatten(1).float().mean(1))
+        )
+        hits.append(m.flatten(1).gather(1, heat.argmax(dim=1, keepdim=True))[:, 0].float())
+    return {
+        "energy_in_mask": float(torch.cat(share).mean()),
+        "pointing_game": float(torch.cat(hits).mean()),
+    }
+
+
+def measure(model, test, masks, aligned, settings: ConsistencySettings) -> dict[str, Any]:
+    loader = DataLoader(test, batch_size=settings.batch_size)
+    model.eval()
+    forward = timed(lambda: accuracy(model, test, aligned))
+    result = consistency(model, loader, masks=masks, settings=settings, progress=False)
+    return {
+        "consistency": result.mean,
+        "flip_rate": result.summary["flip_rate"],
+        **localisation(model, test, masks),
+        **accuracy(model, test, aligned),
+        "check_seconds": result.summary["seconds"],
+        "forward_seconds": forward,
+        "check_cost_vs_forward": result.summary["seconds"] / forward,
+    }
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    world = spurious_world_settings()
+    common = {"n_classes": world["n_classes"], "image_size": world["image_size"], "seed": seed}
+    train, _ = rendered(
+        SpuriousBackgroundDataset(args.train_images, split="train", background="spurious", **common)
+    )
+    test_set = SpuriousBackgroundDataset(
+        args.test_images, split="test", background="shuffled", **common
+    )
+    test, masks = rendered(test_set)
+    settings = ConsistencySettings(max_images=args.test_images, batch_size=100)
+    original = load_spurious_classifier("spurious")
+    reweight = {
+        "reweight": "consistency",
+        "reweight_rounds": args.rounds,
+        "reweight_images": args.reweight_images,
+    }
+    backbone = {"finetune": "backbone", "backbone_epochs": 3, "backbone_lr": 0.01}
+    builders = {
+        "original": lambda: original,
+        "control": lambda: load_spurious_classifier("control"),
+        "converted": lambda: convert(original, train, seed),
+        "converted_reweight": lambda: convert(original, train, seed, **reweight),
+        "backbone": lambda: convert(original, train, seed, **backbone),
+        "backbone_reweight": lambda: convert(original, train, seed, **backbone, **reweight),
+    }
+    out: dict[str, Any] = {}
+    for name in VARIANTS:
+        start = time.perf_counter()
+        model = builders[name]()
+        build_seconds = time.perf_counter() - start
+        out[name] = measure(model, test, masks, test_set.aligned, settings)
+        out[name]["build_seconds"] = build_seconds
+        history = getattr(model, "stats", {}).get("history", {}).get("reweight")
+        if history is not None:
+            out[name]["reweight"] = {
+                "images": history["images"],
+                "train_consistency_per_round": [r["consistency"] for r in history["rounds"]],
+                "train_consistency_after": history["consistency_after"],
+                "seconds": history["seconds"],
+            }
+        print(seed, name, {k: round(v, 4) for k, v in out[name].items() if isinstance(v, float)})
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    measured_on = machine(["captum"])
+    per_seed = {seed: run_seed(seed, args) for seed in args.seeds}
+    keys = [k for k, v in per_seed[args.seeds[0]]["original"].items() if isinstance(v, float)]
+    summary = {
+        name: {
+            key: {
+                "mean": statistics.mean(per_seed[s][name][key] for s in args.seeds),
+                "min": min(per_seed[s][name][key] for s in args.seeds),
+                "max": max(per_seed[s][name][key] for s in args.seeds),
+            }
+            for key in keys
+        }
+        for name in VARIANTS
+    }
+    helps = {
+        mode: {
+            key: all(
+                per_seed[s][f"{base}_reweight"][key] > per_seed[s][base][key] for s in args.seeds
+            )
+            for key in ("accuracy", "worst_group_accuracy", "energy_in_mask", "consistency")
+        }
+        for mode, base in (("head_and_adapter", "converted"), ("backbone", "backbone"))
+    }
+    write_result(
+        "consistency",
+        {
+            "settings": vars(args) | {"consistency": ConsistencySettings().__dict__},
+            "summary": summary,
+            "reweighting_raises_on_every_seed": helps,
+            "per_seed": {str(s): v for s, v in per_seed.items()},
+        },
+        measured_on,
+    )
+
+
+if __name__ == "__main__":
+    main()
