@@ -19,6 +19,7 @@ from retrofit.errors import (
     ModelError,
     RetrofitError,
     SolverError,
+    UntrustedCodeError,
 )
 from retrofit.explanation import Explanation
 from retrofit.export import load
@@ -50,6 +51,7 @@ __all__ = [
     "RetrofitConfig",
     "RetrofitError",
     "SolverError",
+    "UntrustedCodeError",
     "__version__",
     "check",
     "convert",

@@ -61,3 +61,7 @@ class ExportVersionError(ExportError):
 
 class FingerprintMismatchError(ExportError):
     """The backbone is not the one the export was made from."""
+
+
+class UntrustedCodeError(ExportError):
+    """Loading would run code or read files the export names; needs trust_remote_code=True."""

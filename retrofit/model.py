@@ -138,20 +138,31 @@ class InterpretableModel(nn.Module):
         path: str | os.PathLike,
         include_backbone: bool = False,
         base_model: str | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Write an export folder (model.safetensors, retrofit_config.json, README.md)."""
         from retrofit.export import save
 
-        return save(self, path, include_backbone=include_backbone, base_model=base_model)
+        return save(
+            self,
+            path,
+            include_backbone=include_backbone,
+            base_model=base_model,
+            overwrite=overwrite,
+        )
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, model: nn.Module | None = None, strict: bool = True
+        cls,
+        path: str | os.PathLike,
+        model: nn.Module | None = None,
+        strict: bool = True,
+        trust_remote_code: bool = False,
     ) -> InterpretableModel:
         """Load an export folder; see retrofit.export.load."""
         from retrofit.export import load
 
-        return load(path, model=model, strict=strict)
+        return load(path, model=model, strict=strict, trust_remote_code=trust_remote_code)
 
     def push_to_hub(
         self,
