@@ -19,6 +19,7 @@ from retrofit.featureset import FeatureSet
 from retrofit.finetune import finetune_backbone
 from retrofit.heads import get_head
 from retrofit.hooks import LayerSpec
+from retrofit.inputs import check_class_count, require_module
 from retrofit.loaders import as_batches
 from retrofit.model import InterpretableModel
 
@@ -75,7 +76,9 @@ def convert(
     the head, the assignment and the adapter are fitted on those cached features.
     """
     config = _config(settings)
+    require_module(model)
     train = _features(model, train_loader, config)
+    check_class_count(train.labels)
     if config.n_features > train.dim:
         raise InfeasibleSettingsError(
             f"n_features={config.n_features} is larger than the {train.dim} penultimate features of "

@@ -206,6 +206,8 @@ def _swap_in(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     _fsync(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+    for leftover in target.parent.glob(f".{target.name}.old-*"):  # superseded by a kill -9
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:
