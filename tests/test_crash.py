@@ -191,25 +191,25 @@ def test_the_cli_never_deletes_a_folder_it_did_not_write(tmp_path) -> None:
 # ---------------------------------------------------------------------------- the cache
 
 
-def _loader(data, batch_size: int = 2) -> DataLoader:
-    return DataLoader(TensorDataset(*data), batch_size=batch_size)
-
-
-def _extract(model: nn.Module, data, cache: Path | None, **kwargs) -> retrofit.FeatureSet:
-    return retrofit.extract(model, _loader(data), cache_dir=cache, progress=False, **kwargs)
+def _extract(
+    model: nn.Module, data, cache: Path | None, batch_size: int = 2, **kwargs
+) -> retrofit.FeatureSet:
+    loader = DataLoader(TensorDataset(*data), batch_size=batch_size)
+    return retrofit.extract(model, loader, cache_dir=cache, progress=False, **kwargs)
 
 
 def test_several_processes_fill_one_cache_at_once(data, tmp_path) -> None:
     torch.manual_seed(0)
     model = SmallCNN().eval()
-    reference = _extract(model, data, None, with_maps=True)
+    reference = _extract(model, data, None, with_maps=True, batch_size=1)
     cache, go = tmp_path / "cache", tmp_path / "go"
 
     def run(i: int) -> Callable[[], None]:
         def extract() -> None:
             while not go.exists():
                 time.sleep(0.005)
-            features = _extract(model, data, cache, with_maps=True)
+            time.sleep(0.02 * i)  # staggered: later processes find the earlier ones' chunks
+            features = _extract(model, data, cache, with_maps=True, batch_size=1)
             save_file({"f": features.features, "m": features.maps.float()}, str(tmp_path / f"{i}"))
 
         return extract

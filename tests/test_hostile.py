@@ -464,6 +464,16 @@ def test_cli_on_a_hostile_export_is_one_line_and_exit_2(victim, tmp_path, edit, 
     _cli_error(["check", str(victim), "--data", "synthetic:test:4", "--trust-remote-code"])
 
 
+def test_a_decompression_bomb_image_is_one_line_and_exit_2(victim, tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (64, 64)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000: a "bomb"
+    err = _cli_error(["explain", str(victim), str(bomb), "--trust-remote-code"])
+    assert "cannot read image" in err and "decompression bomb" in err
+
+
 def test_report_does_not_read_data_an_export_names(victim, tmp_path) -> None:
     (victim / "report.json").write_text(json.dumps({"meta": {"data": str(tmp_path)}}))
     assert "outside the export" in _cli_error(["report", str(victim)])
