@@ -203,7 +203,15 @@ def _swap_in(staging: Path, target: Path) -> None:
     old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
     if target.exists():
         os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError as error:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise ExportError(
+            f"Could not move the new export into {target} ({error.strerror or error}); another "
+            "process may have saved there at the same time. The previous export is kept."
+        ) from error
     _fsync(target.parent)
     shutil.rmtree(old, ignore_errors=True)
     for leftover in target.parent.glob(f".{target.name}.old-*"):  # superseded by a kill -9
