@@ -1,6 +1,7 @@
 """The normalisation policy: how retrofit adapts the images it is given to the model.
 
-Converted where the intent is unambiguous, with one log line each:
+Applied by extraction and by InterpretableModel's forward. Converted where the intent is
+unambiguous, with one log line each (once per process):
   - uint8 images become floats in [0, 1] (divided by 255, as torchvision's ToTensor does);
   - images are cast to the dtype of the model's parameters (float16, bfloat16 models);
   - one-channel images are repeated to three channels when the model's first convolution
@@ -13,7 +14,7 @@ item is named), non-integer labels, and training data with fewer than two classe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from retrofit.errors import DataError, ModelError
 
 logger = logging.getLogger(__name__)
+_LOGGED: set[str] = set()  # each conversion is logged once per process
 
 
 @dataclass
@@ -29,7 +31,6 @@ class InputPolicy:
 
     dtype: torch.dtype = torch.float32
     channels: int | None = None
-    logged: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, model: nn.Module) -> InputPolicy:
@@ -65,8 +66,8 @@ class InputPolicy:
         return images
 
     def _once(self, key: str, message: str) -> None:
-        if key not in self.logged:
-            self.logged.add(key)
+        if key not in _LOGGED:
+            _LOGGED.add(key)
             logger.info(message)
 
 

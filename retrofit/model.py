@@ -71,9 +71,11 @@ class InterpretableModel(nn.Module):
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features of `images` (the backbone's own head still runs, unused)."""
+        from retrofit.inputs import InputPolicy
+
         capture = FeatureCapture(self.backbone, self.spec)
         with capture.attached():
-            self.backbone(images)
+            self.backbone(InputPolicy.of(self.backbone)(images))
         return capture.features()
 
     def concept_activations(self, images: torch.Tensor) -> torch.Tensor:

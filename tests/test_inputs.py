@@ -52,7 +52,10 @@ def _extract(model: nn.Module, loader, **kwargs) -> retrofit.FeatureSet:
     return retrofit.extract(model, loader, progress=False, **kwargs)
 
 
-def test_uint8_and_grayscale_images_are_converted_with_a_log_line(model, data, caplog) -> None:
+def test_uint8_and_grayscale_images_are_converted_with_a_log_line(
+    model, data, caplog, monkeypatch
+) -> None:
+    monkeypatch.setattr("retrofit.inputs._LOGGED", set())  # logged once per process
     images, labels = data
     as_uint8 = (images * 255).round().to(torch.uint8)
     with caplog.at_level(logging.INFO, logger="retrofit.inputs"):
@@ -75,10 +78,15 @@ def test_uint8_and_grayscale_images_are_converted_with_a_log_line(model, data, c
         _extract(model, [(images.to(torch.int32), labels)])
 
 
-def test_a_bfloat16_model_gets_its_inputs_cast(model, data) -> None:
-    half = model.to(torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_gets_its_inputs_cast(model, data, dtype) -> None:
+    half = model.to(dtype)
     features = _extract(half, [data])
     assert features.features.dtype == torch.float32 and torch.isfinite(features.features).all()
+    imodel = retrofit.convert(
+        half, [data], method="dense", n_features=4, per_class=2, epochs=1, progress=False
+    )
+    assert imodel(data[0][:2]).shape == (2, C), "float32 images into a half-precision backbone"
 
 
 def test_items_of_different_sizes_name_the_first_mismatch(model) -> None:
