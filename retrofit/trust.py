@@ -59,7 +59,7 @@ def _untrusted(spec: ModelSpec, pretrained: bool) -> str | None:
         spec.family == "open_clip"
         and pretrained
         and spec.weights
-        and not _NAME.fullmatch(spec.weights)
+        and (not _NAME.fullmatch(spec.weights) or Path(spec.weights).exists())
     ):
         return f"read the open_clip checkpoint file {spec.weights!r} that the export names"
     if spec.family in ("torchvision", "timm", "open_clip") and not _model_name(spec.name):
@@ -72,12 +72,14 @@ def _untrusted(spec: ModelSpec, pretrained: bool) -> str | None:
 
 
 def _hub_id(name: str) -> bool:
-    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and not Path(name).exists()
+    """A Hub id that transformers will not mistake for a local folder."""
+    return _model_name(name) and not Path(name).exists()
 
 
 def _model_name(name: str) -> bool:
+    """A registry name or Hub id (timm `hf-hub:` prefix allowed), never a path."""
     bare = name.split(":", 1)[1] if name.startswith(("hf-hub:", "hf_hub:")) else name
-    return _hub_id(bare)
+    return bool(_HUB_ID.fullmatch(bare)) and ".." not in bare
 
 
 def _check_kwargs(spec: ModelSpec, trust_remote_code: bool, where: str) -> None:

@@ -240,6 +240,24 @@ def test_malformed_build_specs_are_schema_errors_even_when_trusted(victim, build
     _assert_refused_inside(victim, retrofit.ExportError, trust_remote_code=True)
 
 
+def test_registry_names_never_count_as_paths_but_local_files_do(tmp_path, monkeypatch) -> None:
+    from retrofit.specs import parse_spec
+    from retrofit.trust import check_spec
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("resnet18", "laion2b", "org"):
+        (tmp_path / name).mkdir()
+    check_spec(parse_spec("torchvision:resnet18:IMAGENET1K_V1"), False, True, "here")
+    check_spec(parse_spec("timm:hf-hub:timm/resnet18.a1_in1k"), False, True, "here")
+    check_spec(parse_spec("hf:google/vit-base-patch16-224"), False, True, "here")
+    clip = parse_spec("open_clip:ViT-B-32:laion2b")
+    clip.kwargs = {"num_classes": 3, "embed_dim": 8}
+    for spec in (clip, parse_spec("hf:org")):  # these would read the local folder
+        with pytest.raises(UntrustedCodeError):
+            check_spec(spec, False, True, "here")
+        check_spec(spec, True, True, "here")
+
+
 def test_the_demo_spec_is_portable(tmp_path) -> None:
     from retrofit.specs import build_model, describe_model, parse_spec
 
