@@ -492,6 +492,25 @@ def test_a_decompression_bomb_image_is_one_line_and_exit_2(victim, tmp_path, mon
     assert "cannot read image" in err and "decompression bomb" in err
 
 
+def test_names_from_an_export_are_escaped_in_the_html_report(
+    victim, exported, data, tmp_path
+) -> None:
+    script = "<script>alert(1)</script>"
+
+    def inject(config):
+        config["class_names"][0] = script
+        config["features"][0]["concepts"] = [{"concept": script}]
+
+    _edit(victim, inject)
+    imodel = load(victim, model=exported[0])
+    assert imodel.class_names[0] == script and imodel.feature_name(0) == script
+    report = retrofit.check(
+        imodel, [data], max_pixel_images=2, ig_steps=2, curve_steps=2, perturb_samples=2
+    )
+    page = report.to_html(tmp_path / "report.html").read_text()
+    assert "alert(1)" in page and script not in page
+
+
 def test_report_does_not_read_data_an_export_names(victim, tmp_path) -> None:
     (victim / "report.json").write_text(json.dumps({"meta": {"data": str(tmp_path)}}))
     assert "outside the export" in _cli_error(["report", str(victim)])
