@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 import warnings
@@ -130,7 +131,8 @@ def save(
         )
     tensors, head_info = _tensors(imodel)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.saving-{uuid.uuid4().hex}"
+    _remove_dead_stagings(target)
+    staging = target.parent / f".{target.name}.saving-{_owner()}-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
         save_file(tensors, str(staging / MODEL_FILE), metadata=TENSOR_METADATA)
@@ -189,6 +191,30 @@ def recover_interrupted_save(target: Path) -> Path | None:
         logger.warning("restored %s from %s, left there by an interrupted save", target, old.name)
         return target
     return None
+
+
+def _owner() -> str:
+    """host~pid of this process, so a later save can tell a killed save's leftovers."""
+    return f"{socket.gethostname().replace('.', '_')}~{os.getpid()}"
+
+
+def _remove_dead_stagings(target: Path) -> None:
+    """Delete staging folders of saves on this host whose process no longer exists."""
+    host = _owner().split("~")[0]
+    for staging in target.parent.glob(f".{target.name}.saving-{host}~*-*"):
+        pid = staging.name.rsplit("~", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _mtime(path: Path) -> float:
