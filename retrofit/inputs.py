@@ -6,9 +6,10 @@ unambiguous, with one log line each (once per process):
   - images are cast to the dtype of the model's parameters (float16, bfloat16 models);
   - one-channel images are repeated to three channels when the model's first convolution
     takes three (grayscale data for an RGB model).
-Refused with a DataError that says what to pass: other integer or bool images, a channel
-count the model does not take, items of different sizes in one Dataset (the first mismatching
-item is named), non-integer labels, and training data with fewer than two classes.
+Refused with a DataError that says what to pass: other integer or bool images, items of
+different sizes in one Dataset (the first mismatching item is named), non-integer labels, and
+training data with fewer than two classes. Other channel counts pass through unchanged: the
+first registered convolution is not always the input layer, so only 1 -> 3 is inferred.
 """
 
 from __future__ import annotations
@@ -54,15 +55,9 @@ class InputPolicy:
         if images.dtype != self.dtype:
             self._once("dtype", f"images are cast to the model's parameter dtype {self.dtype}")
             images = images.to(self.dtype)
-        if self.channels is not None and images.shape[1] != self.channels:
-            if images.shape[1] == 1 and self.channels == 3:
-                self._once("gray", "one-channel images are repeated to the model's 3 channels")
-                return images.expand(-1, 3, -1, -1)
-            raise DataError(
-                f"The model's first convolution takes {self.channels} channels but the images "
-                f"have {images.shape[1]} (shape {tuple(images.shape)}); convert them, e.g. "
-                "PIL's image.convert('RGB')."
-            )
+        if images.shape[1] == 1 and self.channels == 3:
+            self._once("gray", "one-channel images are repeated to the model's 3 channels")
+            return images.expand(-1, 3, -1, -1)
         return images
 
     def _once(self, key: str, message: str) -> None:

@@ -72,8 +72,6 @@ def test_uint8_and_grayscale_images_are_converted_with_a_log_line(
         from_gray.features, _extract(model, [(gray.repeat(1, 3, 1, 1), labels)]).features
     )
 
-    with pytest.raises(DataError, match="takes 3 channels but the images have 2"):
-        _extract(model, [(images[:, :2], labels)])
     with pytest.raises(DataError, match="float tensors"):
         _extract(model, [(images.to(torch.int32), labels)])
 
@@ -149,3 +147,20 @@ def test_a_decompression_bomb_is_a_clear_error(model, tmp_path, monkeypatch) -> 
         _extract(model, folder)
     with pytest.raises(DataError, match="too large to decode safely"):
         _extract(model, DataLoader(folder, batch_size=2))
+
+
+class HeadFirst(nn.Module):
+    """A model whose first registered convolution is its head, not its input layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(8, C, 1)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.stem(x))).mean(dim=(2, 3))
+
+
+def test_channels_are_only_inferred_for_grayscale(data) -> None:
+    features = _extract(HeadFirst().eval(), [data], feature_layer="head:input")
+    assert features.features.shape == (12, 8)
