@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -17,6 +18,9 @@ class ModelAdapter:
     `matches` recognises a model of the family; `preferred_heads` names its classification
     module(s) when the family has a convention (detection falls back to the execution trace);
     `load` rebuilds a model from its name, weights, hub id or local path (see retrofit.specs).
+    `build_kwargs` is the allow-list of architecture arguments an export may pass to `load`,
+    each with a check of its value; anything else (e.g. a checkpoint path) needs
+    trust_remote_code=True on load.
     """
 
     name: str
@@ -24,6 +28,7 @@ class ModelAdapter:
     preferred_heads: Callable[[nn.Module], list[str]] = field(default=lambda model: [])
     load: Callable[..., nn.Module] | None = None
     priority: int = 0
+    build_kwargs: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelAdapter] = {}

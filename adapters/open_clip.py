@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.export_schema import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.")
 
@@ -72,5 +73,11 @@ OPEN_CLIP = register_adapter(
         preferred_heads=lambda model: ["head"],
         load=load_open_clip,
         priority=30,
+        build_kwargs={
+            "num_classes": whole(1, MAX_COUNT),
+            "embed_dim": whole(1, MAX_FEATURE_DIM),
+            "head_bias": flag,
+            "logit_scale": real(0.0, 1e6),
+        },
     )
 )

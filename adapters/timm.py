@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, module_name, register_adapter
+from retrofit.export_schema import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -41,5 +42,9 @@ TIMM = register_adapter(
         preferred_heads=_heads,
         load=load_timm,
         priority=10,
+        build_kwargs={
+            "num_classes": whole(0, MAX_COUNT),
+            "img_size": lambda v: whole(1, MAX_IMAGE_SIDE)(v) or sizes(2, 2, MAX_IMAGE_SIDE)(v),
+        },
     )
 )

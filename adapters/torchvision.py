@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.export_schema import MAX_COUNT, whole
 
 
 def _is_torchvision(model: nn.Module) -> bool:
@@ -27,5 +28,6 @@ TORCHVISION = register_adapter(
         matches=_is_torchvision,
         load=load_torchvision,
         priority=10,
+        build_kwargs={"num_classes": whole(1, MAX_COUNT)},
     )
 )

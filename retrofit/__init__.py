@@ -21,6 +21,7 @@ from retrofit.errors import (
     ModelError,
     RetrofitError,
     SolverError,
+    UntrustedCodeError,
 )
 from retrofit.explanation import Explanation
 from retrofit.export import load
@@ -55,6 +56,7 @@ __all__ = [
     "RetrofitConfig",
     "RetrofitError",
     "SolverError",
+    "UntrustedCodeError",
     "__version__",
     "check",
     "cluster_maps",

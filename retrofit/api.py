@@ -21,6 +21,7 @@ from retrofit.featureset import FeatureSet
 from retrofit.finetune import finetune_backbone
 from retrofit.heads import get_head
 from retrofit.hooks import LayerSpec
+from retrofit.inputs import check_class_count, require_module
 from retrofit.loaders import as_batches
 from retrofit.model import InterpretableModel
 from retrofit.reweight import reweight_by_consistency
@@ -78,7 +79,9 @@ def convert(
     the head, the assignment and the adapter are fitted on those cached features.
     """
     config = _config(settings)
+    require_module(model)
     train = _features(model, train_loader, config)
+    check_class_count(train.labels)
     if config.n_features > train.dim and "flint" not in (config.method, config.features):
         raise InfeasibleSettingsError(
             f"n_features={config.n_features} is larger than the {train.dim} penultimate features of "

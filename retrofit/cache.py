@@ -9,14 +9,22 @@ Layout under `<cache_dir>/<key>/`:
 Every file is written to a temporary name and renamed, so a crash leaves either the old file
 or the new one, never a torn one. Chunks let an interrupted extraction resume; the per-batch
 fingerprints make sure rows are only reused for the very same pixels and labels.
+Several processes may fill one key at once: chunks of the same batch are identical, and
+finalising holds an exclusive file lock (`<key>/.lock`), reuses a store another process just
+finished, and takes rows whose chunks that process already removed from its store. A store
+whose files do not match the sizes and checksum in meta.json is ignored and recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,10 @@ from safetensors.torch import load_file, save_file
 
 from retrofit.errors import CacheError
 
+logger = logging.getLogger(__name__)
+
 STORE_VERSION = 1
+CHUNK_WRITE_ATTEMPTS = 3  # another process may remove the chunks folder while we write into it
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -68,6 +79,7 @@ class Store:
             raise CacheError(
                 f"Cache store {path} has an unknown version; delete the folder to re-extract."
             )
+        _verify_store_files(path, self.meta)
         pooled = load_file(str(path / "pooled.safetensors"))
         self.features, self.labels, self.logits = (
             pooled["features"],
@@ -82,6 +94,9 @@ class Store:
         )
         sizes = self.meta["batch_sizes"]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+        rows = {len(self.features), len(self.labels), len(self.logits), self.offsets[-1]}
+        if len(rows) != 1 or (self.maps is not None and len(self.maps) != self.offsets[-1]):
+            raise CacheError(f"Cache store {path} has inconsistent row counts.")
 
     def batch(self, index: int, fingerprint: str) -> Batch | None:
         hashes = self.meta["batch_hashes"]
@@ -90,6 +105,27 @@ class Store:
         lo, hi = self.offsets[index], self.offsets[index + 1]
         maps = None if self.maps is None else self.maps[lo:hi]
         return Batch(self.features[lo:hi], self.labels[lo:hi], self.logits[lo:hi], maps)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_store_files(path: Path, meta: dict[str, Any]) -> None:
+    """Raise CacheError when a store's files differ from what meta.json recorded."""
+    pooled = path / "pooled.safetensors"
+    if "pooled_sha256" in meta and _file_sha256(pooled) != meta["pooled_sha256"]:
+        raise CacheError(f"{pooled} does not match its checksum.")
+    maps = path / "maps.npy"
+    if (
+        "maps_bytes" in meta
+        and (maps.stat().st_size if maps.exists() else None) != meta["maps_bytes"]
+    ):
+        raise CacheError(f"{maps} does not have the size it was written with.")
 
 
 class FeatureCache:
@@ -116,8 +152,30 @@ class FeatureCache:
             return None
         try:
             return Store(self.path / "store")
-        except (OSError, ValueError, KeyError, json.JSONDecodeError, CacheError):
+        except FileNotFoundError:  # another process is swapping its store in right now
             return None
+        except Exception as error:  # corrupted: recomputed and replaced, never trusted
+            logger.warning(
+                "ignoring the corrupted feature cache %s (%s); recomputing it",
+                self.path / "store",
+                error,
+            )
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on this key, so that one process at a time finalises."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): renames keep each file whole regardless
+            yield
+            return
+        with open(self.path / ".lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _chunk_path(self, index: int) -> Path:
         return self.chunks / f"chunk_{index:06d}.safetensors"
@@ -148,13 +206,20 @@ class FeatureCache:
         tensors = {"features": batch.features, "labels": batch.labels, "logits": batch.logits}
         if batch.maps is not None:
             tensors["maps"] = batch.maps
-        try:
-            self.chunks.mkdir(exist_ok=True)
-            atomic_save_safetensors(tensors, self._chunk_path(index), {"batch": fingerprint})
-        except OSError as error:
-            raise CacheError(
-                f"Could not write a feature chunk to {self.chunks}: {error}."
-            ) from error
+        for attempt in range(CHUNK_WRITE_ATTEMPTS):
+            try:
+                self.chunks.mkdir(exist_ok=True)
+                atomic_save_safetensors(tensors, self._chunk_path(index), {"batch": fingerprint})
+                return
+            except FileNotFoundError:  # another process finalised and removed the folder
+                if attempt == CHUNK_WRITE_ATTEMPTS - 1:
+                    raise CacheError(
+                        f"Could not write a feature chunk: {self.chunks} keeps disappearing."
+                    ) from None
+            except OSError as error:
+                raise CacheError(
+                    f"Could not write a feature chunk to {self.chunks}: {error}."
+                ) from error
 
     def finalize(
         self,
@@ -163,12 +228,27 @@ class FeatureCache:
         extra: dict[str, Any],
     ) -> Store:
         """Write a new store from per-batch sources (None: read the chunk), then swap it in."""
+        with self._locked():
+            current = self.store()
+            if current is not None and current.meta["batch_hashes"] == hashes:
+                return current  # another process finished the same extraction meanwhile
+            return self._finalize_locked(sources, hashes, extra, current)
+
+    def _finalize_locked(
+        self,
+        sources: list[Batch | None],
+        hashes: list[str],
+        extra: dict[str, Any],
+        current: Store | None,
+    ) -> Store:
         tmp = self.path / f"store.tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
 
             def load(index: int, with_maps: bool) -> Batch:
                 batch = sources[index] or self.read_chunk(index, hashes[index], with_maps=with_maps)
+                if batch is None and current is not None:
+                    batch = current.batch(index, hashes[index])
                 if batch is None:
                     raise CacheError(
                         f"A feature chunk in {self.chunks} vanished while finalising; run again."
@@ -204,6 +284,8 @@ class FeatureCache:
                 "version": STORE_VERSION,
                 "batch_hashes": hashes,
                 "batch_sizes": [b.features.shape[0] for b in pooled],
+                "pooled_sha256": _file_sha256(tmp / "pooled.safetensors"),
+                "maps_bytes": (tmp / "maps.npy").stat().st_size if first_maps is not None else None,
                 **extra,
             }
             atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=1).encode())

@@ -9,6 +9,9 @@
     retrofit reveal-import answers.json [--game game.html]   labels by layer from the answers
     retrofit edit DIR --apply EDITS.json --out NEW [--train DATA] [--data DATA]
 Bad input gets a one-line error and exit code 2.
+Bad input gets a one-line error and exit code 2. An export whose base model would run code or
+read files outside it is loaded only with --trust-remote-code. --out is replaced only when it
+is a retrofit export (or empty), only with --overwrite, and only once the new export is complete.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from retrofit.errors import ConfigError, RetrofitError
 
 DEMO_MODEL = "demo"
+DEMO_SPEC = "retrofit:demo"  # portable: rebuilds the bundled demo CNN on any machine
 # the bundled tiny CLIP with the curated vocabulary and the default scoring (log_prob), which
 # names best with it (see benchmarks/results/concepts.json)
 DEMO_CONCEPTS = {"encoder": "tiny", "vocabulary": "curated"}
@@ -63,7 +67,7 @@ def _build_model(
     if spec_text == DEMO_MODEL:
         from retrofit.datasets import load_demo_classifier
 
-        return load_demo_classifier(), None
+        return load_demo_classifier(), parse_spec(DEMO_SPEC)
     spec = parse_spec(spec_text)
     if num_classes is not None:
         spec.kwargs["num_classes"] = num_classes
@@ -78,12 +82,16 @@ def _build_model(
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} is not empty; pass --overwrite to replace what is there.")
-    if out.exists() and overwrite:
-        import shutil
+    """Fail before any work when --out cannot be written; nothing is deleted here (saving
+    replaces an old export only once the new one is complete)."""
+    from retrofit.export import check_save_target, recover_interrupted_save
 
-        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder path.")
+    recover_interrupted_save(out.resolve())
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out} is not empty; pass --overwrite to replace what is there.")
+    check_save_target(out.resolve(), overwrite)
 
 
 def _loader(dataset: Any, batch_size: int = 64) -> Any:
@@ -124,13 +132,6 @@ def _run_check(
     return report
 
 
-def _demo_spec() -> str:
-    """A spec that rebuilds the demo CNN's architecture (its weights travel in the export)."""
-    import retrofit.datasets.demo
-
-    return f"python:{retrofit.datasets.demo.__file__}:load_demo_classifier"
-
-
 def _demo(args: argparse.Namespace) -> int:
     """Convert the bundled demo classifier on the synthetic concept world, fully offline."""
     import retrofit
@@ -138,7 +139,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = Path(args.out)
-    _prepare_out(out, overwrite=True)
+    _prepare_out(out, args.overwrite)
     model, _ = _build_model(DEMO_MODEL, None)
     train = open_data(f"synthetic:train:{args.train_images}", None)
     imodel = retrofit.convert(
@@ -154,7 +155,9 @@ def _demo(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
-    imodel.save_pretrained(out, include_backbone=True, base_model=_demo_spec())
+    imodel.save_pretrained(
+        out, include_backbone=True, base_model=DEMO_SPEC, overwrite=args.overwrite
+    )
     report = _run_check(
         imodel, open_data(f"synthetic:test:{args.test_images}", None), out, args, "synthetic:test"
     )
@@ -194,7 +197,9 @@ def _convert(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     imodel.save_pretrained(
-        out, include_backbone=args.include_backbone or spec is None or args.weights is not None
+        out,
+        include_backbone=args.include_backbone or spec is None or args.weights is not None,
+        overwrite=args.overwrite,
     )
     print(imodel.format_global_explanation())
     _print_headline(imodel, None)
@@ -202,37 +207,50 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(folder: str) -> Any:
+def _load(folder: str, trust_remote_code: bool = False) -> Any:
     import retrofit
+    from retrofit.export import recover_interrupted_save
 
+    recover_interrupted_save(Path(folder).resolve())
     if not Path(folder).is_dir():
         raise UsageError(f"{folder} is not a folder with an exported model.")
-    return retrofit.load(folder)
+    return retrofit.load(folder, trust_remote_code=trust_remote_code)
 
 
-def _transform_for(imodel: Any, folder: str, image_size: int | None) -> Any:
+def _transform_for(
+    imodel: Any, folder: str, image_size: int | None, trust_remote_code: bool = False
+) -> Any:
     """The preprocessing recorded for the export's base model, else a resize to its input size."""
     from retrofit.data_specs import model_transform
     from retrofit.export import read_config
     from retrofit.specs import ModelSpec
+    from retrofit.trust import check_spec
 
     build = read_config(Path(folder))["base_model"].get("build")
     spec = ModelSpec.from_dict(build) if build else None
+    if spec is not None:  # the preprocessing of a local HF folder is read from that folder
+        check_spec(spec, trust_remote_code, pretrained=True, where=folder)
     size = image_size or (imodel.stats.get("input_size") or [None])[0]
-    return model_transform(imodel.backbone, spec, size)
+    try:
+        return model_transform(imodel.backbone, spec, size)
+    except (KeyError, ValueError, OSError, TypeError) as error:
+        raise UsageError(
+            f"cannot build the preprocessing that {folder} records for {spec} ({error}); "
+            "pass --image-size to resize only."
+        ) from error
 
 
 def _explain(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image, UnidentifiedImageError
 
-    imodel = _load(args.dir)
-    transform = _transform_for(imodel, args.dir, args.image_size)
+    imodel = _load(args.dir, args.trust_remote_code)
+    transform = _transform_for(imodel, args.dir, args.image_size, args.trust_remote_code)
     images = []
     for path in args.images:
         try:
             images.append(transform(Image.open(path).convert("RGB")))
-        except (OSError, UnidentifiedImageError) as error:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise UsageError(f"cannot read image {path}: {error}") from error
     with torch.no_grad():
         explanations = imodel.explain(torch.stack(images))
@@ -251,10 +269,13 @@ def _explain(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from retrofit.data_specs import open_data
 
-    imodel = _load(args.dir)
+    imodel = _load(args.dir, args.trust_remote_code)
     synthetic = args.data.startswith("synthetic")
     dataset = open_data(
-        args.data, None if synthetic else _transform_for(imodel, args.dir, args.image_size)
+        args.data,
+        None
+        if synthetic
+        else _transform_for(imodel, args.dir, args.image_size, args.trust_remote_code),
     )
     report = _run_check(imodel, dataset, Path(args.dir), args, args.data)
     print(report.summary())
@@ -270,9 +291,14 @@ def _report(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{args.dir} has no earlier check; pass --data to say which data to check on."
             )
-        data = json.loads(previous.read_text()).get("meta", {}).get("data")
+        data = _recorded_data(previous)
         if not data:
             raise UsageError(f"{previous} does not record its data; pass --data.")
+        if not data.startswith("synthetic") and not args.trust_remote_code:
+            raise UsageError(
+                f"{previous} names the data {data!r:.100}, outside the export; pass --data to "
+                "say which data to check on (or --trust-remote-code to use it)."
+            )
     args.data = data
     return _check(args)
 
@@ -281,7 +307,7 @@ def _reveal(args: argparse.Namespace) -> int:
     from retrofit.data_specs import open_data
     from retrofit.inv.commands import make_reveal_game
 
-    imodel = _load(args.dir)
+    imodel = _load(args.dir, args.trust_remote_code)
     synthetic = args.data.startswith("synthetic")
     transform = None if synthetic else _transform_for(imodel, args.dir, args.image_size)
     game, summary = make_reveal_game(
@@ -330,7 +356,7 @@ def _edit(args: argparse.Namespace) -> int:
         )
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UsageError(f"{out} is not empty; pass --overwrite to replace what is there.")
-    imodel = _load(args.dir)
+    imodel = _load(args.dir, args.trust_remote_code)
     check_fingerprint(document, head_fingerprint(imodel), args.apply)
 
     def dataset(spec: str) -> Any:
@@ -365,11 +391,29 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded_data(report_file: Path) -> str | None:
+    """The data spec an earlier check recorded in report.json, if it is a bounded string."""
+    from retrofit.export_schema import read_json
+
+    record = read_json(report_file)
+    meta = record.get("meta") if isinstance(record, dict) else None
+    data = meta.get("data") if isinstance(meta, dict) else None
+    return data if isinstance(data, str) and 0 < len(data) <= 4096 else None
+
+
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-fidelity", type=float)
     parser.add_argument("--min-accuracy", type=float)
     parser.add_argument("--max-pixel-images", type=_positive_int, default=16)
     parser.add_argument("--image-size", type=_positive_int)
+
+
+def _add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the export's base model spec to run code or read files outside the export",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="offline demo on the synthetic concept world")
     demo.add_argument("--out", default="retrofit-demo")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo export")
     demo.add_argument("--method", default="qpm", choices=["qpm", "qsenn", "sparse"])
     demo.add_argument("--n-features", type=_positive_int, default=50)
     demo.add_argument("--per-class", type=_positive_int, default=5)
@@ -430,18 +475,21 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("images", nargs="+")
     explain.add_argument("--json", action="store_true")
     explain.add_argument("--image-size", type=_positive_int)
+    _add_trust_option(explain)
     explain.set_defaults(run=_explain)
 
     check = commands.add_parser("check", help="faithfulness checks and the HTML report")
     check.add_argument("dir")
     check.add_argument("--data", required=True)
     _add_check_options(check)
+    _add_trust_option(check)
     check.set_defaults(run=_check)
 
     report = commands.add_parser("report", help="rebuild DIR/report.html")
     report.add_argument("dir")
     report.add_argument("--data")
     _add_check_options(report)
+    _add_trust_option(report)
     report.set_defaults(run=_report)
 
     reveal = commands.add_parser("reveal", help="INV cluster maps as a reveal game page")
@@ -456,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     reveal.add_argument("--concepts", help="vocabulary for automatic labels (e.g. curated)")
     reveal.add_argument("--encoder", help="concept encoder spec (default: the tiny CLIP)")
     reveal.add_argument("--overwrite", action="store_true")
+    _add_trust_option(reveal)
     reveal.set_defaults(run=_reveal)
 
     reveal_import = commands.add_parser("reveal-import", help="labels from reveal-game answers")
@@ -476,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--time-limit", type=_positive_float, help="seconds for the re-solve")
     edit.add_argument("--cache-dir", default=".retrofit_cache")
     _add_check_options(edit)
+    _add_trust_option(edit)
     edit.set_defaults(run=_edit)
     return parser
 

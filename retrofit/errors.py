@@ -65,3 +65,7 @@ class FingerprintMismatchError(ExportError):
 
 class EditError(ConfigError):
     """A human edit is malformed, names an unknown class or feature, or conflicts with another."""
+
+
+class UntrustedCodeError(ExportError):
+    """Loading would run code or read files the export names; needs trust_remote_code=True."""

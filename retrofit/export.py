@@ -8,9 +8,13 @@ An export folder holds
   README.md              model card with the global explanation
   backbone.safetensors   the backbone's weights (only with include_backbone=True)
 Saving writes a temporary sibling folder and swaps it in, so an interrupted save leaves the
-previous export intact. Loading checks every file against the config before building anything.
-Nothing in the folder is executed or unpickled; a `python:file.py:factory` spec names a file on
-the loading machine (relative to its working directory), never one shipped in the export.
+previous export intact (a save killed between the two renames leaves it at `.NAME.old-*`, which
+load and the next save move back). Saving replaces only an export or an empty folder.
+Loading checks every file against the config (retrofit.export_schema: names inside the folder,
+bounded JSON, typed fields, finite tensors) before building anything. Nothing in the folder is
+executed or unpickled, and a base model spec that would run code or read files outside the
+export (a `python:` factory, a local folder, file-pointing build kwargs) is refused unless
+trust_remote_code=True (retrofit.trust).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 import warnings
@@ -49,11 +54,22 @@ from retrofit.errors import (
     FingerprintMismatchError,
     ModelError,
 )
+from retrofit.export_schema import (
+    BUILD,
+    FIELDS,
+    FILE_INFO,
+    STATS_INPUT_SIZE,
+    check_fields,
+    check_safetensors_header,
+    read_json,
+    safe_member,
+)
 from retrofit.fingerprint import model_fingerprint
 from retrofit.hooks import LayerSpec
 from retrofit.model import InterpretableModel
 from retrofit.model_card import render_model_card
 from retrofit.specs import ModelSpec, build_model, describe_model, preprocessing_of
+from retrofit.trust import check_spec
 
 logger = logging.getLogger(__name__)
 
@@ -86,15 +102,19 @@ def save(
     path: str | os.PathLike,
     include_backbone: bool = False,
     base_model: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write an export folder (see the module docstring); returns its path.
 
     `base_model` (a spec string, see retrofit.specs) overrides config.base_model and what can
     be derived from the model. include_backbone=True stores the backbone's weights so the folder
-    stands alone; it needs a spec for the architecture.
+    stands alone; it needs a spec for the architecture. An existing export is replaced once the
+    new one is complete; a folder holding anything else is refused, except that files an export
+    also has (e.g. your own README.md) are replaced with overwrite=True.
     """
     target = Path(path).expanduser().resolve()
-    _check_target(target)
+    recover_interrupted_save(target)
+    check_save_target(target, overwrite)
     backbone = imodel.backbone
     spec = describe_model(backbone, base_model or imodel.config.base_model)
     if include_backbone and spec is None:
@@ -112,7 +132,8 @@ def save(
         )
     tensors, head_info = _tensors(imodel)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.saving-{uuid.uuid4().hex}"
+    _remove_dead_stagings(target)
+    staging = target.parent / f".{target.name}.saving-{_owner()}-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
         save_file(tensors, str(staging / MODEL_FILE), metadata=TENSOR_METADATA)
@@ -134,17 +155,74 @@ def save(
     return target
 
 
-def _check_target(target: Path) -> None:
+def check_save_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target that is a file, holds files no export has, or holds export-named
+    files without being an export (a user's own README.md) unless overwrite=True."""
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} exists and is not a folder; pick a folder path to save to.")
-    if target.is_dir():
-        foreign = sorted(set(os.listdir(target)) - EXPORT_FILES)
-        if foreign:
-            raise ExportError(
-                f"Saving replaces the whole folder {target}, which holds other files "
-                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); save into "
-                "an empty or new folder."
-            )
+    if not target.is_dir():
+        return
+    names = set(os.listdir(target))
+    foreign = sorted(names - EXPORT_FILES)
+    if foreign:
+        raise ExportError(
+            f"Saving replaces the whole folder {target}, which holds other files "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); save into "
+            "an empty or new folder."
+        )
+    if names and CONFIG_FILE not in names and not overwrite:
+        raise ExportError(
+            f"{target} holds {', '.join(sorted(names))} but is not a retrofit export; pass "
+            "overwrite=True (CLI: --overwrite) to replace them, or save into another folder."
+        )
+
+
+def recover_interrupted_save(target: Path) -> Path | None:
+    """Move back the previous export that a save killed between its two renames left at
+    `.NAME.old-*`, when `target` itself is missing; returns the restored folder or None."""
+    if target.exists() or not target.parent.is_dir():
+        return None
+    for old in sorted(target.parent.glob(f".{target.name}.old-*"), key=_mtime, reverse=True):
+        if not (old.is_dir() and (old / CONFIG_FILE).is_file() and (old / MODEL_FILE).is_file()):
+            continue
+        try:
+            os.rename(old, target)
+        except OSError:  # another process restored or saved it first
+            return target if target.is_dir() else None
+        logger.warning("restored %s from %s, left there by an interrupted save", target, old.name)
+        return target
+    return None
+
+
+def _owner() -> str:
+    """host~pid of this process, so a later save can tell a killed save's leftovers."""
+    return f"{socket.gethostname().replace('.', '_')}~{os.getpid()}"
+
+
+def _remove_dead_stagings(target: Path) -> None:
+    """Delete staging folders of saves on this host whose process no longer exists."""
+    host = _owner().split("~")[0]
+    for staging in target.parent.glob(f".{target.name}.saving-{host}~*-*"):
+        pid = staging.name.rsplit("~", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _swap_in(staging: Path, target: Path) -> None:
@@ -152,9 +230,19 @@ def _swap_in(staging: Path, target: Path) -> None:
     old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
     if target.exists():
         os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError as error:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise ExportError(
+            f"Could not move the new export into {target} ({error.strerror or error}); another "
+            "process may have saved there at the same time. The previous export is kept."
+        ) from error
     _fsync(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+    for leftover in target.parent.glob(f".{target.name}.old-*"):  # superseded by a kill -9
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:
@@ -371,24 +459,28 @@ _SCHEMA: dict[str, Any] = {
 
 
 def load(
-    path: str | os.PathLike, model: nn.Module | None = None, strict: bool = True
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    strict: bool = True,
+    trust_remote_code: bool = False,
 ) -> InterpretableModel:
     """Load an export folder; its logits equal the saved model's.
 
     The backbone is `model` when given (its fingerprint must match, or with strict=False a
     warning is issued), else backbone.safetensors on the architecture of the base model spec
-    when the export includes it, else the base model rebuilt from its spec.
+    when the export includes it, else the base model rebuilt from its spec. A spec that would
+    run code or read files outside the export needs trust_remote_code=True (retrofit.trust).
     """
     folder = Path(path).expanduser()
     config = read_config(folder)
     tensors = _read_tensors(folder, config)
     _check_tensors(tensors, config)
-    backbone = _backbone(folder, config, model, strict)
+    backbone = _backbone(folder, config, model, strict, trust_remote_code)
     layer = LayerSpec.from_dict(config["base_model"]["layer"])
     _check_backbone_fits(backbone, layer, tensors["adapter.selected"], config)
     try:
         retrofit_config = RetrofitConfig.from_dict(config["config"])
-    except (ConfigError, TypeError) as error:
+    except (ConfigError, TypeError, ValueError) as error:
         raise ExportSchemaError(
             f"{folder / CONFIG_FILE}: the 'config' entry is invalid: {error}"
         ) from error
@@ -444,29 +536,19 @@ def _edits(entries: Any) -> list[dict[str, Any]]:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    """retrofit_config.json of an export folder, checked against the schema."""
+    """retrofit_config.json of an export folder, checked against the schema (the one
+    validator that load and the CLI use; see retrofit.export_schema)."""
     if not folder.is_dir():
-        leftovers = (
-            sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.parent.is_dir() else []
-        )
-        hint = (
-            f" An interrupted save left the previous export at {leftovers[0]}; rename it back."
-            if leftovers
-            else ""
-        )
-        raise ExportNotFoundError(f"No export folder at {folder}.{hint}")
+        recover_interrupted_save(Path(os.path.abspath(folder)))
+    if not folder.is_dir():
+        raise ExportNotFoundError(f"No export folder at {folder}.")
     for name in (CONFIG_FILE, MODEL_FILE):
-        if not (folder / name).is_file():
+        if not safe_member(folder, name, str(folder)).is_file():
             raise ExportNotFoundError(
                 f"{folder} is not a complete retrofit export: {name} is missing. Save it again "
                 "with imodel.save_pretrained(folder)."
             )
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ExportCorruptedError(
-            f"{folder / CONFIG_FILE} is not valid JSON ({error}); the export is corrupted."
-        ) from error
+    config = read_json(folder / CONFIG_FILE)
     if not isinstance(config, dict):
         raise ExportSchemaError(f"{folder / CONFIG_FILE} must hold a JSON object.")
     version = config.get("schema_version")
@@ -481,8 +563,31 @@ def read_config(folder: Path) -> dict[str, Any]:
             )
         )
     _validate(config, _SCHEMA, "")
+    check_fields(config, FIELDS, "", CONFIG_FILE)
     _check_consistency(config)
+    _check_build(config["base_model"]["build"])
+    if not STATS_INPUT_SIZE(config["stats"].get("input_size")):
+        raise ExportSchemaError(
+            f"{CONFIG_FILE}: stats.input_size must be null or a list of 1 to 3 image sides, got "
+            f"{config['stats'].get('input_size')!r:.80}."
+        )
+    for name, info in config["files"].items():
+        safe_member(folder, name, f"{CONFIG_FILE} files")
+        if name not in (MODEL_FILE, BACKBONE_FILE):
+            raise ExportSchemaError(f"{CONFIG_FILE}: files lists {name!r:.80}, not an export file.")
+        check_fields(info, FILE_INFO, f"files.{name}", CONFIG_FILE)
+    _pairs(config.get("pairs", []), config["num_classes"], config["n_features"])
     return config
+
+
+def _check_build(build: dict[str, Any] | None) -> None:
+    if build is None:
+        return
+    check_fields(build, BUILD, "base_model.build", CONFIG_FILE)
+    try:
+        ModelSpec.from_dict(build)
+    except ConfigError as error:
+        raise ExportSchemaError(f"{CONFIG_FILE}: base_model.build is invalid: {error}") from error
 
 
 def _validate(value: Any, schema: Any, where: str) -> None:
@@ -551,7 +656,8 @@ def _check_consistency(config: dict[str, Any]) -> None:
 
 def _read_tensors(folder: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
     for name, info in config["files"].items():
-        _verify_file(folder / name, info)
+        _verify_file(safe_member(folder, name, f"{CONFIG_FILE} files"), info)
+    check_safetensors_header(folder / MODEL_FILE)
     try:
         return load_file(str(folder / MODEL_FILE))
     except (SafetensorError, OSError, ValueError) as error:
@@ -636,6 +742,13 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> 
         raise ExportSchemaError(
             f"{MODEL_FILE} selects attribute {max(selected)} of only {width} FLINT attributes."
         )
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ExportSchemaError(
+                f"{MODEL_FILE}: {name} holds NaN or infinite values; the export is corrupted."
+            )
+    if not torch.isfinite(tensors["adapter.log_std"].exp()).all():
+        raise ExportSchemaError(f"{MODEL_FILE}: adapter.log_std is too large to be a scale.")
     if "head.assignment" in tensors and not set(tensors["head.assignment"].unique().tolist()) <= {
         -1,
         0,
@@ -645,7 +758,11 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> 
 
 
 def _backbone(
-    folder: Path, config: dict[str, Any], model: nn.Module | None, strict: bool
+    folder: Path,
+    config: dict[str, Any],
+    model: nn.Module | None,
+    strict: bool,
+    trust_remote_code: bool = False,
 ) -> nn.Module:
     base = config["base_model"]
     if model is not None:
@@ -660,8 +777,10 @@ def _backbone(
             f"{folder} does not say how to rebuild its {base['class']} backbone (no base model "
             "spec was known when it was saved). Pass the backbone: retrofit.load(folder, model=...)."
         )
-    if BACKBONE_FILE in config["files"]:
-        backbone = _rebuild(spec, folder, pretrained=False)
+    with_weights = BACKBONE_FILE in config["files"]
+    check_spec(spec, trust_remote_code, pretrained=not with_weights, where=str(folder))
+    if with_weights:
+        backbone = _rebuild(spec, folder, pretrained=False, trust_remote_code=trust_remote_code)
         _load_backbone_weights(backbone, folder / BACKBONE_FILE, spec)
         _verify_fingerprint(backbone, base["fingerprint"], strict, f"{BACKBONE_FILE} on {spec}")
         return backbone
@@ -671,15 +790,17 @@ def _backbone(
             "zero-shot text embeddings) is not part of the pretrained tag. Pass the classifier "
             "as model=, or save with include_backbone=True."
         )
-    backbone = _rebuild(spec, folder, pretrained=True)
+    backbone = _rebuild(spec, folder, pretrained=True, trust_remote_code=trust_remote_code)
     _verify_fingerprint(backbone, base["fingerprint"], strict, f"the model rebuilt from {spec}")
     return backbone
 
 
-def _rebuild(spec: ModelSpec, folder: Path, pretrained: bool) -> nn.Module:
+def _rebuild(
+    spec: ModelSpec, folder: Path, pretrained: bool, trust_remote_code: bool = False
+) -> nn.Module:
     try:
-        return build_model(spec, pretrained=pretrained).eval()
-    except ModelError as error:
+        return build_model(spec, pretrained, trust_remote_code=trust_remote_code).eval()
+    except (ModelError, ConfigError) as error:
         raise ExportError(
             f"Cannot rebuild the backbone of {folder}: {error} You can also pass it: "
             "retrofit.load(folder, model=...)."
@@ -687,6 +808,7 @@ def _rebuild(spec: ModelSpec, folder: Path, pretrained: bool) -> nn.Module:
 
 
 def _load_backbone_weights(backbone: nn.Module, path: Path, spec: ModelSpec) -> None:
+    check_safetensors_header(path)
     try:
         missing, unexpected = load_model(backbone, str(path), strict=False)
     except (SafetensorError, OSError) as error:

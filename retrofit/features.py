@@ -6,7 +6,8 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from retrofit.errors import ConfigError, DataError, FeatureError, ModelError
 from retrofit.featureset import FeatureSet
 from retrofit.fingerprint import batch_fingerprint, model_fingerprint, settings_fingerprint
 from retrofit.hooks import FeatureCapture, LayerSpec, detect_layers
+from retrofit.inputs import InputPolicy
 from retrofit.loaders import as_batches, dataset_length, iterate
 from retrofit.outputs import logits_of
 
@@ -136,8 +138,13 @@ def extract(
     """
     from retrofit.adapters import adapter_for
 
-    batches = iterate(
-        as_batches(loader, batch_size=batch_size, workers=workers, transform=transform)
+    policy = InputPolicy.of(model)
+    if cache_dir is not None:
+        _warn_if_shuffled(loader)
+    batches = _prepared(
+        iterate(as_batches(loader, batch_size=batch_size, workers=workers, transform=transform)),
+        policy,
+        with_maps,
     )
     first = next(batches, None)
     if first is None:
@@ -193,6 +200,38 @@ def extract(
             "input_size": list(first[0].shape[2:]),
         },
     )
+
+
+def _prepared(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], policy: InputPolicy, with_maps: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches adapted to the model (retrofit.inputs); with maps, all of one spatial size."""
+    size = None
+    for index, (images, labels) in enumerate(batches):
+        images = policy(images)
+        size = size or tuple(images.shape[2:])
+        if with_maps and tuple(images.shape[2:]) != size:
+            raise DataError(
+                f"With maps on, every batch must have one image size: batch {index} has "
+                f"{tuple(images.shape[2:])}, the first had {size}. Resize the images to one size."
+            )
+        yield images, labels
+
+
+def _warn_if_shuffled(loader: Any) -> None:
+    from torch.utils.data import RandomSampler
+
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(sampler, RandomSampler) or isinstance(
+        getattr(batch_sampler, "sampler", None), RandomSampler
+    ):
+        message = (
+            "The DataLoader shuffles, so every run sees the images in another order and the "
+            "feature cache (keyed by the data in order) is never reused. Extract with "
+            "shuffle=False: convert fits the head on all features at once and needs no shuffling."
+        )
+        warnings.warn(message, stacklevel=3)
 
 
 def _run(

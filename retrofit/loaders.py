@@ -2,7 +2,8 @@
 
 Accepted: an iterable of (images, labels) tuples or lists, of dicts with `pixel_values` and
 `labels` (HuggingFace style), or a torch Dataset (items (image, label) with PIL images or
-tensors; `transform` turns PIL images into tensors) which is batched here.
+tensors; `transform` turns PIL images into tensors) which is batched here. Labels must be
+integers; how images are adapted to the model is in retrofit.inputs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from retrofit.errors import DataError
+from retrofit.inputs import integer_labels, stack_items
 
 IMAGE_KEYS = ("pixel_values", "images", "image", "img", "x")
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
@@ -43,8 +45,8 @@ class _TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        item = self.dataset[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        item = _read_item(self.dataset, index)
         if isinstance(item, Mapping):
             image, label = _pick(item, IMAGE_KEYS, "image"), _pick(item, LABEL_KEYS, "label")
         elif isinstance(item, (tuple, list)) and len(item) >= 2:
@@ -55,7 +57,27 @@ class _TransformedDataset(Dataset):
             )
         if self.transform is not None:
             image = self.transform(image)
-        return _to_tensor_image(image), int(label)
+        return _to_tensor_image(image), _label(label, index), index
+
+
+def _read_item(dataset: Dataset, index: int) -> Any:
+    from PIL import Image
+
+    try:
+        return dataset[index]
+    except Image.DecompressionBombError as error:
+        raise DataError(f"Dataset item {index} is not a usable image: {error}") from error
+
+
+def _label(label: Any, index: int) -> int:
+    if isinstance(label, torch.Tensor) and label.numel() == 1:
+        label = label.item()
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+        return int(label)
+    raise DataError(
+        f"Dataset item {index} has the label {label!r:.80}; labels must be integer class "
+        "indices. Map class names to indices first (e.g. ImageFolder's class_to_idx)."
+    )
 
 
 def _pick(batch: Mapping, keys: tuple[str, ...], what: str) -> Any:
@@ -82,6 +104,7 @@ def as_batches(
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
+            collate_fn=stack_items,
         )
     if transform is not None:
         raise DataError(
@@ -111,20 +134,30 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"An image batch must have 4 dimensions (batch, channels, height, width); got shape "
             f"{tuple(images.shape)}. Batch single images with a DataLoader."
         )
-    labels = torch.as_tensor(labels)
+    labels = integer_labels(labels)
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(
             f"Labels must be one integer per image: got labels of shape {tuple(labels.shape)} for "
             f"{images.shape[0]} images."
         )
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise DataError(f"Labels must be integer class indices, got dtype {labels.dtype}.")
-    return images, labels.long()
+    return images, labels
 
 
 def iterate(data: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Validated (images, labels) pairs from an iterable of batches."""
-    for batch in data:
+    from PIL import Image
+
+    batches = iter(data)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Image.DecompressionBombError as error:
+            raise DataError(
+                f"The loader read an image too large to decode safely: {error} Check the "
+                "dataset (or raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)."
+            ) from error
         yield split_batch(batch)
 
 

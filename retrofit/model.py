@@ -78,9 +78,11 @@ class InterpretableModel(nn.Module):
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features of `images` (the backbone's own head still runs, unused)."""
+        from retrofit.inputs import InputPolicy
+
         capture = FeatureCapture(self.backbone, self.spec)
         with capture.attached():
-            self.backbone(images)
+            self.backbone(InputPolicy.of(self.backbone)(images))
         return capture.features()
 
     def concept_activations(self, images: torch.Tensor) -> torch.Tensor:
@@ -184,20 +186,31 @@ class InterpretableModel(nn.Module):
         path: str | os.PathLike,
         include_backbone: bool = False,
         base_model: str | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Write an export folder (model.safetensors, retrofit_config.json, README.md)."""
         from retrofit.export import save
 
-        return save(self, path, include_backbone=include_backbone, base_model=base_model)
+        return save(
+            self,
+            path,
+            include_backbone=include_backbone,
+            base_model=base_model,
+            overwrite=overwrite,
+        )
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, model: nn.Module | None = None, strict: bool = True
+        cls,
+        path: str | os.PathLike,
+        model: nn.Module | None = None,
+        strict: bool = True,
+        trust_remote_code: bool = False,
     ) -> InterpretableModel:
         """Load an export folder; see retrofit.export.load."""
         from retrofit.export import load
 
-        return load(path, model=model, strict=strict)
+        return load(path, model=model, strict=strict, trust_remote_code=trust_remote_code)
 
     def push_to_hub(
         self,

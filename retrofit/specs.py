@@ -6,6 +6,7 @@
   hf:/local/folder             the same from a local folder (a bare existing folder works too)
   open_clip:ARCH[:TAG]         open_clip.create_model(ARCH, pretrained=TAG), visual tower + head
   python:path/file.py:factory  factory() from a Python file on this machine (path relative to cwd)
+  retrofit:NAME                a model shipped with retrofit (`demo`: the bundled demo CNN)
 
 A spec string names the model; the architecture arguments a string cannot carry (class count,
 timm img_size, an HF config, an open_clip head) are read off the model by `describe_model` and
@@ -34,11 +35,14 @@ PREFIXES = {
     "hf": "transformers",
     "open_clip": "open_clip",
     "python": "generic",
+    "retrofit": "bundled",
 }
+# retrofit:NAME -> (module, factory) of a model shipped with retrofit
+BUNDLED = {"demo": ("retrofit.datasets.demo", "load_demo_classifier")}
 _PREFIX_OF = {family: prefix for prefix, family in PREFIXES.items()}
 FORMS = (
     "torchvision:NAME[:WEIGHTS], timm:NAME, hf:ORG/NAME[@REVISION] or hf:/local/folder, "
-    "open_clip:ARCH[:TAG], python:path/file.py:factory"
+    "open_clip:ARCH[:TAG], python:path/file.py:factory, retrofit:demo"
 )
 
 
@@ -134,17 +138,22 @@ def parse_spec(text: str) -> ModelSpec:
     return ModelSpec(family, rest)  # timm: everything after the prefix, e.g. "hf-hub:timm/x"
 
 
-def build_model(spec: ModelSpec | str, pretrained: bool = True) -> nn.Module:
+def build_model(
+    spec: ModelSpec | str, pretrained: bool = True, trust_remote_code: bool | None = None
+) -> nn.Module:
     """Rebuild the model a spec names, through the family's adapter `load` function.
 
     pretrained=False builds the architecture only (random weights, nothing downloaded), for
-    weights that come from elsewhere, e.g. an export's backbone.safetensors.
+    weights that come from elsewhere, e.g. an export's backbone.safetensors. trust_remote_code
+    is passed to transformers (None: its own default).
     """
     if isinstance(spec, str):
         spec = parse_spec(spec)
     try:
         if spec.family == "generic":
             return _from_python_file(spec)
+        if spec.family == "bundled":
+            return _bundled(spec)
         if spec.family == "open_clip":
             return _open_clip_classifier(spec, pretrained)
         load = get_adapter(spec.family).load
@@ -161,7 +170,8 @@ def build_model(spec: ModelSpec | str, pretrained: bool = True) -> nn.Module:
                     f"The HF model folder {spec.name} does not exist (any more). Pass the model "
                     "itself, or export with include_backbone=True so the folder stands alone."
                 )
-            return load(spec.name, revision=spec.revision)
+            trust = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+            return load(spec.name, revision=spec.revision, **trust)
         return _hf_from_config(spec.arch_config)
     except (ConfigError, ModelError):
         raise
@@ -170,6 +180,15 @@ def build_model(spec: ModelSpec | str, pretrained: bool = True) -> nn.Module:
             f"Could not build the model {spec} ({type(error).__name__}: {error}). Check the "
             "name and weights, that the files are reachable offline, or pass the model itself."
         ) from error
+
+
+def _bundled(spec: ModelSpec) -> nn.Module:
+    import importlib
+
+    if spec.name not in BUNDLED:
+        raise ModelError(f"retrofit ships no model {spec.name!r}; it ships {sorted(BUNDLED)}.")
+    module, factory = BUNDLED[spec.name]
+    return getattr(importlib.import_module(module), factory)()
 
 
 def _pick(kwargs: dict[str, Any], *names: str) -> dict[str, Any]:

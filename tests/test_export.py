@@ -154,7 +154,9 @@ def test_python_factory_spec_with_the_backbone_stands_alone(data, tmp_path, monk
     imodel = _convert(build_model(spec), data)
     folder = imodel.save_pretrained("out", include_backbone=True, base_model=spec)
     assert (folder / "backbone.safetensors").is_file()
-    _assert_same_logits(load(folder), imodel, data[0])
+    with pytest.raises(retrofit.UntrustedCodeError, match="trust_remote_code=True"):
+        load(folder)
+    _assert_same_logits(load(folder, trust_remote_code=True), imodel, data[0])
 
 
 def test_torchvision_round_trip(data, tmp_path) -> None:
@@ -193,7 +195,9 @@ def test_transformers_round_trips_from_a_local_folder_and_standalone(data, tmp_p
     model = transformers.AutoModelForImageClassification.from_pretrained(hf_dir)
     imodel = _convert(model, data)
     folder = imodel.save_pretrained(tmp_path / "from_spec")
-    _assert_same_logits(load(folder), imodel, data[0][:8])
+    with pytest.raises(retrofit.UntrustedCodeError, match="local model folder"):
+        load(folder)
+    _assert_same_logits(load(folder, trust_remote_code=True), imodel, data[0][:8])
 
     vit_dir = tmp_path / "hf_vit"
     config = transformers.ViTConfig(**TINY_VIT, num_labels=C)
