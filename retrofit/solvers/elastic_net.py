@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from retrofit.errors import ConfigError, FeatureError, InfeasibleSettingsError
+from retrofit.streaming import Standardised, all_finite
 
 logger = logging.getLogger(__name__)
 
@@ -261,8 +262,8 @@ def check_inputs(
         )
     if features.shape[0] == 0:
         raise FeatureError("features are empty; at least one sample is needed.")
-    x = features.float()
-    if not bool(torch.isfinite(x).all()):
+    x = features.float()  # a streaming.Standardised stays lazy
+    if not all_finite(x):
         raise FeatureError("features contain NaN or infinite values; check the feature extraction.")
     y = labels.to(device=x.device, dtype=torch.long)
     c = int(y.max().item()) + 1 if num_classes is None else int(num_classes)
@@ -401,10 +402,11 @@ class _Problem:
         gen = torch.Generator().manual_seed(0)
         v = torch.randn(xs.shape[1] + 1, generator=gen).to(xs.device)
         est = 1.0
+        lazy = isinstance(xs, Standardised)
         for _ in range(30):
             v = v / v.norm().clamp_min(1e-30)
-            u = xs @ v[:-1] + v[-1]
-            v = torch.cat([xs.T @ u, u.sum().reshape(1)]) / self.n
+            u = (xs.matvec(v[:-1]) if lazy else xs @ v[:-1]) + v[-1]
+            v = torch.cat([xs.rmatvec(u) if lazy else xs.T @ u, u.sum().reshape(1)]) / self.n
             est = float(v.norm().item())
         return 0.5 * est
 

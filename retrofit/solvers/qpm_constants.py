@@ -15,7 +15,7 @@ from retrofit.errors import ConfigError, DataError, FeatureError
 
 logger = logging.getLogger(__name__)
 
-_ROWS_PER_CHUNK = 65536
+_ROWS_PER_CHUNK = 16384  # 256 MB of float64 at D = 2,048
 _MAP_ELEMENTS_PER_CHUNK = 1 << 24
 _CONSTANT_STD = 1e-12
 
