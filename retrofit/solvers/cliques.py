@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import torch
 
@@ -293,6 +294,7 @@ def _nearest_unused(
     """Breadth-first over single swaps; in the first layer holding an unused set, the best one."""
     seen = {start}
     layer = [start]
+    scores = value.tolist()
     while layer:
         found: list[frozenset[int]] = []
         following: list[frozenset[int]] = []
@@ -307,7 +309,7 @@ def _nearest_unused(
                     (found if used.get(cand, 0) == 0 else following).append(cand)
         if found:
             return max(
-                found, key=lambda s: (float(value[sorted(s)].sum()), [-j for j in sorted(s)])
+                found, key=lambda s: (math.fsum(scores[j] for j in s), [-j for j in sorted(s)])
             )
         layer = following
     raise InfeasibleSettingsError(
