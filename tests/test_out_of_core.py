@@ -135,3 +135,25 @@ def test_a_half_precision_cache_halves_the_store_and_still_converts(tmp_path):
     assert imodel.stats["train"]["accuracy"] > 0.5
     with pytest.raises(ConfigError, match="cache_dtype"):
         retrofit.RetrofitConfig(cache_dtype="int8")
+
+
+def test_the_elastic_net_without_logit_tables_matches_the_one_with(monkeypatch):
+    from retrofit.solvers import elastic_net
+
+    g = torch.Generator().manual_seed(2)
+    labels = torch.arange(120) % 5
+    x = torch.randn(120, 12, generator=g) + torch.nn.functional.one_hot(labels, 12).float()
+    lazy = Standardised(x, *column_stats(x))
+
+    def fit():
+        order, _ = elastic_net.select_features(lazy, labels, 4, k=20)
+        path = elastic_net.elastic_net_path(lazy, labels, k=6, include_zero=False)
+        return order, path
+
+    with_tables = fit()
+    monkeypatch.setattr(elastic_net, "MAX_TABLE_ELEMENTS", 0)
+    without = fit()
+    assert torch.equal(with_tables[0], without[0])
+    for a, b in zip(with_tables[1], without[1]):
+        torch.testing.assert_close(b.weight, a.weight, rtol=1e-3, atol=1e-4)
+        assert abs(a.objective - b.objective) < 1e-4 * max(1.0, abs(a.objective))
