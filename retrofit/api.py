@@ -47,6 +47,7 @@ def _features(model: nn.Module, loader: Any, config: RetrofitConfig) -> FeatureS
         device=config.device,
         progress=config.progress,
         feature_dtype=config.cache_dtype,
+        distributed=config.distributed,
     )
 
 

@@ -44,6 +44,8 @@ class RetrofitConfig:
     cache_dir: str | None = None
     # how the pooled features are cached: "float16" / "bfloat16" halve disk and I/O
     cache_dtype: str = "float32"
+    # shard extraction over a torch.distributed group: None when one is initialised, False never
+    distributed: bool | None = None
     device: str | None = None
     progress: bool = True
     class_names: list[str] | None = None
