@@ -203,6 +203,25 @@ def run_fit(store: str, method: str, time_limit: float, epochs: int) -> dict[str
     }
 
 
+def run_constants(full: str, half: str) -> dict[str, Any]:
+    """The dtype's own effect, free of solver timing: QPM's A and candidates from both caches."""
+    from retrofit.cache import Store
+    from retrofit.solvers.qpm_constants import class_correlation, select_candidates
+
+    found = {}
+    for name, store in (("float32", full), ("float16", half)):
+        opened = Store(Path(store))
+        assoc = class_correlation(opened.features, opened.labels, CLASSES)
+        found[name] = (assoc, select_candidates(assoc, 50, 5))
+    (a32, c32), (a16, c16) = found["float32"], found["float16"]
+    return {
+        "max_abs_correlation_difference": float((a32 - a16).abs().max()),
+        "same_candidates": bool(torch.equal(c32, c16)),
+        "shared_candidates": len(set(c32.tolist()) & set(c16.tolist())),
+        "n_candidates": len(c32),
+    }
+
+
 def _rank(rank: int, world: int, port: int, rows: int, cache: str, queue) -> None:
     import torch.distributed as dist
 
@@ -299,6 +318,8 @@ def main() -> None:
             report = run_extract(int(rest[0]), rest[1], rest[2])
         elif kind == "fit":
             report = run_fit(rest[0], rest[1], float(rest[2]), int(rest[3]))
+        elif kind == "constants":
+            report = run_constants(rest[0], rest[1])
         else:
             report = run_distributed(int(rest[0]), rest[1], int(rest[2]))
         print(json.dumps(report))
@@ -370,7 +391,11 @@ def measure_half(args: argparse.Namespace, workdir: Path, payload: dict[str, Any
     half_store = half.pop("store")
     half_fit = _worker(["fit", half_store, "qpm", str(args.time_limit), str(args.epochs)])
     full_fit = payload["qpm"].get(str(args.half_rows), {}).get("fit")
+    full = _worker(
+        ["extract", str(args.half_rows), str(workdir / f"f32-{args.half_rows}"), "float32"]
+    )
     payload["float16_cache"] = {
+        "constants": _worker(["constants", full["store"], half_store]),
         "rows": args.half_rows,
         "extract": half,
         "fit": half_fit,
