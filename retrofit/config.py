@@ -42,10 +42,6 @@ class RetrofitConfig:
     batch_size: int = 64
     seed: int = 0
     cache_dir: str | None = None
-    # how the pooled features are cached: "float16" / "bfloat16" halve disk and I/O
-    cache_dtype: str = "float32"
-    # shard extraction over a torch.distributed group: None when one is initialised, False never
-    distributed: bool | None = None
     device: str | None = None
     progress: bool = True
     class_names: list[str] | None = None
@@ -53,6 +49,10 @@ class RetrofitConfig:
     # concept labels, or a dict of retrofit.concepts.ConceptSettings fields
     concepts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # how the pooled features are cached: "float16" / "bfloat16" halve disk and I/O
+    cache_dtype: str = "float32"
+    # shard extraction over a torch.distributed group: None when one is initialised, False never
+    distributed: bool | None = None
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
