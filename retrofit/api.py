@@ -25,6 +25,7 @@ from retrofit.inputs import check_class_count, require_module
 from retrofit.loaders import as_batches
 from retrofit.model import InterpretableModel
 from retrofit.reweight import reweight_by_consistency
+from retrofit.streaming import chunk_rows, row_slices
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def _features(model: nn.Module, loader: Any, config: RetrofitConfig) -> FeatureS
         batch_size=config.batch_size,
         device=config.device,
         progress=config.progress,
+        feature_dtype=config.cache_dtype,
+        distributed=config.distributed,
     )
 
 
@@ -58,7 +61,13 @@ def _accuracy(
 ) -> dict[str, float]:
     """Accuracy of both models and their top-1 agreement; `reference` holds the original logits."""
     device = imodel.head.weight.device
-    predicted = imodel.forward_features(features.to(device)).argmax(dim=1).cpu()
+    rows = chunk_rows(int(features.shape[1]))
+    predicted = torch.cat(
+        [
+            imodel.forward_features(features[r].to(device)).argmax(dim=1).cpu()
+            for r in row_slices(len(features), rows)
+        ]
+    )
     original = reference.logits.argmax(dim=1)
     return {
         "accuracy": float((predicted == reference.labels).float().mean()),

@@ -23,8 +23,9 @@ import json
 import logging
 import os
 import shutil
+import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from retrofit.errors import CacheError
 
@@ -40,6 +41,15 @@ logger = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 CHUNK_WRITE_ATTEMPTS = 3  # another process may remove the chunks folder while we write into it
+# safetensors dtype names of the tensors the store holds; numpy has no bfloat16, so it is
+# memory-mapped as uint16 and viewed back
+_SAFETENSORS_DTYPES = {
+    torch.float32: ("F32", np.float32),
+    torch.float16: ("F16", np.float16),
+    torch.bfloat16: ("BF16", np.uint16),
+    torch.int64: ("I64", np.int64),
+}
+_TORCH_DTYPES = {name: (dtype, np_type) for dtype, (name, np_type) in _SAFETENSORS_DTYPES.items()}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -55,7 +65,13 @@ def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
 ) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    except Exception as error:  # safetensors reports a full disk as its own error type
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise
+        raise OSError(f"could not write {path.name} ({error})") from error
     os.replace(tmp, path)
 
 
@@ -80,7 +96,7 @@ class Store:
                 f"Cache store {path} has an unknown version; delete the folder to re-extract."
             )
         _verify_store_files(path, self.meta)
-        pooled = load_file(str(path / "pooled.safetensors"))
+        pooled = open_pooled(path / "pooled.safetensors")
         self.features, self.labels, self.logits = (
             pooled["features"],
             pooled["labels"],
@@ -218,7 +234,8 @@ class FeatureCache:
                     ) from None
             except OSError as error:
                 raise CacheError(
-                    f"Could not write a feature chunk to {self.chunks}: {error}."
+                    f"Could not write a feature chunk to {self.chunks}: {error}. Check the folder "
+                    "is writable and free disk space, then run again: finished chunks are reused."
                 ) from error
 
     def finalize(
@@ -255,14 +272,8 @@ class FeatureCache:
                     )
                 return batch
 
-            pooled = [load(i, with_maps=False) for i in range(len(sources))]
-            tensors = {
-                "features": torch.cat([b.features for b in pooled]),
-                "labels": torch.cat([b.labels for b in pooled]),
-                "logits": torch.cat([b.logits for b in pooled]),
-            }
-            save_file(
-                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / "pooled.safetensors")
+            sizes = write_pooled(
+                tmp / "pooled.safetensors", len(sources), lambda i: load(i, with_maps=False)
             )
             first_maps = load(0, with_maps=True).maps
             if first_maps is not None:
@@ -271,7 +282,7 @@ class FeatureCache:
                     tmp / "maps.npy",
                     mode="w+",
                     dtype=np.float16,
-                    shape=(len(tensors["labels"]), *map_shape),
+                    shape=(sum(sizes), *map_shape),
                 )
                 offset = 0
                 for i in range(len(sources)):
@@ -283,7 +294,7 @@ class FeatureCache:
             meta = {
                 "version": STORE_VERSION,
                 "batch_hashes": hashes,
-                "batch_sizes": [b.features.shape[0] for b in pooled],
+                "batch_sizes": sizes,
                 "pooled_sha256": _file_sha256(tmp / "pooled.safetensors"),
                 "maps_bytes": (tmp / "maps.npy").stat().st_size if first_maps is not None else None,
                 **extra,
@@ -303,3 +314,91 @@ class FeatureCache:
             os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def open_pooled(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, memory-mapped (copy-on-write) instead of read into RAM.
+
+    Fitting then reads the rows it touches from disk (the page cache), so a cache larger than
+    the memory can be used; safetensors' own loader would copy every tensor into RAM.
+    """
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_size))
+    header.pop("__metadata__", None)
+    start = 8 + header_size
+    tensors = {}
+    for name, info in header.items():
+        if info["dtype"] not in _TORCH_DTYPES:
+            raise CacheError(
+                f"{path} holds {name} as {info['dtype']}, which the store never writes."
+            )
+        dtype, np_type = _TORCH_DTYPES[info["dtype"]]
+        lo, hi = info["data_offsets"]
+        shape = tuple(info["shape"])
+        count = int(np.prod(shape)) if shape else 1
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        array = np.memmap(path, dtype=np_type, mode="c", offset=start + lo, shape=(count,))
+        if array.nbytes != hi - lo:
+            raise CacheError(f"{path} is inconsistent ({name}); delete the folder to re-extract.")
+        tensor = torch.from_numpy(array)
+        tensors[name] = (tensor.view(dtype) if np_type is np.uint16 else tensor).reshape(shape)
+    return tensors
+
+
+def write_pooled(path: Path, count: int, load: Callable[[int], Batch]) -> list[int]:
+    """Write the features, labels and logits of batches 0..count-1 as one safetensors file.
+
+    Streams batch by batch (each loaded twice: shapes, then bytes), so finalising never holds
+    more than one batch in memory. Returns the batch sizes.
+    """
+    names = ("features", "labels", "logits")
+    sizes: list[int] = []
+    widths: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for i in range(count):
+        batch = load(i)
+        sizes.append(int(batch.features.shape[0]))
+        for name in names:
+            tensor = getattr(batch, name)
+            if name in dtypes and (tensor.dtype, tuple(tensor.shape[1:])) != (
+                dtypes[name],
+                widths[name],
+            ):
+                raise CacheError(
+                    f"Feature chunks in {path.parent.parent} disagree on {name}; delete the "
+                    "folder and extract again."
+                )
+            dtypes[name], widths[name] = tensor.dtype, tuple(tensor.shape[1:])
+    total = sum(sizes)
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in names:
+        shape = [total, *widths[name]]
+        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtypes[name]).element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtypes[name]][0],
+            "shape": shape,
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    data_start = 8 + len(encoded)
+    written = dict.fromkeys(names, 0)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        handle.truncate(data_start + offset)
+        for i in range(count):
+            batch = load(i)
+            for name in names:
+                data = getattr(batch, name).contiguous().view(torch.uint8).numpy().tobytes()
+                handle.seek(data_start + header[name]["data_offsets"][0] + written[name])
+                handle.write(data)
+                written[name] += len(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return sizes

@@ -14,6 +14,7 @@ FEATURE_SOURCES = ("backbone", "flint")
 FINETUNE_MODES = ("adapter", "none", "backbone")
 SOLVERS = ("cbc", "highs", "gurobi")
 REWEIGHT_MODES = ("consistency",)
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -66,6 +67,10 @@ class RetrofitConfig:
     reweight_clip: float = 5.0
     reweight_temperature: float = 1.0
     reweight_consistency: dict[str, Any] = field(default_factory=dict)
+    # how the pooled features are cached: "float16" / "bfloat16" halve disk and I/O
+    cache_dtype: str = "float32"
+    # shard extraction over a torch.distributed group: None when one is initialised, False never
+    distributed: bool | None = None
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -119,6 +124,7 @@ class RetrofitConfig:
             from retrofit.check.consistency import ConsistencySettings
 
             ConsistencySettings.parse(dict(self.reweight_consistency))
+        _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         if self.distill < 0:
             raise ConfigError(f"distill must be >= 0, got {self.distill!r}.")
         _check_choice("features", self.features, FEATURE_SOURCES)

@@ -35,6 +35,10 @@ class InfeasibleSettingsError(ConfigError):
     """Settings that no assignment can satisfy (e.g. per_class > n_features)."""
 
 
+class DistributedError(RetrofitError, RuntimeError):
+    """The ranks of a distributed extraction disagree, or one of them failed."""
+
+
 class SolverError(RetrofitError, RuntimeError):
     """The optimisation solver failed or is not available."""
 

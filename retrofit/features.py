@@ -15,7 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retrofit.cache import Batch, FeatureCache
-from retrofit.errors import ConfigError, DataError, FeatureError, ModelError
+from retrofit.distributed import Shard, agree, collect_failures, current_shard
+from retrofit.errors import CacheError, ConfigError, DataError, FeatureError, ModelError
 from retrofit.featureset import FeatureSet
 from retrofit.fingerprint import batch_fingerprint, model_fingerprint, settings_fingerprint
 from retrofit.hooks import FeatureCapture, LayerSpec, detect_layers
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 PROBE_IMAGES = 2
 AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# how the pooled features are stored: half precision halves the cache's disk and I/O
+FEATURE_DTYPES = {"float32": torch.float32, **AUTOCAST_DTYPES}
 
 
 def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -70,6 +73,7 @@ class Extractor:
         self.autocast = autocast
         self.channels_last = channels_last
         self.capture = FeatureCapture(model, spec, with_maps=with_maps)
+        self.feature_dtype = torch.float32
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
         images = images.to(self.device, non_blocking=True)
@@ -77,7 +81,7 @@ class Extractor:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.capture.attached(), torch.no_grad(), _autocast(self.device, self.autocast):
             logits = logits_of(self.model(images))
-        features = self.capture.features().float().cpu()
+        features = self.capture.features().float().cpu().to(self.feature_dtype)
         maps = (
             self.capture.maps.half().cpu()
             if self.with_maps and self.capture.maps is not None
@@ -87,7 +91,8 @@ class Extractor:
         if not torch.isfinite(features).all():
             raise FeatureError(
                 "The extracted features contain NaN or infinite values. Check the model's weights and "
-                "the input normalisation; with autocast='float16', try autocast=None or 'bfloat16'."
+                "the input normalisation; with autocast='float16' or feature_dtype='float16', try None / "
+                "'float32' or 'bfloat16'."
             )
         return Batch(features, labels.cpu(), logits.float().cpu(), maps)
 
@@ -129,15 +134,32 @@ def extract(
     workers: int = 0,
     transform: Callable | None = None,
     progress: bool = True,
+    feature_dtype: str = "float32",
+    distributed: bool | None = None,
+    world_size: int | None = None,
 ) -> FeatureSet:
     """Pooled penultimate features, labels and original logits of every image in `loader`.
 
     With `cache_dir`, results are kept on disk under a fingerprint of the model weights, the
     layer, the settings and the data, reused only for the very same inputs, and an interrupted
-    run resumes from the last finished batch.
+    run resumes from the last finished batch. `feature_dtype` ("float16" or "bfloat16") stores
+    the pooled features in half precision; every fitting stage converts chunk by chunk.
+    Under torch.distributed (`distributed=None`: whenever a process group of several ranks is
+    initialised) every rank passes the same loader and extracts its shard into the shared
+    `cache_dir`; see retrofit.distributed.
     """
     from retrofit.adapters import adapter_for
 
+    if feature_dtype not in FEATURE_DTYPES:
+        raise ConfigError(
+            f"feature_dtype={feature_dtype!r} is not supported; use one of {list(FEATURE_DTYPES)}."
+        )
+    shard = current_shard(distributed, world_size)
+    if shard is not None and cache_dir is None:
+        raise ConfigError(
+            "A distributed extraction merges the ranks' shards through the cache: pass cache_dir= "
+            "a folder every rank can write (a shared file system across nodes)."
+        )
     policy = InputPolicy.of(model)
     if cache_dir is not None:
         _warn_if_shuffled(loader)
@@ -163,19 +185,22 @@ def extract(
         width = probe_logits.shape[1]
         _check_classes(width, num_classes, class_names)
         extractor = Extractor(model, spec, device, with_maps, autocast, channels_last)
+        extractor.feature_dtype = FEATURE_DTYPES[feature_dtype]
         cache = None
         if cache_dir is not None:
-            key = settings_fingerprint(
-                {
-                    "model": model_fingerprint(model),
-                    "layer": spec.to_dict(),
-                    "maps": with_maps,
-                    "autocast": str(autocast),
-                    "channels_last": channels_last,
-                    "first_batch": batch_fingerprint(*first),
-                }
-            )
-            cache = FeatureCache(cache_dir, key)
+            settings = {
+                "model": model_fingerprint(model),
+                "layer": spec.to_dict(),
+                "maps": with_maps,
+                "autocast": str(autocast),
+                "channels_last": channels_last,
+                "first_batch": batch_fingerprint(*first),
+            }
+            if feature_dtype != "float32":  # float32 caches keep the keys they always had
+                settings["feature_dtype"] = feature_dtype
+            if shard is not None:
+                agree(shard, {**settings, "cache_dir": os.path.abspath(cache_dir)})
+            cache = FeatureCache(cache_dir, settings_fingerprint(settings))
         result = _run(
             extractor,
             itertools.chain([first], batches),
@@ -183,6 +208,7 @@ def extract(
             cache,
             dataset_length(loader),
             progress,
+            shard,
         )
     finally:
         model.train(was_training)
@@ -241,8 +267,11 @@ def _run(
     cache: FeatureCache | None,
     total: int | None,
     progress: bool,
+    shard: Shard | None = None,
 ) -> Batch:
     """Extract every batch, reusing cached rows whose data fingerprint matches."""
+    if shard is not None:
+        return _run_sharded(extractor, batches, width, cache, total, progress, shard)
     store = cache.store() if cache is not None else None
     sources: list[Batch | None] = []
     hashes: list[str] = []
@@ -271,6 +300,61 @@ def _run(
         logger.info("Reusing cached features from %s", cache.path)
     else:
         store = cache.finalize(sources, hashes, extra={"layer": extractor.spec.to_dict()})
+    return Batch(store.features, store.labels, store.logits, store.maps)
+
+
+def _run_sharded(
+    extractor: Extractor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    width: int,
+    cache: FeatureCache,
+    total: int | None,
+    progress: bool,
+    shard: Shard,
+) -> Batch:
+    """This rank's shard into the shared cache; rank 0 merges; every rank reads the store."""
+    store = cache.store()
+    sources: list[Batch | None] = []
+    hashes: list[str] = []
+    failure: BaseException | None = None
+    try:
+        with tqdm(
+            total=total, unit="img", desc=f"extract rank {shard.rank}", disable=not progress
+        ) as bar:
+            for index, (images, labels) in enumerate(batches):
+                _check_labels(labels, width)
+                fingerprint = batch_fingerprint(images, labels)
+                hashes.append(fingerprint)
+                batch = store.batch(index, fingerprint) if store is not None else None
+                sources.append(batch)
+                if shard.owns(index) and batch is None and not cache.has_chunk(index, fingerprint):
+                    cache.write_chunk(
+                        index, fingerprint, _compute(extractor, images, labels, width)
+                    )
+                bar.update(len(labels))
+    except Exception as error:  # every rank must reach the collective below
+        failure = error
+    collect_failures(shard, failure)
+    agree(shard, {"batches": settings_fingerprint({"hashes": hashes})})
+    reuse = (
+        store is not None
+        and all(s is not None for s in sources)
+        and hashes == store.meta["batch_hashes"]
+    )
+    if not reuse:
+        failure = None
+        if shard.rank == 0:
+            try:
+                cache.finalize(sources, hashes, extra={"layer": extractor.spec.to_dict()})
+            except Exception as error:
+                failure = error
+        collect_failures(shard, failure)
+        store = cache.store()
+        if store is None or store.meta["batch_hashes"] != hashes:
+            raise CacheError(
+                f"Rank {shard.rank} cannot read the merged store in {cache.path}; every rank "
+                "needs the same cache_dir (on a file system they all share)."
+            )
     return Batch(store.features, store.labels, store.logits, store.maps)
 
 

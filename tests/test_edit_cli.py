@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import retrofit
-from retrofit.cli import _demo_spec, main
+from retrofit.cli import DEMO_SPEC, main
 from retrofit.data_specs import open_data
 from retrofit.datasets import load_demo_classifier
 from retrofit.edit import head_fingerprint
@@ -43,7 +43,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cache_dir=str(folder.parent / "cache"),
         progress=False,
     )
-    imodel.save_pretrained(folder, include_backbone=True, base_model=_demo_spec())
+    imodel.save_pretrained(folder, include_backbone=True, base_model=DEMO_SPEC)
     report = retrofit.check(
         imodel, DataLoader(open_data(TEST, None), batch_size=64), max_pixel_images=0, progress=False
     )

@@ -26,6 +26,7 @@ Options read from `config.extra`:
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -33,6 +34,7 @@ from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, DataError, FeatureError
 from retrofit.heads.base import HeadResult, register_head
 from retrofit.solvers.cliques import clique_threshold, greedy_assignment, perturbed_search
+from retrofit.solvers.deadline import Deadline
 from retrofit.solvers.qpm_constants import (
     class_correlation,
     kth_largest,
@@ -40,12 +42,19 @@ from retrofit.solvers.qpm_constants import (
     redundancy,
     select_candidates,
 )
-from retrofit.solvers.qpm_program import check_settings, penalty_matrix, solve_program
+from retrofit.solvers.qpm_program import (
+    DEFAULT_TIME_LIMIT,
+    check_settings,
+    penalty_matrix,
+    solve_program,
+)
 from retrofit.solvers.stats import standardise
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_ROUNDS = 200
+# the clique and the iterated local search may use this share of the time the constants leave
+WARM_START_SHARE = 0.3
 
 
 @register_head("qpm")
@@ -60,7 +69,13 @@ def fit_qpm(
 
     `selected` is ordered by each feature's total correlation with the classes it serves
     (sum_c A_jc E_jc, descending; ties by feature index), so the first features matter most.
+    `config.time_limit` (None: DEFAULT_TIME_LIMIT) bounds the whole fit: the constants, then
+    the warm start (at most WARM_START_SHARE of what is left), the cuts, the solves and the
+    uniqueness rounds share one deadline; stats record the seconds of every stage.
     """
+    began = time.perf_counter()
+    limit = DEFAULT_TIME_LIMIT if config.time_limit is None else float(config.time_limit)
+    deadline = Deadline.after(limit)
     n_classes = _validate(features, labels, config, maps)
     dim = int(features.shape[1])
     check_settings(n_classes, dim, config.n_features, config.per_class)
@@ -77,8 +92,17 @@ def fit_qpm(
     assoc = assoc_all[candidates]
     redund = redundancy(assoc)
     bias = locality_bias(maps)[candidates] if extra.get("locality") else None
+    stage_times = {"constants_time": time.perf_counter() - began}
 
-    tau, clique = clique_threshold(redund, config.n_features, kth_largest(assoc, config.per_class))
+    warm_began = time.perf_counter()
+    warm_deadline = deadline.share(WARM_START_SHARE)
+    tau, clique = clique_threshold(
+        redund,
+        config.n_features,
+        kth_largest(assoc, config.per_class),
+        deadline=warm_deadline,
+    )
+    search: dict = {}
     start = perturbed_search(
         assoc,
         penalty_matrix(redund, tau),
@@ -87,10 +111,15 @@ def fit_qpm(
         bias,
         rounds=int(extra.get("search_rounds", DEFAULT_SEARCH_ROUNDS)),
         seed=int(config.seed),
+        deadline=warm_deadline,
+        record=search,
     )
     start_selected = torch.zeros(len(candidates), dtype=torch.bool)
     start_selected[start] = True
     start_assignment = greedy_assignment(assoc, start, config.per_class)
+    stage_times["warm_start_time"] = time.perf_counter() - warm_began
+    stage_times["warm_start_budget"] = max(0.0, warm_deadline.end - warm_began)
+    solve_began = time.perf_counter()
     result = solve_program(
         assoc,
         redund,
@@ -99,7 +128,9 @@ def fit_qpm(
         start_selected=start_selected,
         start_assignment=start_assignment,
         bias=bias,
+        deadline=deadline,
     )
+    stage_times["program_time"] = time.perf_counter() - solve_began
 
     local = torch.nonzero(result.selected).flatten()
     contribution = (assoc[local] * result.assignment[local]).sum(dim=1)
@@ -109,7 +140,15 @@ def fit_qpm(
     selected = candidates[local]
     assignment = result.assignment[local].T.contiguous().to(torch.int8)
     _, mean, std = standardise(features[:, selected])
-    stats = {**result.stats, "n_classes": n_classes, "locality": bias is not None}
+    stats = {
+        **result.stats,
+        **search,
+        **stage_times,
+        "head_time": time.perf_counter() - began,
+        "head_time_limit": limit,
+        "n_classes": n_classes,
+        "locality": bias is not None,
+    }
     return HeadResult(
         selected=selected,
         weight=assignment.to(torch.float32),

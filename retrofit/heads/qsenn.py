@@ -11,7 +11,7 @@ from retrofit.config import RetrofitConfig
 from retrofit.heads.base import HeadResult, register_head
 from retrofit.quantize import quantise_head
 from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net, lambda_max, select_features
-from retrofit.solvers.stats import standardise
+from retrofit.streaming import Standardised, column_stats
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,16 @@ def fit_qsenn(
     The returned head is the last round's; result.adapter is the adapter trained against it,
     and mean/std are its normalisation (exact for the HeadResult formula unless
     config.linear_mix). `logits` (the original model's) enable config.distill; `maps` enable
-    the Feature Diversity Loss.
+    the Feature Diversity Loss. The features are only read in row chunks (standardised on the
+    fly, see retrofit.streaming), so a memory-mapped cache is never copied whole.
     """
-    x, y, c = check_inputs(
-        features, labels, len(config.class_names) if config.class_names else None
+    mean, std = column_stats(features)
+    z, y, c = check_inputs(
+        Standardised(features, mean, std),
+        labels,
+        len(config.class_names) if config.class_names else None,
     )
-    z, mean, std = standardise(x)
+    x = features  # read in chunks by the adapter, in whatever dtype the cache holds
     selected, selection = select_features(
         z, y, config.n_features, alpha=SELECTION_ALPHA, num_classes=c, progress=config.progress
     )

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import torch
 
 from retrofit.errors import InfeasibleSettingsError
+from retrofit.solvers.deadline import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +67,13 @@ def clique_threshold(
     *,
     n_starts: int = DEFAULT_STARTS,
     work_budget: int = DEFAULT_WORK_BUDGET,
+    deadline: Deadline | None = None,
 ) -> tuple[float, torch.Tensor]:
     """(tau, clique): the smallest tau among the values of R (or +inf) with a clique of `size`.
 
     `redundancy` is the upper-triangular R. Pairs with R >= tau are the penalised pairs P of
-    the program; the clique has every pairwise R < tau. tau = +inf means P is empty.
+    the program; the clique has every pairwise R < tau. tau = +inf means P is empty. Past
+    `deadline` the bisection stops with the smallest tau proven so far (a larger, valid one).
     """
     k = int(redundancy.shape[0])
     if size > k:
@@ -88,7 +92,7 @@ def clique_threshold(
     best = attempt(hi)
     if best is None:
         raise InfeasibleSettingsError(f"no clique of {size} features among {k} candidates.")
-    while lo < hi:
+    while lo < hi and not (deadline is not None and deadline.expired()):
         mid = (lo + hi) // 2
         found = attempt(mid)
         if found is None:
@@ -122,6 +126,7 @@ def improve_selection(
     bias: torch.Tensor | None = None,
     *,
     max_swaps: int = 1000,
+    deadline: Deadline | None = None,
 ) -> torch.Tensor:
     """Swap local search on the selection; returns the improved indices (ascending).
 
@@ -130,7 +135,8 @@ def improve_selection(
     (uniqueness aside). Each step makes the best single swap (one feature out, one in),
     evaluated for all pairs at once, until none improves f. The clique has zero penalty but
     often low A; this start gives the solver a far better incumbent. `weights` is the
-    symmetric K x K penalty (Rt on P, 0 elsewhere).
+    symmetric K x K penalty (Rt on P, 0 elsewhere). Past `deadline` it returns the current
+    selection, which is as valid as a local optimum, only worse.
     """
     k_all, n_classes = (int(s) for s in assoc.shape)
     assoc = assoc.to(torch.float64)
@@ -141,6 +147,8 @@ def improve_selection(
     if n <= per_class or n >= k_all:
         return torch.sort(members).values
     for _ in range(max_swaps):
+        if deadline is not None and deadline.expired():
+            break
         inside = torch.zeros(k_all, dtype=torch.bool)
         inside[members] = True
         values = assoc[members]  # (n, C)
@@ -153,6 +161,8 @@ def improve_selection(
         current = float(top_sum.sum() - link[members].sum() / 2 + extra[members].sum())
         best_gain, best_pair = 1e-9, None
         for pos in range(n):
+            if deadline is not None and deadline.expired():
+                return torch.sort(members).values
             out = int(members[pos])
             after_sum = torch.where(in_top[pos], top_sum - values[pos] + next_, top_sum)
             after_kth = torch.where(in_top[pos], next_, kth)
@@ -179,21 +189,31 @@ def perturbed_search(
     *,
     rounds: int = 200,
     seed: int = 0,
+    deadline: Deadline | None = None,
+    record: dict | None = None,
 ) -> torch.Tensor:
     """Iterated local search on the selection; returns the best indices found (ascending).
 
     A single swap search stops in the first local optimum; here the best selection so far is
     repeatedly kicked (2 to 8 random members swapped for random outsiders) and improved again
-    by `improve_selection`, keeping a kick only when it ends higher. Deterministic given `seed`.
+    by `improve_selection`, keeping a kick only when it ends higher. Deterministic given `seed`
+    when `deadline` does not stop it; `record` (if given) receives the kicks done and whether
+    the deadline stopped the search.
     """
     k_all = int(assoc.shape[0])
-    best = improve_selection(assoc, weights, selected, per_class, bias)
+    done = 0
+    if record is not None:
+        record.update(search_rounds_done=0, search_stopped_by_deadline=False)
+    best = improve_selection(assoc, weights, selected, per_class, bias, deadline=deadline)
     n = best.numel()
     if n <= per_class or n >= k_all:
         return best
     best_value = selection_value(assoc, weights, best, per_class, bias)
     g = torch.Generator().manual_seed(seed)
     for _ in range(rounds):
+        if deadline is not None and deadline.expired():
+            break
+        done += 1
         size = min(int(torch.randint(2, 9, (1,), generator=g)), n, k_all - n)
         outside = torch.ones(k_all, dtype=torch.bool)
         outside[best] = False
@@ -202,10 +222,13 @@ def perturbed_search(
         trial[torch.randperm(n, generator=g)[:size]] = pool[
             torch.randperm(pool.numel(), generator=g)[:size]
         ]
-        trial = improve_selection(assoc, weights, trial, per_class, bias)
+        trial = improve_selection(assoc, weights, trial, per_class, bias, deadline=deadline)
         value = selection_value(assoc, weights, trial, per_class, bias)
         if value > best_value + 1e-9:
             best, best_value = trial, value
+    if record is not None:
+        stopped = deadline is not None and done < rounds and deadline.expired()
+        record.update(search_rounds_done=done, search_stopped_by_deadline=stopped)
     return best
 
 
@@ -271,6 +294,7 @@ def _nearest_unused(
     """Breadth-first over single swaps; in the first layer holding an unused set, the best one."""
     seen = {start}
     layer = [start]
+    scores = value.tolist()
     while layer:
         found: list[frozenset[int]] = []
         following: list[frozenset[int]] = []
@@ -285,7 +309,7 @@ def _nearest_unused(
                     (found if used.get(cand, 0) == 0 else following).append(cand)
         if found:
             return max(
-                found, key=lambda s: (float(value[sorted(s)].sum()), [-j for j in sorted(s)])
+                found, key=lambda s: (math.fsum(scores[j] for j in s), [-j for j in sorted(s)])
             )
         layer = following
     raise InfeasibleSettingsError(

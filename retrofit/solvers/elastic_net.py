@@ -6,7 +6,8 @@ with ‖W‖₁ replaced by Σ_j ‖W_·j‖₂ (columns over classes) in the gr
 
 The solver is not SAGA but full-batch accelerated proximal gradient (FISTA) with backtracking
 and gradient-based adaptive restart. The data are processed in row chunks, so the memory beyond
-the features is two N×C logit tables (the size of SAGA's gradient table) and never N×C×D.
+the features is two N×C logit tables (the size of SAGA's gradient table) and never N×C×D;
+above MAX_TABLE_ELEMENTS logits the tables are dropped and each chunk's logits recomputed.
 Full-batch steps are a few large matrix products instead of thousands of small ones, which is
 what makes it faster than minibatch SAGA on CPU and GPU alike (benchmarks/heads_peer.py). Along
 a path only a working set of columns is optimised: the sequential strong rule proposes it and a
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from retrofit.errors import ConfigError, FeatureError, InfeasibleSettingsError
+from retrofit.streaming import Standardised, all_finite
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,9 @@ _CHUNK_ELEMENTS = 1 << 22  # rows per chunk × max(D, C) stays below this many f
 _KKT_SLACK = 1e-3  # relative slack before a zero column counts as violating optimality
 _BACKTRACK_SLACK = 1e-6  # float32 noise allowed in the sufficient-decrease test
 _MIN_L_FRACTION = 1e-2  # steps at most 100× the worst-case safe step 1/bound
+# Above this many N×C logits the solver keeps no logit tables and recomputes each chunk's
+# logits instead (one more matrix product per iteration; memory O(chunk·C), not O(N·C)).
+MAX_TABLE_ELEMENTS = 1 << 26
 
 
 @dataclass
@@ -261,8 +266,8 @@ def check_inputs(
         )
     if features.shape[0] == 0:
         raise FeatureError("features are empty; at least one sample is needed.")
-    x = features.float()
-    if not bool(torch.isfinite(x).all()):
+    x = features.float()  # a streaming.Standardised stays lazy
+    if not all_finite(x):
         raise FeatureError("features contain NaN or infinite values; check the feature extraction.")
     y = labels.to(device=x.device, dtype=torch.long)
     c = int(y.max().item()) + 1 if num_classes is None else int(num_classes)
@@ -332,6 +337,7 @@ class _Problem:
         self.n, self.d = x.shape
         rows = max(1, _CHUNK_ELEMENTS // max(self.d, c, 1))
         self.chunks = [slice(s, min(s + rows, self.n)) for s in range(0, self.n, rows)]
+        self.tables = self.n * c <= MAX_TABLE_ELEMENTS
         self.step_l: float | None = None  # last backtracking estimate, carried between solves
 
     def initial(
@@ -356,12 +362,16 @@ class _Problem:
         return w, b
 
     def forward(
-        self, xs: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tensor
+        self, xs: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None
     ) -> float:
-        """Logits into `out`; returns the mean cross-entropy."""
+        """Logits into `out` (None: not kept); returns the mean cross-entropy."""
         total = 0.0
         for r in self.chunks:
-            z = torch.addmm(b, xs[r], w.T, out=out[r])
+            z = (
+                torch.addmm(b, xs[r], w.T)
+                if out is None
+                else torch.addmm(b, xs[r], w.T, out=out[r])
+            )
             total += float((_logsumexp(z) - z.gather(1, self.y[r, None]).squeeze(1)).sum().item())
         return total / self.n
 
@@ -371,19 +381,38 @@ class _Problem:
         """Mean cross-entropy at logits z and its gradient w.r.t. (W on columns of xs, b)."""
         gw = torch.zeros(self.c, xs.shape[1], device=xs.device)
         gb = torch.zeros(self.c, device=xs.device)
+        total = sum(self._accumulate(z[r], r, xs[r], gw, gb) for r in self.chunks)
+        return total / self.n, gw / self.n, gb / self.n
+
+    def gradient_at(
+        self, xs: torch.Tensor, w: torch.Tensor, b: torch.Tensor, xg: torch.Tensor | None = None
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """As `gradient` at the logits of (w, b) on xs, recomputed per chunk (no N×C table);
+        the gradient is w.r.t. the columns of `xg` (default xs)."""
+        xg = xs if xg is None else xg
+        gw = torch.zeros(self.c, xg.shape[1], device=xg.device)
+        gb = torch.zeros(self.c, device=xg.device)
         total = 0.0
         for r in self.chunks:
-            zr = z[r]
-            top = zr.amax(dim=1, keepdim=True)
-            p = (zr - top).exp_()
-            mass = p.sum(dim=1, keepdim=True)
-            lse = mass.log() + top
-            total += float((lse.squeeze(1) - zr.gather(1, self.y[r, None]).squeeze(1)).sum().item())
-            p /= mass
-            p[torch.arange(p.shape[0], device=p.device), self.y[r]] -= 1
-            gw.addmm_(p.T, xs[r])
-            gb += p.sum(dim=0)
+            chunk = xs[r]
+            grad_rows = chunk if xg is xs else xg[r]
+            total += self._accumulate(torch.addmm(b, chunk, w.T), r, grad_rows, gw, gb)
         return total / self.n, gw / self.n, gb / self.n
+
+    def _accumulate(
+        self, zr: torch.Tensor, r: slice, xr: torch.Tensor, gw: torch.Tensor, gb: torch.Tensor
+    ) -> float:
+        """Add one chunk's cross-entropy gradient into (gw, gb); return its summed loss."""
+        top = zr.amax(dim=1, keepdim=True)
+        p = (zr - top).exp_()
+        mass = p.sum(dim=1, keepdim=True)
+        lse = mass.log() + top
+        total = float((lse.squeeze(1) - zr.gather(1, self.y[r, None]).squeeze(1)).sum().item())
+        p /= mass
+        p[torch.arange(p.shape[0], device=p.device), self.y[r]] -= 1
+        gw.addmm_(p.T, xr)
+        gb += p.sum(dim=0)
+        return total
 
     def kkt_scores(
         self, w: torch.Tensor, b: torch.Tensor, group: bool
@@ -391,9 +420,12 @@ class _Problem:
         """Per-column size of the loss gradient (max over classes, or L2 norm) and the loss."""
         cols = w.ne(0).any(dim=0).nonzero().squeeze(1)
         xs = self.x[:, cols]
-        z = torch.empty(self.n, self.c, device=self.x.device)
-        self.forward(xs, w[:, cols], b, z)
-        loss, g, _ = self.gradient(self.x, z)
+        if self.tables:
+            z = torch.empty(self.n, self.c, device=self.x.device)
+            self.forward(xs, w[:, cols], b, z)
+            loss, g, _ = self.gradient(self.x, z)
+        else:
+            loss, g, _ = self.gradient_at(xs, w[:, cols], b, self.x)
         return (g.norm(dim=0) if group else g.abs().amax(dim=0)), loss
 
     def lipschitz(self, xs: torch.Tensor) -> float:
@@ -401,10 +433,11 @@ class _Problem:
         gen = torch.Generator().manual_seed(0)
         v = torch.randn(xs.shape[1] + 1, generator=gen).to(xs.device)
         est = 1.0
+        lazy = isinstance(xs, Standardised)
         for _ in range(30):
             v = v / v.norm().clamp_min(1e-30)
-            u = xs @ v[:-1] + v[-1]
-            v = torch.cat([xs.T @ u, u.sum().reshape(1)]) / self.n
+            u = (xs.matvec(v[:-1]) if lazy else xs @ v[:-1]) + v[-1]
+            v = torch.cat([xs.rmatvec(u) if lazy else xs.T @ u, u.sum().reshape(1)]) / self.n
             est = float(v.norm().item())
         return 0.5 * est
 
@@ -426,10 +459,13 @@ class _Problem:
         bound = self.lipschitz(xs)
         floor = bound * _MIN_L_FRACTION
         big_l = bound if self.step_l is None else min(max(self.step_l, floor), bound)
-        z_x = torch.empty(self.n, self.c, device=xs.device)
-        z_new = torch.empty_like(z_x)
-        self.forward(xs, w, b, z_x)
-        f_y, gw, gb = self.gradient(xs, z_x)
+        z_x = torch.empty(self.n, self.c, device=xs.device) if self.tables else None
+        z_new = torch.empty_like(z_x) if z_x is not None else None
+        if z_x is not None:
+            self.forward(xs, w, b, z_x)
+            f_y, gw, gb = self.gradient(xs, z_x)
+        else:
+            f_y, gw, gb = self.gradient_at(xs, w, b)
         wx, bx, wy, by = w, b, w, b
         t = 1.0
         best = (math.inf, w, b)
@@ -468,11 +504,12 @@ class _Problem:
             t = t_next
             wy, by = w_new + beta * (w_new - wx), b_new + beta * (b_new - bx)
             wx, bx = w_new, b_new
-            z_x.mul_(-beta).add_(
-                z_new, alpha=1 + beta
-            )  # logits are linear: z(y) = (1+β)z(x_new) − βz(x)
-            f_y, gw, gb = self.gradient(xs, z_x)
-            z_x, z_new = z_new, z_x
+            if z_x is None:
+                f_y, gw, gb = self.gradient_at(xs, wy, by)
+            else:  # logits are linear: z(y) = (1+β)z(x_new) − βz(x)
+                z_x.mul_(-beta).add_(z_new, alpha=1 + beta)
+                f_y, gw, gb = self.gradient(xs, z_x)
+                z_x, z_new = z_new, z_x
             big_l = max(big_l * 0.9, floor)  # probe longer steps; backtracking undoes overshoots
         self.step_l = big_l
         return best[1], best[2], {"iterations": it, "converged": converged, "objective": best[0]}

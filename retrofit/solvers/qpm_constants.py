@@ -15,7 +15,7 @@ from retrofit.errors import ConfigError, DataError, FeatureError
 
 logger = logging.getLogger(__name__)
 
-_ROWS_PER_CHUNK = 65536
+_ROWS_PER_CHUNK = 16384  # 256 MB of float64 at D = 2,048
 _MAP_ELEMENTS_PER_CHUNK = 1 << 24
 _CONSTANT_STD = 1e-12
 
@@ -134,15 +134,18 @@ def select_candidates(
 
     norms = assoc.norm(dim=1, keepdim=True)
     unit = torch.where(norms > 0, assoc / norms.clamp_min(1e-300), torch.zeros_like(assoc))
+    rows = unit[priority]
+    # cosine of every pair in priority order (P x P, P <= D): one product instead of P matvecs
+    duplicate = (rows @ rows.T) > duplicate_cut
+    kept_mask = torch.zeros(len(priority), dtype=torch.bool)
     kept: list[int] = []
     skipped: list[int] = []
-    kept_rows = torch.empty(0, n_classes, dtype=unit.dtype)
-    for j in priority.tolist():
-        if kept and float((kept_rows @ unit[j]).max()) > duplicate_cut:
+    for position, j in enumerate(priority.tolist()):
+        if kept and bool(duplicate[position][kept_mask].any()):
             skipped.append(j)
             continue
         kept.append(j)
-        kept_rows = torch.cat([kept_rows, unit[j : j + 1]])
+        kept_mask[position] = True
         if len(kept) == target:
             break
     if len(kept) < n_features:

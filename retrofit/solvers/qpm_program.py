@@ -52,6 +52,7 @@ import torch
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, DataError, InfeasibleSettingsError, SolverError
 from retrofit.solvers.cliques import duplicate_class_pairs, make_unique
+from retrofit.solvers.deadline import Deadline
 from retrofit.solvers.qpm_cuts import Cut, separate
 from retrofit.solvers.qpm_projection import ValueCut, seed_cuts, violated_cuts
 from retrofit.solvers.quiet import native_stdout_silenced
@@ -176,6 +177,7 @@ def solve_program(
     start_selected: torch.Tensor,
     start_assignment: torch.Tensor,
     bias: torch.Tensor | None = None,
+    deadline: Deadline | None = None,
 ) -> ProgramResult:
     """Solve the program over K candidates with A (K x C), upper-triangular R (K x K) and tau.
 
@@ -183,7 +185,9 @@ def solve_program(
     it is the MIP start and the fallback when the solver finds nothing better in time.
     `config.time_limit` bounds the total solver time over all uniqueness rounds; None means
     DEFAULT_TIME_LIMIT, so a conversion always ends (at CUB scale CBC is still above a 0.5 % gap
-    after 50 minutes, see benchmarks/heads_qpm_scale.py).
+    after 50 minutes, see benchmarks/heads_qpm_scale.py). `deadline` (the head stage's own, see
+    retrofit.heads.qpm) caps the cuts, solves and rounds further, building the model included;
+    when it has already passed, the start is returned unsolved.
     """
     k, n_classes = (int(s) for s in assoc.shape)
     n_features, per_class = config.n_features, config.per_class
@@ -213,14 +217,18 @@ def solve_program(
     rounds = value_rounds = 0
     began = time.perf_counter()
     time_limit = DEFAULT_TIME_LIMIT if config.time_limit is None else float(config.time_limit)
-    cut_budget = CUT_TIME_SHARE * time_limit
-    program.seed_value_cuts(start_selected)
-    stats.update(program.tighten(cut_budget))
+    budget = time_limit if deadline is None else min(time_limit, deadline.remaining())
+    if budget <= 0:
+        return _unsolved(start_selected, start_assignment, score, stats, time_limit)
+    cut_budget = CUT_TIME_SHARE * budget
+    seeded = program.seed_value_cuts(start_selected, time.perf_counter() + cut_budget / 2)
+    stats.update(program.tighten(cut_budget - (time.perf_counter() - began)))
+    stats["seed_time"] = seeded
     spent = time.perf_counter() - began
     limit_hit = False
     status = mip.OptimizationStatus.OTHER
     while True:
-        remaining = time_limit - spent
+        remaining = budget - spent
         program.set_start(best_s, best_e)
         began = time.perf_counter()
         status = program.optimize(remaining)
@@ -249,7 +257,7 @@ def solve_program(
         # a solver that dropped the start may stop on a worse incumbent; never return less
         if score(s_val, e_val) >= score(best_s, best_e):
             best_s, best_e = s_val, e_val
-        out_of_time = spent >= time_limit
+        out_of_time = spent >= budget
         stop = limit_hit or out_of_time or rounds + value_rounds >= max_rounds
         if missing and status == mip.OptimizationStatus.OPTIMAL:
             status = mip.OptimizationStatus.FEASIBLE  # optimal only for a relaxation
@@ -381,14 +389,22 @@ class _Program:
             self.model += self.theta[c] <= mip.xsum(a[j] * e for j, e in enumerate(column) if a[j])
         return column
 
-    def seed_value_cuts(self, selected: torch.Tensor) -> None:
-        """Value cuts exact around the start selection (projected form only)."""
+    def seed_value_cuts(self, selected: torch.Tensor, until: float = math.inf) -> float:
+        """Value cuts exact around the start selection (projected form only), added until the
+        perf_counter time `until` (the rest are separated when violated); returns the seconds.
+
+        Optional for correctness: a missing cut is found after the solve and added then.
+        """
+        began = time.perf_counter()
         if not self.projected:
-            return
+            return 0.0
         window = int(self.config.extra.get("value_cut_window", DEFAULT_VALUE_CUT_WINDOW))
         s = selected.to(torch.float64).numpy()
         for cut in seed_cuts(self.a, s, self.config.per_class, window):
+            if time.perf_counter() >= until:
+                break
             self._add_value_cut(cut)
+        return time.perf_counter() - began
 
     def _add_value_cut(self, cut: ValueCut) -> None:
         support, coeffs = cut.terms(self.a)
@@ -516,6 +532,35 @@ class _Program:
             return None
         value = self.model.objective_bound
         return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _unsolved(
+    selected: torch.Tensor,
+    assignment: torch.Tensor,
+    score: Any,
+    stats: dict[str, Any],
+    time_limit: float,
+) -> ProgramResult:
+    """The start as the answer when the stages before the solver used up the whole time limit."""
+    warnings.warn(
+        f"QPM: the time limit ({time_limit:g} s) ran out before the solver started (the "
+        "constants and the warm start used it all); returning the warm start. Raise time_limit, "
+        "or lower extra['search_rounds'] / extra['candidates'].",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    stats.update(
+        status="not_solved",
+        objective=score(selected, assignment),
+        bound=None,
+        gap=None,
+        time=0.0,
+        time_limit=time_limit,
+        time_limit_hit=True,
+        uniqueness_rounds=0,
+        value_rounds=0,
+    )
+    return ProgramResult(selected=selected, assignment=assignment, stats=stats)
 
 
 def _gap_words(gap: float | None) -> str:

@@ -1,0 +1,104 @@
+"""Row-chunked passes over a feature matrix that may be memory-mapped from the cache.
+
+Every fitting stage after extraction reads the (N, D) features through these helpers, so its
+memory is bounded by one chunk plus the D- and C-sized results, not by N; the matrix may be a
+float16/bfloat16 cache, converted chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from retrofit.errors import FeatureError
+from retrofit.solvers.stats import MIN_STD
+
+CHUNK_ELEMENTS = 1 << 24  # floats per chunk (64 MB in float32; 16,384 rows of 1,024 features)
+
+
+def chunk_rows(dim: int, elements: int = CHUNK_ELEMENTS) -> int:
+    """Rows per chunk for a matrix `dim` wide."""
+    return max(1, elements // max(1, dim))
+
+
+def row_slices(n: int, rows: int) -> Iterator[slice]:
+    for start in range(0, n, rows):
+        yield slice(start, min(start + rows, n))
+
+
+def column_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of every column, population std clamped >= MIN_STD, in two streamed passes.
+
+    Sums run in float64, so the result does not depend on the chunk size beyond rounding.
+    Raises FeatureError on NaN or infinite values.
+    """
+    n, dim = (int(s) for s in features.shape)
+    if n == 0:
+        raise FeatureError("features are empty; at least one sample is needed.")
+    rows = chunk_rows(dim)
+    total = torch.zeros(dim, dtype=torch.float64)
+    for r in row_slices(n, rows):
+        total += features[r].to(torch.float64).sum(dim=0)
+    mean = total / n
+    if not bool(torch.isfinite(mean).all()):
+        raise FeatureError("features contain NaN or infinite values; check the feature extraction.")
+    squares = torch.zeros(dim, dtype=torch.float64)
+    for r in row_slices(n, rows):
+        centred = features[r].to(torch.float64) - mean
+        squares += (centred * centred).sum(dim=0)
+    std = (squares / n).sqrt().clamp_min(MIN_STD)
+    return mean.float(), std.float()
+
+
+def all_finite(features: torch.Tensor | Standardised) -> bool:
+    """Whether every value is finite, checked a chunk at a time (no N x D mask)."""
+    n, dim = (int(s) for s in features.shape)
+    return all(bool(torch.isfinite(features[r]).all()) for r in row_slices(n, chunk_rows(dim)))
+
+
+class Standardised:
+    """(features - mean) / std as float32, computed per row chunk when it is read.
+
+    Stands in for the N x D standardised copy: supports `x[rows]` for a row slice and
+    `x[:, cols]` (materialised, N x len(cols)), which is all the elastic-net solver reads.
+    """
+
+    ndim = 2
+    dtype = torch.float32
+
+    def __init__(self, features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.features, self.mean, self.std = features, mean.float(), std.float()
+        self.shape = torch.Size(features.shape)
+        self.device = features.device
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def float(self) -> Standardised:
+        return self
+
+    def __getitem__(self, index: slice | tuple) -> torch.Tensor:
+        if isinstance(index, slice):
+            return (self.features[index].float() - self.mean) / self.std
+        rows, cols = index
+        if rows != slice(None):
+            raise TypeError("Standardised supports x[slice] and x[:, columns] only.")
+        cols = torch.as_tensor(cols, dtype=torch.long)
+        out = torch.empty(len(self), cols.numel(), device=self.device)
+        mean, std = self.mean[cols], self.std[cols]
+        for r in row_slices(len(self), chunk_rows(int(self.shape[1]))):
+            out[r] = (self.features[r][:, cols].float() - mean) / std
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """x @ v, chunk by chunk."""
+        rows = chunk_rows(int(self.shape[1]))
+        return torch.cat([self[r] @ v for r in row_slices(len(self), rows)])
+
+    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
+        """x.T @ u, chunk by chunk."""
+        out = torch.zeros(int(self.shape[1]), device=self.device)
+        for r in row_slices(len(self), chunk_rows(int(self.shape[1]))):
+            out += self[r].T @ u[r]
+        return out
