@@ -309,7 +309,11 @@ def _reveal(args: argparse.Namespace) -> int:
 
     imodel = _load(args.dir, args.trust_remote_code)
     synthetic = args.data.startswith("synthetic")
-    transform = None if synthetic else _transform_for(imodel, args.dir, args.image_size)
+    transform = (
+        None
+        if synthetic
+        else _transform_for(imodel, args.dir, args.image_size, args.trust_remote_code)
+    )
     game, summary = make_reveal_game(
         imodel,
         open_data(args.data, transform),
@@ -361,7 +365,10 @@ def _edit(args: argparse.Namespace) -> int:
 
     def dataset(spec: str) -> Any:
         synthetic = spec.startswith("synthetic")
-        return open_data(spec, None if synthetic else _transform_for(imodel, args.dir, None))
+        return open_data(
+            spec,
+            None if synthetic else _transform_for(imodel, args.dir, None, args.trust_remote_code),
+        )
 
     train = _loader(dataset(args.train)) if args.train else None
     result = retrofit.edit(

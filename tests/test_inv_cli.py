@@ -69,6 +69,7 @@ def test_reveal_then_import(export_and_data: tuple[Path, Path], tmp_path: Path, 
     folder, data = export_and_data
     game = tmp_path / "game.html"
     args = ["--quiet", "reveal", str(folder), "--data", str(data), "--out", str(game)]
+    args.append("--trust-remote-code")  # the export names a python: factory
     assert main([*args, "--images", "4", "--concepts", "curated"]) == 0
     summary = json.loads(game.with_suffix(".json").read_text())
     assert len(summary["auto_labels"]) == len(summary["maps"])
@@ -124,6 +125,7 @@ def test_reveal_import_bad_answers_exit_2_and_write_nothing(
             str(game),
             "--layers",
             "backbone.fc",
+            "--trust-remote-code",
         ]
     )
     assert code == 2 and "no spatial grid" in capsys.readouterr().err

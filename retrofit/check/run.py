@@ -78,6 +78,7 @@ class _Plan:
     attributes: torch.Tensor | None
     concept_names: Sequence[str] | None
     concept_labels: torch.Tensor | None
+    truth_given: bool
     top_images: int
     max_explanations: int
     seed: int
@@ -392,6 +393,7 @@ def check(
         batch_size=batch_size,
     )
     dataset = getattr(loader, "dataset", loader)
+    truth_given = concept_labels is not None or attributes is not None
     if concept_names is None:
         concept_names = getattr(dataset, "concept_names", None)
     if concept_labels is None and attributes is None and _in_order(loader):
@@ -405,6 +407,7 @@ def check(
         attributes,
         concept_names,
         concept_labels,
+        truth_given,
         top_images,
         max_explanations,
         seed,
@@ -524,7 +527,13 @@ def _check(
             _concept_index(imodel, plan.concept_names),
         )
     results["truth"] = truth_check(
-        imodel, z, labels, plan.attributes, plan.concept_labels, plan.concept_names
+        imodel,
+        z,
+        labels,
+        plan.attributes,
+        plan.concept_labels,
+        plan.concept_names,
+        explicit=plan.truth_given,
     )
     timings["metrics"] = time.perf_counter() - start
     if plan.consistency is not None:

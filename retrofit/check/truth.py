@@ -151,13 +151,18 @@ def truth_check(
     attributes: torch.Tensor | None,
     concept_labels: torch.Tensor | None,
     concept_names: Sequence[str] | None,
+    explicit: bool = True,
 ) -> dict[str, Any]:
     """The truth section of a check report: pair names and global names side by side, or a
-    one-line reason why it was skipped (never a number made up without ground truth)."""
+    one-line reason why it was skipped (never a number made up without ground truth).
+    Ground truth the user passed (`explicit`) that shares no concept with the names is an
+    error; ground truth found on the dataset is then skipped with the reason."""
     if attributes is None and concept_labels is None:
         return {"skipped": "no ground truth: pass concept_labels (N, K) or attributes (C, K)"}
     if concept_names is None:
         return {"skipped": "no concept_names for the ground-truth columns"}
+    if not imodel.pair_concepts and not any(imodel.concepts):
+        return {"skipped": "the features have no concept names (convert with concepts=...)"}
     if concept_labels is not None:
         concept_labels = torch.as_tensor(concept_labels).bool()
         if concept_labels.shape != (len(labels), len(concept_names)):
@@ -172,13 +177,18 @@ def truth_check(
     )
     out: dict[str, Any] = {}
     for kind, conditional in (("pair", True), ("global", False)):
-        out[kind] = explanation_truth(
-            imodel.head.weight,
-            model_names(imodel, conditional),
-            truth,
-            concept_names,
-            imodel.class_names,
-            activations=z if concept_labels is not None else None,
-            concept_labels=concept_labels,
-        )
+        try:
+            out[kind] = explanation_truth(
+                imodel.head.weight,
+                model_names(imodel, conditional),
+                truth,
+                concept_names,
+                imodel.class_names,
+                activations=z if concept_labels is not None else None,
+                concept_labels=concept_labels,
+            )
+        except DataError as error:
+            if explicit:
+                raise
+            return {"skipped": str(error)}
     return out
