@@ -40,7 +40,7 @@ def tiny_export(folder: Path) -> tuple[Path, Path]:
     imodel.save_pretrained(
         folder / "export",
         include_backbone=True,
-        base_model="python:" + str(Path(retrofit.datasets.demo.__file__)) + ":load_demo_classifier",
+        base_model="retrofit:demo",  # portable: rebuilds the bundled demo CNN anywhere
     )
     image_path = folder / "image.png"
     to_pil(SyntheticConceptDataset(1, split="test")[0][0]).save(image_path)
