@@ -248,7 +248,10 @@ class FeatureCache:
         with self._locked():
             current = self.store()
             if current is not None and current.meta["batch_hashes"] == hashes:
-                return current  # another process finished the same extraction meanwhile
+                # another process finished the same extraction meanwhile; the chunks this one
+                # wrote are in its store, so they go like that process's own
+                shutil.rmtree(self.chunks, ignore_errors=True)
+                return current
             return self._finalize_locked(sources, hashes, extra, current)
 
     def _finalize_locked(
