@@ -23,19 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import retrofit
 from retrofit.cli import main
 from retrofit.export import load
-from tests.tiny import colour_coded_images
+from tests.tiny import SmallCNN, colour_coded_images
 
 C = 3
-
-
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(8, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(x).mean(dim=(2, 3)))
 
 
 @pytest.fixture(scope="module")

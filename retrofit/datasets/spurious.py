@@ -31,6 +31,7 @@ from retrofit.datasets.synthetic import (
     _randint,
     _Renderer,
     _uniform,
+    checked_index,
 )
 from retrofit.errors import ConfigError
 
@@ -149,10 +150,7 @@ class SpuriousBackgroundDataset(Dataset):
         return self.n_images
 
     def _index(self, index: int) -> int:
-        index = int(index)
-        if not -self.n_images <= index < self.n_images:
-            raise IndexError(f"index {index} out of range for a dataset of {self.n_images} images")
-        return index % self.n_images
+        return checked_index(index, self.n_images)
 
     def _render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         objects, image, bg = self._scenes[self._index(index)]

@@ -97,6 +97,14 @@ def _shuffle(rng: random.Random, items: list) -> None:
         items[i], items[j] = items[j], items[i]
 
 
+def checked_index(index: int, n: int) -> int:
+    """`index` as a position in [0, n) (negative counts from the end), or IndexError."""
+    index = int(index)
+    if not -n <= index < n:
+        raise IndexError(f"index {index} out of range for a dataset of {n} images")
+    return index % n
+
+
 def _check_int(name: str, value: object, low: int, high: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
@@ -615,10 +623,7 @@ class SyntheticConceptDataset(Dataset):
         return self.n_images
 
     def _index(self, index: int) -> int:
-        index = int(index)
-        if not -self.n_images <= index < self.n_images:
-            raise IndexError(f"index {index} out of range for a dataset of {self.n_images} images")
-        return index % self.n_images
+        return checked_index(index, self.n_images)
 
     def render(self, index: int) -> Scene:
         """The image of `index` with its full ground truth (concepts, masks, caption)."""
