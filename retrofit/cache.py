@@ -71,6 +71,8 @@ def atomic_save_safetensors(
         tmp.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise
+        if not path.parent.is_dir():  # removed meanwhile (by another process): callers retry
+            raise FileNotFoundError(f"{path.parent} no longer exists") from error
         raise OSError(f"could not write {path.name} ({error})") from error
     os.replace(tmp, path)
 
