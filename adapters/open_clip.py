@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, register_adapter
-from retrofit.export_schema import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
+from retrofit.safe_io import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.")
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, module_name, register_adapter
-from retrofit.export_schema import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
+from retrofit.safe_io import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
 
 
 def _is_timm(model: nn.Module) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, register_adapter
-from retrofit.export_schema import MAX_COUNT, whole
+from retrofit.safe_io import MAX_COUNT, whole
 
 
 def _is_torchvision(model: nn.Module) -> bool:

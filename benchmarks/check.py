@@ -65,7 +65,7 @@ def main() -> None:
         method="qpm",
         n_features=50,
         per_class=5,
-        finetune="adapter",
+        finetune="bottleneck",
         time_limit=60,
         progress=False,
     )

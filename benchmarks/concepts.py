@@ -134,7 +134,7 @@ def main() -> None:
             cache_dir=cache,
             progress=False,
         )
-    activations = imodel.adapter.transform(features.features)
+    activations = imodel.bottleneck.transform(features.features)
     auc = auc_scores(activations, data.concepts)
     top_two = auc.topk(2, dim=1).values
     best_auc, truth = auc.max(dim=1)

@@ -198,7 +198,7 @@ def main() -> None:
             )
             for key in ("accuracy", "worst_group_accuracy", "energy_in_mask", "consistency")
         }
-        for mode, base in (("head_and_adapter", "converted"), ("backbone", "backbone"))
+        for mode, base in (("head_and_bottleneck", "converted"), ("backbone", "backbone"))
     }
     write_result(
         "consistency",

@@ -13,7 +13,7 @@ Reported per edit: test accuracy and fidelity (agreement with the original CNN) 
 after, background reliance before and after (accuracy on the same test scenes with their
 backgrounds shuffled among images, on the classes whose definition has no background, and
 the share of head weight on background features), the diff's size, and the edit's time
-(solve + adapter refit + re-check of accuracy and fidelity on the cached train and test
+(solve + bottleneck refit + re-check of accuracy and fidelity on the cached train and test
 features) relative to the original conversion, measured cold (extraction included) and
 warm (features already cached), side by side in one run. Target: edit <= 10 % of conversion.
 """
@@ -41,7 +41,7 @@ def background_features(
     imodel: retrofit.InterpretableModel, features: torch.Tensor, dataset: SyntheticConceptDataset
 ) -> list[int]:
     """Features whose best-correlated ground-truth concept is a background."""
-    z = imodel.adapter.transform(features.to(imodel.head.weight.device)).cpu()
+    z = imodel.bottleneck.transform(features.to(imodel.head.weight.device)).cpu()
     concepts = dataset.concepts.float()
     zc = (z - z.mean(0)) / z.std(0).clamp_min(1e-6)
     cc = (concepts - concepts.mean(0)) / concepts.std(0).clamp_min(1e-6)

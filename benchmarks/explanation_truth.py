@@ -2,7 +2,7 @@
 
 For each world (the demo world with the bundled demo CNN; a second world with another seed and
 class count, its CNN trained by scripts/train_demo_classifier.py into benchmarks/weights/world2),
-each head (qpm, qsenn, sparse) and each adapter variant, one conversion named with the bundled
+each head (qpm, qsenn, sparse) and each bottleneck variant, one conversion named with the bundled
 tiny CLIP and the curated vocabulary; then, on held-out test images, the truth of the features'
 global names and of the class-conditional pair names (retrofit.check.truth), with accuracy
 retention beside each row. A name counts only when the feature responds to that concept

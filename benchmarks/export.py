@@ -22,7 +22,7 @@ import torchvision
 
 import retrofit
 from benchmarks.common import interleaved_medians, timed, write_result
-from retrofit.export import load
+from retrofit.model import load
 
 
 def paired_ratio(

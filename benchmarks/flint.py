@@ -3,7 +3,7 @@
 Run: python -m benchmarks.flint   (writes benchmarks/results/flint.json)
 On the synthetic concept world (the bundled demo classifier) and on scikit-learn's digits (the
 small CNN of benchmarks/heads.py, trained here), every method converts with its defaults
-(finetune="adapter", QPM with a 30 s solver limit), and on the held-out images we measure:
+(finetune="bottleneck", QPM with a 30 s solver limit), and on the held-out images we measure:
 accuracy relative to the original model, fidelity@1/@5 (the original's top-1 among ours),
 CNS(τ=2) (features with relevance r > 1/2 per decision), features/attributes used (read by the
 head and not constant on the test images), dead attributes, and fitting time (convert on
@@ -50,7 +50,7 @@ def measure(imodel: retrofit.InterpretableModel, test, cache: str) -> dict:
     """Held-out numbers of one converted model (features from the shared cache)."""
     extracted = retrofit.extract(imodel.backbone, test, cache_dir=cache, progress=False)
     device = imodel.head.weight.device
-    z = imodel.adapter.transform(extracted.features.to(device)).cpu()
+    z = imodel.bottleneck.transform(extracted.features.to(device)).cpu()
     logits = imodel.head(z.to(device)).cpu()
     reference, labels = extracted.logits, extracted.labels
     predicted = logits.argmax(dim=1)
@@ -84,7 +84,7 @@ def run_task(name: str, task: tuple, runs: dict, cache: str, time_limit: float) 
         imodel = retrofit.convert(model, train, **settings, **common)
         seconds = time.perf_counter() - start
         row = {"settings": settings, "seconds": seconds, **measure(imodel, test, cache)}
-        if imodel.adapter.attributes is not None:
+        if imodel.bottleneck.attributes is not None:
             history = imodel.stats["head"].get("history") or {}
             row["revived_attributes"] = history.get("revived")
         rows[label] = row

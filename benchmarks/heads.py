@@ -4,8 +4,8 @@ Run: python -m benchmarks.heads   (writes benchmarks/results/heads.json)
 1. Accuracy retention on the synthetic concept world (50 classes, the bundled demo classifier)
    and on scikit-learn's digits (a small CNN trained here): test accuracy of qpm, qsenn and
    sparse with 5 features per class, relative to the dense linear probe on the same features,
-   for finetune="none", "adapter" (the default: a learned linear mix of the penultimate
-   channels) and "adapter" with linear_mix=False (each feature stays one backbone channel,
+   for finetune="none", "bottleneck" (the default: a learned linear mix of the penultimate
+   channels) and "bottleneck" with linear_mix=False (each feature stays one backbone channel,
    only its scale and shift are trained). For the mix, the median correlation of each
    feature with the channel it started from says how far the features moved.
 2. Peak memory of selection + fitting relative to the size of the cached features, each method
@@ -39,8 +39,8 @@ from benchmarks.common import RESULTS, write_result
 METHODS = ("qpm", "qsenn", "sparse")
 VARIANTS = {
     "none": {"finetune": "none"},
-    "adapter": {"finetune": "adapter"},
-    "adapter_scale_only": {"finetune": "adapter", "linear_mix": False},
+    "bottleneck": {"finetune": "bottleneck"},
+    "bottleneck_scale_only": {"finetune": "bottleneck", "linear_mix": False},
 }
 
 
@@ -127,7 +127,7 @@ def retention(name: str, task: tuple, cache: str, time_limit: float) -> dict:
                 "nonzeros_per_class": float((imodel.head.weight != 0).sum() / imodel.num_classes),
                 "seconds": time.perf_counter() - start,
             }
-            if imodel.adapter.mix is not None and settings["finetune"] != "none":
+            if imodel.bottleneck.mix is not None and settings["finetune"] != "none":
                 row["median_correlation_with_start_channel"] = _start_channel_correlation(
                     imodel, test, cache
                 )
@@ -144,8 +144,8 @@ def _start_channel_correlation(
     head uses whose starting channel varies (dead ReLU channels have no correlation)."""
     x = retrofit.extract(imodel.backbone, loader, cache_dir=cache, progress=False).features
     used = (imodel.head.weight != 0).any(dim=0)
-    mixed = imodel.adapter.transform(x)[:, used]
-    start = x[:, imodel.adapter.selected[used]]
+    mixed = imodel.bottleneck.transform(x)[:, used]
+    start = x[:, imodel.bottleneck.selected[used]]
     n = mixed.shape[1]
     corr = torch.corrcoef(torch.cat([mixed, start], dim=1).T)[:n, n:].diagonal()
     return float(corr[start.std(dim=0) > 0].median())
@@ -242,7 +242,7 @@ def main() -> None:
         return
     results: dict = {
         "settings": vars(args),
-        "target": 'each method >= 0.97 of dense with 5 per class, finetune="adapter" (the default)',
+        "target": 'each method >= 0.97 of dense with 5 per class, finetune="bottleneck" (the default)',
     }
     with tempfile.TemporaryDirectory() as cache:
         world = world_task(args.train_images, args.test_images)

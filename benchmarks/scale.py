@@ -151,7 +151,7 @@ def run_extract(rows: int, cache: str, feature_dtype: str) -> dict[str, Any]:
 
 
 def run_fit(store: str, method: str, time_limit: float, epochs: int) -> dict[str, Any]:
-    from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
+    from retrofit.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
     from retrofit.cache import Store
     from retrofit.config import RetrofitConfig
     from retrofit.heads import get_head
@@ -178,16 +178,16 @@ def run_fit(store: str, method: str, time_limit: float, epochs: int) -> dict[str
         began = time.perf_counter()
         result = get_head(method)(features, labels, config, None, opened.logits)
         times["head_s"] = time.perf_counter() - began
-        adapter = result.adapter or build_adapter(result, config, in_features=DIM)
+        bottleneck = result.bottleneck or build_bottleneck(result, config, in_features=DIM)
         head = FixedHead.from_result(result)
         began = time.perf_counter()
-        finetune_adapter(adapter, head, features, labels, config, epochs=epochs)
-        times["adapter_s"] = time.perf_counter() - began
+        finetune_bottleneck(bottleneck, head, features, labels, config, epochs=epochs)
+        times["bottleneck_s"] = time.perf_counter() - began
         began = time.perf_counter()
         correct = agree = 0
         with torch.no_grad():
             for r in row_slices(len(labels), chunk_rows(DIM)):
-                predicted = head(adapter(features[r])).argmax(dim=1)
+                predicted = head(bottleneck(features[r])).argmax(dim=1)
                 correct += int((predicted == labels[r]).sum())
                 agree += int((predicted == opened.logits[r].argmax(dim=1)).sum())
         times["accuracy_s"] = time.perf_counter() - began
@@ -332,7 +332,7 @@ def main() -> None:
             "n_features": 50,
             "per_class": 5,
             "time_limit": args.time_limit,
-            "adapter_epochs": args.epochs,
+            "bottleneck_epochs": args.epochs,
             "threads": 1,
         },
         "qpm": {},
@@ -427,7 +427,7 @@ def growth(payload: dict[str, Any]) -> dict[str, Any]:
         if len(runs) < 2:
             continue
         stages: dict[str, Any] = {}
-        for key in ("head_s", "adapter_s", "accuracy_s", "stage_anon_mb", "peak_rss_mb"):
+        for key in ("head_s", "bottleneck_s", "accuracy_s", "stage_anon_mb", "peak_rss_mb"):
             stages[key] = _slope([(n, r["fit"][key]) for n, r in runs.items()])
         stages["constants_time"] = _slope(
             [(n, r["fit"]["head_stats"].get("constants_time", 0.0)) for n, r in runs.items()]

@@ -24,11 +24,10 @@ from retrofit.errors import (
     UntrustedCodeError,
 )
 from retrofit.explanation import Explanation
-from retrofit.export import load
 from retrofit.features import extract
 from retrofit.featureset import FeatureSet
 from retrofit.inv import cluster_maps
-from retrofit.model import InterpretableModel
+from retrofit.model import InterpretableModel, load
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""convert(): orchestrate extraction, head fitting and adapter training — nothing else."""
+"""convert(): orchestrate extraction, head fitting and bottleneck training — nothing else."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
 from retrofit.attributes import attribute_features, read_attributes
+from retrofit.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
 from retrofit.concepts import apply_concepts, parse_concepts
-from retrofit.concepts.basis import ConceptBasis, concept_presence, fit_concept_basis, fold_adapter
+from retrofit.concepts.basis import (
+    ConceptBasis,
+    concept_presence,
+    fit_concept_basis,
+    fold_bottleneck,
+)
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.features import extract, resolve_device
@@ -85,7 +90,7 @@ def convert(
     """Turn a trained classifier into an interpretable one; keyword arguments mirror RetrofitConfig.
 
     The backbone runs once over `train_loader` (features are cached when `cache_dir` is set);
-    the head, the assignment and the adapter are fitted on those cached features.
+    the head, the assignment and the bottleneck are fitted on those cached features.
     """
     config = _config(settings)
     require_module(model)
@@ -116,23 +121,25 @@ def convert(
             maps = basis.extend_maps(maps)[:, (0 if channels else train.dim) :]
     logger.info("fitting the %s head on %d x %d features", config.method, *head_features.shape)
     result = get_head(config.method)(head_features, labels, config, maps, train.logits)
-    adapter = result.adapter or build_adapter(result, config, in_features=head_features.shape[1])
+    bottleneck = result.bottleneck or build_bottleneck(
+        result, config, in_features=head_features.shape[1]
+    )
     if basis is not None:
-        adapter = fold_adapter(adapter, basis, train.dim, channels)
+        bottleneck = fold_bottleneck(bottleneck, basis, train.dim, channels)
     if attributes is not None:
-        adapter = read_attributes(adapter, attributes)
+        bottleneck = read_attributes(bottleneck, attributes)
         features = train.features.to(device)
     head = FixedHead.from_result(result)
     history: dict[str, Any] = {}
-    if config.finetune != "none" and result.adapter is None:
-        history["adapter"] = finetune_adapter(
-            adapter, head, features, labels, config, train.logits, train.maps
+    if config.finetune != "none" and result.bottleneck is None:
+        history["bottleneck"] = finetune_bottleneck(
+            bottleneck, head, features, labels, config, train.logits, train.maps
         )
     backbone = copy.deepcopy(model) if config.finetune == "backbone" else model
     imodel = InterpretableModel(
         backbone.eval(),
         LayerSpec.from_dict(train.meta["layer_spec"]),
-        adapter,
+        bottleneck,
         head,
         config,
         class_names=train.class_names,
@@ -165,7 +172,7 @@ def convert(
         )
     own = _own_features(imodel, train_loader, train, config)
     imodel.stats["train"] = _accuracy(imodel, own, train)
-    if adapter.attributes is not None:  # FLINT's r_{j,c}; other heads: measure_relevance()
+    if bottleneck.attributes is not None:  # FLINT's r_{j,c}; other heads: measure_relevance()
         imodel.measure_relevance(own)
     if val_loader is not None:
         val = _features(model, val_loader, config)
@@ -177,7 +184,7 @@ def _concept_basis(
     loader: Any, train: FeatureSet, features: torch.Tensor, config: RetrofitConfig
 ) -> tuple[ConceptBasis | None, torch.Tensor | None]:
     """Concept features for the head to choose from (retrofit.concepts.basis), when concepts
-    are named and the adapter can mix channels; also the image embeddings naming reuses."""
+    are named and the bottleneck can mix channels; also the image embeddings naming reuses."""
     if (
         config.concepts is None
         or not config.concept_features

@@ -190,12 +190,12 @@ def fit_attributes(
     """Train Φ, h and the decoder d on cached features (Adam, seeded minibatches).
 
     The distillation target is the original model's `logits`; without them, the labels.
-    Training steps: config.epochs passes, or enough for retrofit's adapter step budget. An
+    Training steps: config.epochs passes, or enough for retrofit's bottleneck step budget. An
     attribute that is 0 on every training image after an epoch (a dead ReLU) is redrawn, except
     after the last epoch: on the demo world one of 50 attributes dies in the first epoch
     otherwise, and stays dead.
     """
-    from retrofit.adapter import adapter_epochs
+    from retrofit.bottleneck import bottleneck_epochs
 
     settings = parse_flint(config.flint)
     if features.ndim != 2 or not features.is_floating_point():
@@ -225,7 +225,7 @@ def fit_attributes(
     modules = nn.ModuleList([phi, head, decoder]).to(device)
     teacher = logits.to(device).float() if logits is not None else None
     labels = labels.to(device)
-    epochs = adapter_epochs(config, n)
+    epochs = bottleneck_epochs(config, n)
     if epochs < 1:
         raise ConfigError(
             "FLINT learns its attributes by training: epochs=0 would leave them random. Use "
@@ -328,32 +328,32 @@ def _revive(
     phi.out.bias[dead] = -(hidden @ rows.T).median(dim=0).values
 
 
-def read_attributes(adapter: Any, attributes: AttributeMap) -> Any:
-    """`adapter` (fitted on the J attributes) made to read the D backbone features through Φ.
+def read_attributes(bottleneck: Any, attributes: AttributeMap) -> Any:
+    """`bottleneck` (fitted on the J attributes) made to read the D backbone features through Φ.
 
-    Φ stays frozen: the head was chosen for these attributes, so later adapter fine-tuning
+    Φ stays frozen: the head was chosen for these attributes, so later bottleneck fine-tuning
     may re-mix and rescale them but not change what they are.
     """
-    from retrofit.adapter import Adapter
+    from retrofit.bottleneck import Bottleneck
 
-    if adapter.in_features != attributes.n_attributes:
+    if bottleneck.in_features != attributes.n_attributes:
         raise ConfigError(
-            f"the adapter reads {adapter.in_features} features, the attribute map makes "
+            f"the bottleneck reads {bottleneck.in_features} features, the attribute map makes "
             f"{attributes.n_attributes}."
         )
     attributes.requires_grad_(False)
-    combined = Adapter(
-        adapter.selected,
-        adapter.mean.detach(),
-        adapter.std.detach(),
+    combined = Bottleneck(
+        bottleneck.selected,
+        bottleneck.mean.detach(),
+        bottleneck.std.detach(),
         attributes.in_features,
-        linear_mix=adapter.mix is not None,
+        linear_mix=bottleneck.mix is not None,
         attributes=attributes,
-    ).to(adapter.mean.device)
+    ).to(bottleneck.mean.device)
     with torch.no_grad():  # exp/log does not round-trip bit for bit
-        combined.log_std.copy_(adapter.log_std)
-        if adapter.mix is not None:
-            combined.mix.copy_(adapter.mix)
+        combined.log_std.copy_(bottleneck.log_std)
+        if bottleneck.mix is not None:
+            combined.mix.copy_(bottleneck.mix)
     return combined
 
 

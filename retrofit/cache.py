@@ -18,7 +18,6 @@ whose files do not match the sizes and checksum in meta.json is ignored and reco
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -33,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from retrofit.errors import CacheError
+from retrofit.safe_io import atomic_save_safetensors, atomic_write_bytes, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -50,31 +49,6 @@ _SAFETENSORS_DTYPES = {
     torch.int64: ("I64", np.int64),
 }
 _TORCH_DTYPES = {name: (dtype, np_type) for dtype, (name, np_type) in _SAFETENSORS_DTYPES.items()}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
-) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    except Exception as error:  # safetensors reports a full disk as its own error type
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise
-        if not path.parent.is_dir():  # removed meanwhile (by another process): callers retry
-            raise FileNotFoundError(f"{path.parent} no longer exists") from error
-        raise OSError(f"could not write {path.name} ({error})") from error
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -125,18 +99,10 @@ class Store:
         return Batch(self.features[lo:hi], self.labels[lo:hi], self.logits[lo:hi], maps)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify_store_files(path: Path, meta: dict[str, Any]) -> None:
     """Raise CacheError when a store's files differ from what meta.json recorded."""
     pooled = path / "pooled.safetensors"
-    if "pooled_sha256" in meta and _file_sha256(pooled) != meta["pooled_sha256"]:
+    if "pooled_sha256" in meta and sha256_of(pooled) != meta["pooled_sha256"]:
         raise CacheError(f"{pooled} does not match its checksum.")
     maps = path / "maps.npy"
     if (
@@ -300,7 +266,7 @@ class FeatureCache:
                 "version": STORE_VERSION,
                 "batch_hashes": hashes,
                 "batch_sizes": sizes,
-                "pooled_sha256": _file_sha256(tmp / "pooled.safetensors"),
+                "pooled_sha256": sha256_of(tmp / "pooled.safetensors"),
                 "maps_bytes": (tmp / "maps.npy").stat().st_size if first_maps is not None else None,
                 **extra,
             }

@@ -400,7 +400,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _recorded_data(report_file: Path) -> str | None:
     """The data spec an earlier check recorded in report.json, if it is a bounded string."""
-    from retrofit.export_schema import read_json
+    from retrofit.safe_io import read_json
 
     record = read_json(report_file)
     meta = record.get("meta") if isinstance(record, dict) else None
@@ -462,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--n-features", type=_positive_int, default=50)
     convert.add_argument("--per-class", type=_positive_int, default=5)
-    convert.add_argument("--finetune", default="adapter", choices=["adapter", "none", "backbone"])
+    convert.add_argument(
+        "--finetune", default="bottleneck", choices=["bottleneck", "none", "backbone"]
+    )
     convert.add_argument("--solver", default="cbc", choices=["cbc", "highs", "gurobi"])
     convert.add_argument(
         "--concepts", help="name features: tiny, open_clip:ARCH:TAG, hf:ID or a vocabulary file"

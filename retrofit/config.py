@@ -11,7 +11,7 @@ from retrofit.errors import ConfigError
 METHODS = ("qpm", "qsenn", "sparse", "dense", "flint")
 # what the head reads: the backbone's penultimate features, or FLINT attributes learned from them
 FEATURE_SOURCES = ("backbone", "flint")
-FINETUNE_MODES = ("adapter", "none", "backbone")
+FINETUNE_MODES = ("bottleneck", "none", "backbone")
 SOLVERS = ("cbc", "highs", "gurobi")
 REWEIGHT_MODES = ("consistency",)
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
@@ -28,7 +28,7 @@ class RetrofitConfig:
     # how to rebuild the backbone on load, e.g. "torchvision:resnet50:IMAGENET1K_V2", "hf:ORG/NAME"
     base_model: str | None = None
     maps: bool = False  # cache spatial maps: enables the diversity loss and QPM's locality term
-    finetune: str = "adapter"
+    finetune: str = "bottleneck"
     solver: str = "cbc"
     time_limit: float | None = None  # seconds for the QPM solver; None: 600 (DEFAULT_TIME_LIMIT)
     mip_gap: float | None = None
@@ -38,7 +38,9 @@ class RetrofitConfig:
     # each feature a learned mix of the D penultimate channels, initialised to its selected one
     linear_mix: bool = True
     distill: float = 0.0
-    epochs: int | None = None  # adapter epochs; None: enough for MIN_ADAPTER_STEPS minibatches
+    epochs: int | None = (
+        None  # bottleneck epochs; None: enough for MIN_BOTTLENECK_STEPS minibatches
+    )
     backbone_epochs: int = 1
     backbone_lr: float = 1e-4
     lr: float = 1e-2
@@ -73,6 +75,8 @@ class RetrofitConfig:
     distributed: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.finetune == "adapter":  # its name before "adapter" came to mean model families
+            self.finetune = "bottleneck"
         _check_choice("method", self.method, METHODS)
         _check_choice("finetune", self.finetune, FINETUNE_MODES)
         _check_choice("solver", self.solver, SOLVERS)

@@ -3,7 +3,7 @@
 Renames only change names. Every other edit is a constraint: for qpm the assignment program is
 re-solved under it (retrofit.solvers.qpm_edit; the selection is kept, dropped features' slots
 are refilled by the program from the best unused channels), for qsenn / sparse / dense the head
-is refitted on an edited support (retrofit.solvers.masked_refit). The adapter is then refitted
+is refitted on an edited support (retrofit.solvers.masked_refit). The bottleneck is then refitted
 from the cached features, briefly, starting from its trained state. The result carries a diff,
 accuracy and fidelity before and after, and a provenance record that the export keeps.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retrofit.adapter import Adapter, FixedHead, adapter_epochs, finetune_adapter
+from retrofit.bottleneck import Bottleneck, FixedHead, bottleneck_epochs, finetune_bottleneck
 from retrofit.edits import EditPlan, class_counts, parse_edits, plan_edits
 from retrofit.errors import EditError, FeatureError, SolverError
 from retrofit.featureset import FeatureSet
@@ -34,7 +34,7 @@ from retrofit.solvers.stats import MIN_STD
 
 logger = logging.getLogger(__name__)
 
-# the edit refits the adapter from its trained state: a tenth of a conversion's epochs
+# the edit refits the bottleneck from its trained state: a tenth of a conversion's epochs
 EPOCH_SHARE = 0.1
 MIN_REPLACEMENTS = 10  # replacement channels offered to the program per edit, at least
 
@@ -63,8 +63,8 @@ class EditResult:
 
 
 def head_fingerprint(imodel: InterpretableModel) -> str:
-    """Hash of what an edit changes (adapter and head), naming the model an edits file is for."""
-    return model_fingerprint(nn.ModuleDict({"adapter": imodel.adapter, "head": imodel.head}))
+    """Hash of what an edit changes (bottleneck and head), naming the model an edits file is for."""
+    return model_fingerprint(nn.ModuleDict({"bottleneck": imodel.bottleneck, "head": imodel.head}))
 
 
 def edit(
@@ -109,7 +109,7 @@ def edit(
         swapped = _solve(edited, plan, train, limit, progress)
         seconds["solve"] = time.perf_counter() - start
         start = time.perf_counter()
-        _refit_adapter(edited, train, epochs)
+        _refit_bottleneck(edited, train, epochs)
         seconds["refit"] = time.perf_counter() - start
         _reset_names(edited, imodel, swapped)
     _apply_renames(edited, plan)
@@ -147,7 +147,7 @@ def figures(imodel: InterpretableModel, fs: FeatureSet) -> dict[str, float]:
 def model_diff(old: InterpretableModel, new: InterpretableModel) -> dict[str, list[dict[str, Any]]]:
     """Links added and removed, signs flipped, features swapped (new channel) and renamed."""
     w_old, w_new = old.head.weight.cpu(), new.head.weight.cpu()
-    swapped = (old.adapter.selected.cpu() != new.adapter.selected.cpu()).tolist()
+    swapped = (old.bottleneck.selected.cpu() != new.bottleneck.selected.cpu()).tolist()
     diff: dict[str, list[dict[str, Any]]] = {
         "links_added": [],
         "links_removed": [],
@@ -184,8 +184,8 @@ def model_diff(old: InterpretableModel, new: InterpretableModel) -> dict[str, li
             diff["features_swapped"].append(
                 {
                     "feature": j,
-                    "from_backbone_index": int(old.adapter.selected[j]),
-                    "to_backbone_index": int(new.adapter.selected[j]),
+                    "from_backbone_index": int(old.bottleneck.selected[j]),
+                    "to_backbone_index": int(new.bottleneck.selected[j]),
                     "from_name": old.feature_name(j),
                     "to_name": new.feature_name(j),
                 }
@@ -232,10 +232,10 @@ def _training_features(
 
 
 def _check_features(imodel: InterpretableModel, fs: FeatureSet) -> None:
-    if fs.dim != imodel.adapter.in_features:
+    if fs.dim != imodel.bottleneck.in_features:
         raise FeatureError(
-            f"the features have {fs.dim} channels but the model's adapter reads "
-            f"{imodel.adapter.in_features}: extract them from this model's backbone and layer."
+            f"the features have {fs.dim} channels but the model's bottleneck reads "
+            f"{imodel.bottleneck.in_features}: extract them from this model's backbone and layer."
         )
     if len(fs) and int(fs.labels.max()) >= imodel.num_classes:
         raise FeatureError(
@@ -245,11 +245,11 @@ def _check_features(imodel: InterpretableModel, fs: FeatureSet) -> None:
 
 
 def _copy(imodel: InterpretableModel) -> InterpretableModel:
-    """A new model sharing the (frozen) backbone, with its own adapter, head and names."""
+    """A new model sharing the (frozen) backbone, with its own bottleneck, head and names."""
     edited = InterpretableModel(
         imodel.backbone,
         imodel.spec,
-        copy.deepcopy(imodel.adapter),
+        copy.deepcopy(imodel.bottleneck),
         copy.deepcopy(imodel.head),
         imodel.config,
         class_names=imodel.class_names,
@@ -283,7 +283,7 @@ def _resolve_qpm(
 ) -> list[int]:
     x, y = train.features.float().cpu(), train.labels.cpu()
     n_f, n_classes = imodel.n_features, imodel.num_classes
-    selected = imodel.adapter.selected.cpu()
+    selected = imodel.bottleneck.selected.cpu()
     counts = class_counts(imodel, plan)
     kept = [j for j in range(n_f) if j not in plan.dropped]
     assoc_all = class_correlation(x, y, n_classes)
@@ -333,31 +333,31 @@ def _resolve_qpm(
     scale = _head_scale(imodel.head.weight) or 1.0
     weight = (scale * result.assignment[slot_to_pool].T.float()).contiguous()
     imodel.head = FixedHead(weight, imodel.head.bias.detach().cpu()).to(imodel.head.weight.device)
-    _swap_channels(imodel.adapter, swapped, [channels[int(p)] for p in new], x)
+    _swap_channels(imodel.bottleneck, swapped, [channels[int(p)] for p in new], x)
     imodel.stats.setdefault("edit_solves", []).append(result.stats)
     return swapped
 
 
 @torch.no_grad()
 def _swap_channels(
-    adapter: Adapter, slots: list[int], channels: list[int], x: torch.Tensor
+    bottleneck: Bottleneck, slots: list[int], channels: list[int], x: torch.Tensor
 ) -> None:
     """Point `slots` at new backbone channels, standardised on x, the mix reset to them."""
-    device = adapter.mean.device
+    device = bottleneck.mean.device
     for slot, channel in zip(slots, channels):
         column = x[:, channel]
-        adapter.selected[slot] = channel
-        adapter.mean[slot] = column.mean()
-        adapter.log_std[slot] = column.std(unbiased=False).clamp_min(MIN_STD).log()
-        if adapter.mix is not None:
-            adapter.mix[slot] = 0.0
-            adapter.mix[slot, channel] = 1.0
-    adapter.to(device)
+        bottleneck.selected[slot] = channel
+        bottleneck.mean[slot] = column.mean()
+        bottleneck.log_std[slot] = column.std(unbiased=False).clamp_min(MIN_STD).log()
+        if bottleneck.mix is not None:
+            bottleneck.mix[slot] = 0.0
+            bottleneck.mix[slot, channel] = 1.0
+    bottleneck.to(device)
 
 
 def _refit_linear(imodel: InterpretableModel, plan: EditPlan, train: FeatureSet) -> None:
     device = imodel.head.weight.device
-    z = imodel.adapter.transform(train.features.to(device)).cpu()
+    z = imodel.bottleneck.transform(train.features.to(device)).cpu()
     weight, bias = imodel.head.weight.cpu(), imodel.head.bias.cpu()
     allowed = torch.ones_like(weight, dtype=torch.bool)
     allowed[:, sorted(plan.dropped)] = False
@@ -377,17 +377,17 @@ def _refit_linear(imodel: InterpretableModel, plan: EditPlan, train: FeatureSet)
     imodel.head = FixedHead(new_weight, new_bias).to(device)
 
 
-def _refit_adapter(imodel: InterpretableModel, train: FeatureSet, epochs: int | None) -> None:
+def _refit_bottleneck(imodel: InterpretableModel, train: FeatureSet, epochs: int | None) -> None:
     config = imodel.config
     if config.finetune == "none":
         return
     if epochs is None:
-        epochs = max(1, math.ceil(EPOCH_SHARE * adapter_epochs(config, len(train))))
+        epochs = max(1, math.ceil(EPOCH_SHARE * bottleneck_epochs(config, len(train))))
     if epochs == 0:
         return
     device = imodel.head.weight.device
-    finetune_adapter(
-        imodel.adapter,
+    finetune_bottleneck(
+        imodel.bottleneck,
         imodel.head,
         train.features.to(device),
         train.labels.to(device),
@@ -395,7 +395,7 @@ def _refit_adapter(imodel: InterpretableModel, train: FeatureSet, epochs: int | 
         logits=train.logits,
         epochs=epochs,
     )
-    imodel.adapter.eval()
+    imodel.bottleneck.eval()
 
 
 def _reset_names(edited: InterpretableModel, old: InterpretableModel, swapped: list[int]) -> None:
@@ -427,7 +427,7 @@ def _verify(edited: InterpretableModel, old: InterpretableModel, plan: EditPlan)
         if p[1] not in plan.dropped and weight[p] != 0
     ]
     problems += [f"pinned link {p} is missing" for p in plan.pinned if weight[p] == 0]
-    swapped = edited.adapter.selected.cpu() != old.adapter.selected.cpu()
+    swapped = edited.bottleneck.selected.cpu() != old.bottleneck.selected.cpu()
     problems += [
         f"dropped feature {j} is still used"
         for j in plan.dropped

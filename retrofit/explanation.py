@@ -1,6 +1,6 @@
 """Local explanations: why the interpretable model predicted a class for one image.
 
-The head is linear in the adapter's outputs, so every logit is exactly its bias plus one
+The head is linear in the bottleneck's outputs, so every logit is exactly its bias plus one
 contribution (weight × activation) per feature the class uses; an explanation lists those, and
 against the runner-up class, the features only one of the two classes uses.
 """
@@ -26,7 +26,7 @@ class FeatureContribution:
     feature: int  # position among the model's selected features
     backbone_index: int  # index into the backbone's penultimate features
     name: str  # concept name, or a neutral id when the feature has none
-    activation: float  # the adapter's (standardised) output for this feature
+    activation: float  # the bottleneck's (standardised) output for this feature
     weight: float  # the class's head weight on this feature
     contribution: float  # weight * activation
     feature_name: str = ""  # the feature's global name; `name` is why this class uses it
@@ -168,7 +168,7 @@ def _intervention_line(intervention: dict[str, Any]) -> str:
 
 @torch.no_grad()
 def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -> list[Explanation]:
-    """Explanations from the adapter's outputs (N, n_features), e.g. computed from a cache."""
+    """Explanations from the bottleneck's outputs (N, n_features), e.g. computed from a cache."""
     logits = imodel.head(activations).float().cpu()
     probabilities = torch.softmax(logits, dim=1)
     activations = activations.float().cpu()
@@ -176,7 +176,7 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
     bias = imodel.head.bias.detach().float().cpu()
     names = [imodel.feature_name(j) for j in range(imodel.n_features)]
     pair_names = {(c, j): imodel.pair_name(c, j) for c, j in imodel.pair_concepts}
-    backbone = imodel.adapter.selected.tolist()
+    backbone = imodel.bottleneck.selected.tolist()
 
     def contributions(c: int, z: torch.Tensor, among: list[int]) -> list[FeatureContribution]:
         r = local_relevance(z[None], weight, torch.tensor([c]))[0]

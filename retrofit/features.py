@@ -177,10 +177,10 @@ def extract(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        adapter = adapter_for(model)
+        family = adapter_for(model)
         probe = first[0][:PROBE_IMAGES].to(device)
         spec, probe_logits = detect_layers(
-            model, probe, feature_layer, adapter.preferred_heads(model)
+            model, probe, feature_layer, family.preferred_heads(model)
         )
         width = probe_logits.shape[1]
         _check_classes(width, num_classes, class_names)
@@ -222,7 +222,7 @@ def extract(
         fingerprint=cache.path.name if cache is not None else "",
         meta={
             "layer_spec": spec.to_dict(),
-            "family": adapter.name,
+            "family": family.name,
             "input_size": list(first[0].shape[2:]),
         },
     )

@@ -1,4 +1,4 @@
-"""finetune="backbone": train the backbone and adapter from images with the head fixed."""
+"""finetune="backbone": train the backbone and bottleneck from images with the head fixed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def finetune_backbone(
     device: torch.device,
     sample_weights: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
-    """SGD with momentum 0.95 and weight decay 5e-4 (the references' setting) on backbone + adapter.
+    """SGD with momentum 0.95 and weight decay 5e-4 (the references' setting) on backbone + bottleneck.
 
     `sample_weights` weight each image's loss, in the order `batches` yields them (the
     loader must not shuffle); images beyond the weights get weight 1.
@@ -31,7 +31,7 @@ def finetune_backbone(
     torch.manual_seed(config.seed)
     imodel.to(device).train()
     params = [p for p in imodel.backbone.parameters() if p.requires_grad]
-    params += list(imodel.adapter.parameters())
+    params += list(imodel.bottleneck.parameters())
     optimiser = torch.optim.SGD(params, lr=config.backbone_lr, momentum=0.95, weight_decay=5e-4)
     history: dict[str, list[float]] = {"loss": []}
     for _ in tqdm(

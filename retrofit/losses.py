@@ -19,7 +19,7 @@ def feature_diversity_loss(
 
     maps (B, F, H, W): the spatial maps of the F features the head reads, in the same order as
     the head's columns and non-negative (post-ReLU activations, or their non-negative linear mix;
-    retrofit passes `Adapter.project_maps`, i.e. the maps before the adapter's centring and
+    retrofit passes `Bottleneck.project_maps`, i.e. the maps before the bottleneck's centring and
     scaling, so a trainable scale cannot lower the loss by sharpening the softmax).
     weight (C, F): the head; predicted (B,): the predicted class of each image.
     ω_ij = |W_ĉj| / (‖W_ĉ‖₂ + 1e-5) and s_ij = a_ij / max(max_j' a_ij', 1e-6), a_ij = mean_p M_ijp.

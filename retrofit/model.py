@@ -1,4 +1,4 @@
-"""InterpretableModel: backbone ▸ hook ▸ adapter ▸ head, as one nn.Module."""
+"""InterpretableModel: backbone ▸ hook ▸ bottleneck ▸ head, as one nn.Module."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from retrofit.adapter import Adapter, FixedHead
+from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError
 from retrofit.explanation import Explanation, explain
+from retrofit.export import push_to_hub, read_export, resolve_export, save
 from retrofit.hooks import FeatureCapture, LayerSpec
 from retrofit.relevance import DEFAULT_TAU, check_tau, class_relevance
 
-if TYPE_CHECKING:  # retrofit.export imports this module; it is imported lazily below
+if TYPE_CHECKING:
     import os
     from pathlib import Path
 
@@ -30,7 +31,7 @@ class InterpretableModel(nn.Module):
         self,
         backbone: nn.Module,
         spec: LayerSpec,
-        adapter: Adapter,
+        bottleneck: Bottleneck,
         head: FixedHead,
         config: RetrofitConfig,
         class_names: list[str] | None = None,
@@ -39,7 +40,7 @@ class InterpretableModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.spec = spec
-        self.adapter = adapter
+        self.bottleneck = bottleneck
         self.head = head
         self.config = config
         self.class_names = (
@@ -57,6 +58,8 @@ class InterpretableModel(nn.Module):
         # FLINT global relevance r_{j,c} (C, n_features) on the training images: set by convert
         # for models on FLINT attributes, by measure_relevance() for any other
         self.class_relevance: torch.Tensor | None = None
+        # how the base model reads an image (input size, mean/std, ...), from the export
+        self.preprocessing: dict[str, Any] | None = None
 
     @property
     def n_features(self) -> int:
@@ -69,7 +72,7 @@ class InterpretableModel(nn.Module):
     @property
     def selected_features(self) -> torch.Tensor:
         """The penultimate channel each feature is (or, with a linear mix, started from), in rank order."""
-        return self.adapter.selected.clone()
+        return self.bottleneck.selected.clone()
 
     @property
     def assignment(self) -> torch.Tensor:
@@ -87,11 +90,11 @@ class InterpretableModel(nn.Module):
 
     def concept_activations(self, images: torch.Tensor) -> torch.Tensor:
         """The n_features standardised feature activations the head reads."""
-        return self.adapter(self.backbone_features(images))
+        return self.bottleneck(self.backbone_features(images))
 
     def forward_features(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from pooled penultimate features (N, D)."""
-        return self.head(self.adapter(features))
+        return self.head(self.bottleneck(features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_features(self.backbone_features(images))
@@ -101,8 +104,8 @@ class InterpretableModel(nn.Module):
         names = self.concepts[index]
         if names:
             return names[0]["concept"]
-        kind = "feature" if self.adapter.attributes is None else "attribute"
-        return f"{kind}_{int(self.adapter.selected[index])}"
+        kind = "feature" if self.bottleneck.attributes is None else "attribute"
+        return f"{kind}_{int(self.bottleneck.selected[index])}"
 
     def pair_name(self, class_index: int, index: int) -> str:
         """Why class `class_index` uses feature `index`: its class-conditional name when one was
@@ -113,7 +116,7 @@ class InterpretableModel(nn.Module):
     @torch.no_grad()
     def measure_relevance(self, features: torch.Tensor) -> torch.Tensor:
         """Set and return class_relevance, r_{j,c}, from pooled features (N, D) (FLINT)."""
-        z = self.adapter.transform(features.to(self.head.weight.device))
+        z = self.bottleneck.transform(features.to(self.head.weight.device))
         predicted = self.head(z).argmax(dim=1)
         self.class_relevance = class_relevance(z, self.head.weight, predicted, self.num_classes)
         return self.class_relevance
@@ -147,7 +150,7 @@ class InterpretableModel(nn.Module):
             table[name] = [
                 {
                     "feature": int(j),
-                    "backbone_index": int(self.adapter.selected[j]),
+                    "backbone_index": int(self.bottleneck.selected[j]),
                     "sign": int(torch.sign(row[j])),
                     "weight": float(row[j]),
                     "name": self.pair_name(c, int(j)),
@@ -189,8 +192,6 @@ class InterpretableModel(nn.Module):
         overwrite: bool = False,
     ) -> Path:
         """Write an export folder (model.safetensors, retrofit_config.json, README.md)."""
-        from retrofit.export import save
-
         return save(
             self,
             path,
@@ -206,11 +207,32 @@ class InterpretableModel(nn.Module):
         model: nn.Module | None = None,
         strict: bool = True,
         trust_remote_code: bool = False,
+        revision: str | None = None,
+        token: str | None = None,
     ) -> InterpretableModel:
-        """Load an export folder; see retrofit.export.load."""
-        from retrofit.export import load
-
-        return load(path, model=model, strict=strict, trust_remote_code=trust_remote_code)
+        """Load an export folder, or a Hub repo id ("org/name"); see retrofit.export.read_export."""
+        parts = read_export(
+            resolve_export(path, revision=revision, token=token),
+            model=model,
+            strict=strict,
+            trust_remote_code=trust_remote_code,
+        )
+        imodel = cls(
+            parts.backbone,
+            parts.layer,
+            parts.bottleneck,
+            parts.head,
+            parts.config,
+            class_names=parts.class_names,
+            stats=parts.stats,
+        )
+        imodel.concepts = parts.concepts
+        imodel.pair_concepts = parts.pair_concepts
+        imodel.edits = parts.edits
+        imodel.class_relevance = parts.class_relevance
+        imodel.preprocessing = parts.preprocessing
+        device = next((p.device for p in parts.backbone.parameters()), torch.device("cpu"))
+        return imodel.to(device).eval()
 
     def push_to_hub(
         self,
@@ -221,6 +243,24 @@ class InterpretableModel(nn.Module):
         base_model: str | None = None,
     ) -> Any:
         """Save to a temporary folder and upload it to the Hugging Face Hub."""
-        from retrofit.export import push_to_hub
-
         return push_to_hub(self, repo_id, token, private, include_backbone, base_model)
+
+
+def load(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    strict: bool = True,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+) -> InterpretableModel:
+    """Load an export folder or Hub repo id; its logits equal the saved model's.
+
+    The backbone is `model` when given (its fingerprint must match, or with strict=False a
+    warning is issued), else backbone.safetensors on the architecture of the base model spec
+    when the export includes it, else the base model rebuilt from its spec. A spec that would
+    run code or read files outside the export needs trust_remote_code=True (retrofit.trust).
+    """
+    return InterpretableModel.from_pretrained(
+        path, model, strict, trust_remote_code, revision=revision, token=token
+    )

@@ -3,9 +3,9 @@ explanation changes when only their background is perturbed.
 
 Each of K rounds measures E on the first `reweight_images` training images with the current
 model, sets v = 1 − E (tempered, normalised to mean 1, clipped to [1/clip, clip]; images beyond
-the subset keep weight 1) and then either refits the head and adapter on the cached features
-(the head on a v-weighted resample, since the head solvers take no weights; the adapter with
-v-weighted cross-entropy) or, with finetune="backbone", fine-tunes backbone and adapter from the
+the subset keep weight 1) and then either refits the head and bottleneck on the cached features
+(the head on a v-weighted resample, since the head solvers take no weights; the bottleneck with
+v-weighted cross-entropy) or, with finetune="backbone", fine-tunes backbone and bottleneck from the
 images with v-weighted cross-entropy (the paper's own setting). A last pass measures E again,
 so the cost is K + 1 consistency passes over the subset plus K refits.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from retrofit.adapter import FixedHead, build_adapter, finetune_adapter
+from retrofit.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
 from retrofit.check.consistency import (
     ConsistencySettings,
     consistency_scores,
@@ -76,7 +76,7 @@ def _refit_head(
     config: RetrofitConfig,
     generator: torch.Generator,
 ) -> dict[str, list[float]] | None:
-    """Refit the head on a v-weighted resample of the cache, then the adapter with weights."""
+    """Refit the head on a v-weighted resample of the cache, then the bottleneck with weights."""
     index = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
     device_index = index.to(features.device)
     maps = train.maps[index] if train.maps is not None else None
@@ -84,12 +84,12 @@ def _refit_head(
     result = get_head(config.method)(
         features[device_index], labels[device_index], config, maps, logits
     )
-    adapter = result.adapter or build_adapter(result, config, in_features=train.dim)
+    bottleneck = result.bottleneck or build_bottleneck(result, config, in_features=train.dim)
     head = FixedHead.from_result(result)
     history = None
-    if config.finetune != "none" and result.adapter is None:
-        history = finetune_adapter(
-            adapter,
+    if config.finetune != "none" and result.bottleneck is None:
+        history = finetune_bottleneck(
+            bottleneck,
             head,
             features,
             labels,
@@ -98,7 +98,7 @@ def _refit_head(
             train.maps,
             sample_weights=weights.to(features.device),
         )
-    imodel.adapter = adapter.to(features.device)
+    imodel.bottleneck = bottleneck.to(features.device)
     imodel.head = head.to(features.device)
     return history
 

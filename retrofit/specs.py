@@ -28,7 +28,7 @@ from torch import nn
 from retrofit.adapters import adapter_for, get_adapter
 from retrofit.errors import ConfigError, ModelError
 
-# spec prefix -> model family (the adapter name)
+# spec prefix -> model family (the bottleneck name)
 PREFIXES = {
     "torchvision": "torchvision",
     "timm": "timm",
@@ -141,7 +141,7 @@ def parse_spec(text: str) -> ModelSpec:
 def build_model(
     spec: ModelSpec | str, pretrained: bool = True, trust_remote_code: bool | None = None
 ) -> nn.Module:
-    """Rebuild the model a spec names, through the family's adapter `load` function.
+    """Rebuild the model a spec names, through the family's bottleneck `load` function.
 
     pretrained=False builds the architecture only (random weights, nothing downloaded), for
     weights that come from elsewhere, e.g. an export's backbone.safetensors. trust_remote_code

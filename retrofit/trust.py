@@ -6,7 +6,7 @@ code or read files the export names is refused unless the user passes trust_remo
   - local folders (HF `hf:/path`, timm/open_clip `local-dir:`) and open_clip tags that are
     file paths (they read files outside the export);
   - HF configs with custom code (`auto_map`);
-  - build kwargs outside the family's allow-list (`build_kwargs` of its adapter, e.g. timm's
+  - build kwargs outside the family's allow-list (`build_kwargs` of its bottleneck, e.g. timm's
     `checkpoint_path` or `pretrained_cfg_overlay` would read a checkpoint of the export's choice).
 Allow-listed kwargs are checked for type and range even when trusted.
 """

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrofit.cache import atomic_save_safetensors, atomic_write_bytes  # noqa: E402
 from retrofit.concepts.encoders import (  # noqa: E402
     TINY_CLIP_COMMAND,
     TINY_CLIP_SETTINGS,
@@ -52,6 +51,7 @@ from retrofit.concepts.vocabulary import (  # noqa: E402
     general_words,
 )
 from retrofit.datasets import SyntheticConceptDataset, concept_world  # noqa: E402
+from retrofit.safe_io import atomic_save_safetensors, atomic_write_bytes  # noqa: E402
 
 logger = logging.getLogger("train_tiny_clip")
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
-from retrofit.adapter import Adapter, FixedHead
+from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.check import CheckFailedError, Report, check
 from retrofit.check.pixel import gradcam
 from retrofit.config import RetrofitConfig
@@ -77,14 +77,14 @@ def build_imodel(
         model(images)
     features = capture.features()
     index = torch.tensor(selected if selected is not None else list(range(features.shape[1])))
-    adapter = Adapter(
+    bottleneck = Bottleneck(
         index,
         features[:, index].mean(dim=0),
         features[:, index].std(dim=0, unbiased=False).clamp_min(1e-3),
         features.shape[1],
     )
     head = FixedHead(weight, torch.zeros(weight.shape[0]))
-    return InterpretableModel(model, spec, adapter, head, RetrofitConfig()).eval()
+    return InterpretableModel(model, spec, bottleneck, head, RetrofitConfig()).eval()
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_gradcam_works_on_every_maps_layout(layout: str) -> None:
     with torch.no_grad(), capture.attached():
         model(images)
     maps = capture.maps  # (N, D, 8, 8)
-    alpha = weight[targets] / imodel.adapter.std / 64
+    alpha = weight[targets] / imodel.bottleneck.std / 64
     expected = torch.einsum("nd,ndhw->nhw", alpha, maps)
     torch.testing.assert_close(cam, expected, rtol=1e-4, atol=1e-6)
 

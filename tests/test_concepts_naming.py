@@ -89,7 +89,7 @@ def truth(world, converted) -> tuple[torch.Tensor, torch.Tensor]:
     """Each feature's ground-truth concept (highest AUC against concept presence) and that AUC."""
     data, _ = world
     imodel, features = converted
-    auc = auc_scores(imodel.adapter.transform(features.features), data.concepts)
+    auc = auc_scores(imodel.bottleneck.transform(features.features), data.concepts)
     best, index = auc.max(dim=1)
     return index, best
 
@@ -177,7 +177,7 @@ def test_align_makes_features_track_their_concepts(world, converted, tiny) -> No
         imodel, features, images=loader, concepts=VOCABULARY, encoder=tiny, n_permutations=0,
         progress=False,
     )  # fmt: skip
-    state = {k: v.clone() for k, v in imodel.adapter.state_dict().items()}
+    state = {k: v.clone() for k, v in imodel.bottleneck.state_dict().items()}
     try:
         report = align_features(
             imodel,
@@ -194,13 +194,13 @@ def test_align_makes_features_track_their_concepts(world, converted, tiny) -> No
         assert report.accuracy_after >= report.accuracy_before - 0.02
         assert set(report.to_dict()) >= {"correlation_before", "accuracy_after", "accepted"}
     finally:
-        imodel.adapter.load_state_dict(state)
+        imodel.bottleneck.load_state_dict(state)
 
 
 def test_align_needs_a_linear_mix(converted) -> None:
     imodel, features = converted
     plain = copy.deepcopy(imodel)
-    plain.adapter.mix = None
+    plain.bottleneck.mix = None
     targets = torch.zeros(len(features), plain.n_features)
     with pytest.raises(ConfigError, match="linear_mix=True"):
         align_features(plain, features.features, targets, features.labels)
@@ -222,7 +222,7 @@ def test_apply_concepts_is_what_convert_calls(world, converted, tiny) -> None:
         imodel, (data.concepts, data.concept_names), loader, features, progress=False
     )
     assert labelled["naming"]["method"] == "delta"
-    state = {k: v.clone() for k, v in imodel.adapter.state_dict().items()}
+    state = {k: v.clone() for k, v in imodel.bottleneck.state_dict().items()}
     try:
         aligned = apply_concepts(
             imodel,
@@ -234,7 +234,7 @@ def test_apply_concepts_is_what_convert_calls(world, converted, tiny) -> None:
         )  # fmt: skip
         assert set(aligned["alignment"]) >= {"accuracy_before", "accuracy_after", "accepted"}
     finally:
-        imodel.adapter.load_state_dict(state)
+        imodel.bottleneck.load_state_dict(state)
     assert parse_concepts(None) is None
     assert parse_concepts("tiny").encoder == "tiny"
     assert parse_concepts(["red", "blue"]).vocabulary == ["red", "blue"]

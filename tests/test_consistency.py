@@ -229,7 +229,7 @@ def test_consistency_weights_have_mean_one_are_clipped_and_favour_inconsistent_s
     assert sharp[-1] > weights[-1]
 
 
-@pytest.mark.parametrize("finetune", ["adapter", "backbone"])
+@pytest.mark.parametrize("finetune", ["bottleneck", "backbone"])
 def test_convert_with_consistency_reweighting_records_its_rounds(world, finetune: str) -> None:
     settings = {"reweight_consistency": {"steps": 2, "batch_size": 24}}
     imodel = retrofit_model(

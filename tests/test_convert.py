@@ -80,15 +80,15 @@ def test_same_seed_gives_the_same_model_and_distillation_reaches_qsenn(data) -> 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert not torch.equal(a["adapter.mix"], distilled["adapter.mix"])
+    assert not torch.equal(a["bottleneck.mix"], distilled["bottleneck.mix"])
 
 
-def test_adapter_finetuning_is_recorded_and_keeps_accuracy(data) -> None:
+def test_bottleneck_finetuning_is_recorded_and_keeps_accuracy(data) -> None:
     model = SmallCNN().eval()
     kwargs = {"method": "qpm", "n_features": 8, "per_class": 2, "progress": False}
     frozen = retrofit.convert(model, _loader(data), finetune="none", **kwargs)
-    tuned = retrofit.convert(model, _loader(data), finetune="adapter", epochs=30, **kwargs)
-    history = tuned.stats["history"]["adapter"]
+    tuned = retrofit.convert(model, _loader(data), finetune="bottleneck", epochs=30, **kwargs)
+    history = tuned.stats["history"]["bottleneck"]
     assert len(history["loss"]) == 30
     assert tuned.stats["train"]["accuracy"] >= frozen.stats["train"]["accuracy"]
     assert torch.equal(tuned.head.weight, frozen.head.weight), "fine-tuning never changes the head"

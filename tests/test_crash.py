@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
 from retrofit.cli import main
-from retrofit.export import load
+from retrofit.model import load
 from tests.tiny import SmallCNN, colour_coded_images
 
 C = 3
@@ -94,15 +94,17 @@ def _logits(imodel: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def test_kill_9_at_every_write_step_of_a_save_loses_nothing(two_models, data, tmp_path) -> None:
-    import retrofit.export as export
+    import retrofit.export.staging as staging
+    import retrofit.export.write as saving
 
     model, old, new = two_models
     images = data[0][:4]
     old_logits, new_logits = _logits(old, images), _logits(new, images)
     patch = {
-        "retrofit.export.save_file": export.save_file,
-        "retrofit.export.atomic_write_bytes": export.atomic_write_bytes,
-        "retrofit.export._fsync": export._fsync,
+        "retrofit.export.write.save_file": saving.save_file,
+        "retrofit.export.write.atomic_write_bytes": saving.atomic_write_bytes,
+        "retrofit.export.write.fsync": staging.fsync,
+        "retrofit.export.staging.fsync": staging.fsync,
         "os.replace": os.replace,
         "os.rename": os.rename,
         "shutil.rmtree": shutil.rmtree,
@@ -235,9 +237,10 @@ def test_a_chunk_is_rewritten_when_another_process_removes_the_folder_meanwhile(
 ) -> None:
     """The race behind a flaky CI run: safetensors reports the vanished folder as its own error."""
     import retrofit.cache as cache_module
+    import retrofit.safe_io as safe_io
 
     cache = cache_module.FeatureCache(tmp_path, "key")
-    real_save, calls = cache_module.save_file, []
+    real_save, calls = safe_io.save_file, []
 
     def save_after_a_finaliser_removed_the_chunks(tensors, filename, metadata=None) -> None:
         calls.append(filename)
@@ -245,7 +248,7 @@ def test_a_chunk_is_rewritten_when_another_process_removes_the_folder_meanwhile(
             shutil.rmtree(cache.chunks)
         real_save(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(cache_module, "save_file", save_after_a_finaliser_removed_the_chunks)
+    monkeypatch.setattr(safe_io, "save_file", save_after_a_finaliser_removed_the_chunks)
     batch = cache_module.Batch(torch.ones(2, 3), torch.zeros(2, dtype=torch.long), torch.ones(2, 4))
     cache.write_chunk(0, "fingerprint", batch)
     assert len(calls) == 2
@@ -270,13 +273,13 @@ def test_a_corrupted_store_is_detected_and_recomputed(data, tmp_path, caplog) ->
 
 
 def test_kill_9_at_every_write_step_of_an_extraction_loses_nothing(data, tmp_path) -> None:
-    import retrofit.cache as cache_module
+    import retrofit.safe_io as safe_io
 
     torch.manual_seed(0)
     model = SmallCNN().eval()
     reference = _extract(model, data, None)
     patch = {
-        "retrofit.cache.save_file": cache_module.save_file,
+        "retrofit.safe_io.save_file": safe_io.save_file,
         "os.replace": os.replace,
         "shutil.rmtree": shutil.rmtree,
     }

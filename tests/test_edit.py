@@ -84,7 +84,7 @@ def test_every_edit_kind_is_respected_exactly(world, method: str) -> None:
     result = imodel.edit(edits, world[3])
     edited = result.model
     w = edited.head.weight
-    swapped = edited.adapter.selected != imodel.adapter.selected
+    swapped = edited.bottleneck.selected != imodel.bottleneck.selected
     assert w[0, forbid_link] == 0 or bool(swapped[forbid_link])
     assert w[1, pin] != 0 and w[4, pin] != 0  # the pair rename keeps its link
     if method == "qpm":
@@ -123,7 +123,7 @@ def test_drop_without_refill_keeps_the_slot_unused(world) -> None:
     imodel = converted(world, "qpm")
     j = _links(imodel, 0)[0]
     edited = imodel.edit([{"op": "drop", "feature": j, "refill": False}], world[3]).model
-    assert torch.equal(edited.adapter.selected, imodel.adapter.selected)
+    assert torch.equal(edited.bottleneck.selected, imodel.bottleneck.selected)
     assert not bool((edited.head.weight[:, j] != 0).any())
     assert edited.edits[0]["edits"][0]["refill"] is False
     with pytest.raises(EditError, match="edit 1 \\(pin .* conflicts with edit 0 \\(drop"):

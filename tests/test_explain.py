@@ -1,4 +1,4 @@
-"""imodel.explain: checked against a model whose adapter and head are set by hand."""
+"""imodel.explain: checked against a model whose bottleneck and head are set by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import retrofit
-from retrofit.adapter import Adapter, FixedHead
+from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.config import RetrofitConfig
 from retrofit.hooks import LayerSpec
 
@@ -27,7 +27,7 @@ class TinyBackbone(nn.Module):
 
 
 def _hand_made(num_classes: int = 3) -> retrofit.InterpretableModel:
-    adapter = Adapter(
+    bottleneck = Bottleneck(
         selected=torch.tensor([2, 0, 3]),
         mean=torch.tensor([1.0, 0.0, -1.0]),
         std=torch.tensor([2.0, 1.0, 0.5]),
@@ -38,7 +38,7 @@ def _hand_made(num_classes: int = 3) -> retrofit.InterpretableModel:
     imodel = retrofit.InterpretableModel(
         TinyBackbone(),
         LayerSpec(heads=("fc",)),
-        adapter,
+        bottleneck,
         FixedHead(weight, bias),
         RetrofitConfig(n_features=3, per_class=2),
         class_names=["cat", "dog", "car"][:num_classes],

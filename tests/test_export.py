@@ -21,8 +21,8 @@ from retrofit.errors import (
     ExportVersionError,
     FingerprintMismatchError,
 )
-from retrofit.export import load
 from retrofit.fingerprint import model_fingerprint
+from retrofit.model import load
 from tests.tiny import TINY_VIT, colour_coded_images
 
 C = 3
@@ -106,21 +106,21 @@ def test_generic_round_trip_with_the_model_given(cnn_export, data) -> None:
     assert loaded.concepts == imodel.concepts and loaded.feature_name(0) == "red | things"
     assert loaded.stats["train"] == imodel.stats["train"]
     assert loaded.config == imodel.config
-    assert torch.equal(loaded.adapter.log_std, imodel.adapter.log_std)
+    assert torch.equal(loaded.bottleneck.log_std, imodel.bottleneck.log_std)
 
     with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
         assert handle.metadata() == {"format": "pt"}
         assert handle.get_tensor("head.assignment").dtype == torch.int8
         assert set(handle.keys()) == {
-            "adapter.selected",
-            "adapter.mean",
-            "adapter.log_std",
+            "bottleneck.selected",
+            "bottleneck.mean",
+            "bottleneck.log_std",
             "head.assignment",
             "head.scale",
             "head.bias",
         }
     config = json.loads((folder / "retrofit_config.json").read_text())
-    assert config["schema_version"] == 1 and config["method"] == "qsenn"
+    assert config["schema_version"] == 2 and config["method"] == "qsenn"
     assert config["base_model"]["family"] == "generic" and config["base_model"]["build"] is None
     assert config["base_model"]["fingerprint"] == model_fingerprint(model)
     assert config["features"][0]["concepts"][0]["concept"] == "red | things"
@@ -133,15 +133,30 @@ def test_generic_round_trip_with_the_model_given(cnn_export, data) -> None:
     assert "each one channel of" in card and "where its mix started" not in card
 
 
+def test_an_export_of_schema_version_1_still_loads(cnn_export, tmp_path) -> None:
+    """Version 1 called the bottleneck "adapter" in the config and the tensor names."""
+    model, imodel, folder = cnn_export
+    old = tmp_path / "v1"
+    shutil.copytree(folder, old)
+
+    def rename(tensors: dict) -> None:
+        for name in [n for n in tensors if n.startswith("bottleneck.")]:
+            tensors["adapter." + name[len("bottleneck.") :]] = tensors.pop(name)
+
+    _edit_tensors(old, rename)
+    _edit_config(old, lambda c: c.update(schema_version=1, adapter=c.pop("bottleneck")))
+    _assert_same_logits(retrofit.load(old, model=model), imodel, torch.rand(2, 3, 16, 16))
+
+
 def test_float_head_and_linear_mix_round_trip(data, tmp_path) -> None:
     model = SmallCNN()
-    imodel = _convert(model, data, method="sparse", linear_mix=True, finetune="adapter")
+    imodel = _convert(model, data, method="sparse", linear_mix=True, finetune="bottleneck")
     folder = imodel.save_pretrained(tmp_path / "sparse")
     card = (folder / "README.md").read_text()
     assert "learned linear mix of the channels" in card and "where its mix started" in card
     tensors = load_file(str(folder / "model.safetensors"))
     assert "head.weight" in tensors and "head.assignment" not in tensors
-    assert tensors["adapter.mix"].shape == (imodel.n_features, 24)
+    assert tensors["bottleneck.mix"].shape == (imodel.n_features, 24)
     _assert_same_logits(load(folder, model=model), imodel, data[0])
 
 
@@ -268,7 +283,7 @@ def test_an_interrupted_save_keeps_the_previous_export(cnn_export, data, tmp_pat
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash while writing README.md")
 
-    monkeypatch.setattr("retrofit.export.render_model_card", crash)
+    monkeypatch.setattr("retrofit.export.write.render_model_card", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         other.save_pretrained(folder)
     _assert_same_logits(load(folder, model=model), imodel, data[0])
@@ -296,12 +311,12 @@ def _edit_config(folder: Path, edit) -> None:
 
 def _edit_tensors(folder: Path, edit) -> None:
     """Rewrite model.safetensors and record its new size and checksum, as a careless tool would."""
-    from retrofit.export import _file_info
+    from retrofit.export.write import file_info
 
     tensors = load_file(str(folder / "model.safetensors"))
     edit(tensors)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    info = _file_info(folder / "model.safetensors")
+    info = file_info(folder / "model.safetensors")
     _edit_config(folder, lambda c: c["files"].update({"model.safetensors": info}))
 
 
@@ -318,10 +333,10 @@ def _flip_last_byte(folder: Path) -> None:
 
 
 def _truncate_and_record(folder: Path) -> None:
-    from retrofit.export import _file_info
+    from retrofit.export.write import file_info
 
     _truncate(folder)
-    info = _file_info(folder / "model.safetensors")
+    info = file_info(folder / "model.safetensors")
     _edit_config(folder, lambda c: c["files"].update({"model.safetensors": info}))
 
 
@@ -331,7 +346,7 @@ def _shift_selected(folder: Path) -> None:
         config["features"][0]["backbone_index"] = 40
 
     def bump(tensors):
-        tensors["adapter.selected"][0] = 40
+        tensors["bottleneck.selected"][0] = 40
 
     _edit_tensors(folder, bump)
     _edit_config(folder, edit)

@@ -149,7 +149,7 @@ def test_flint_converts_reproduces_the_model_and_reloads_exactly(
     loaded = retrofit.load(folder, model=model)
     with torch.no_grad():
         assert torch.equal(loaded(images), logits)
-    assert loaded.adapter.attributes is not None and loaded.feature_name(0) == "attribute_0"
+    assert loaded.bottleneck.attributes is not None and loaded.feature_name(0) == "attribute_0"
     assert torch.equal(loaded.class_relevance, imodel.class_relevance)
     assert loaded.global_explanation() == table
 
@@ -174,9 +174,9 @@ def test_flint_attributes_feed_other_heads(method, model, data, tmp_path) -> Non
         rounds=2,
         **{**FAST, "n_features": 4, "flint": {"attributes": 6, "hidden": 32, "lr": 1e-2}},
     )
-    assert imodel.adapter.attributes.n_attributes == 6
-    assert imodel.n_features == 4 and int(imodel.adapter.selected.max()) < 6
-    assert not any(p.requires_grad for p in imodel.adapter.attributes.parameters())
+    assert imodel.bottleneck.attributes.n_attributes == 6
+    assert imodel.n_features == 4 and int(imodel.bottleneck.selected.max()) < 6
+    assert not any(p.requires_grad for p in imodel.bottleneck.attributes.parameters())
     entries = [e for v in imodel.global_explanation().values() for e in v]
     assert len(entries) == int((imodel.head.weight != 0).sum()), "tau only when asked"
     assert all("relevance" in e for e in entries)
@@ -325,7 +325,7 @@ def test_flint_on_a_vision_transformer_and_a_torchvision_resnet(data, tmp_path) 
         imodel = retrofit.convert(backbone, loader, method="flint", **{**FAST, "epochs": 3})
         with torch.no_grad():
             logits = imodel(small[:4])
-        assert logits.shape == (4, C) and imodel.adapter.attributes.n_attributes == 6
+        assert logits.shape == (4, C) and imodel.bottleneck.attributes.n_attributes == 6
         loaded = retrofit.load(
             imodel.save_pretrained(tmp_path / type(backbone).__name__), model=backbone
         )

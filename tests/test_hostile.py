@@ -22,7 +22,8 @@ from torch import nn
 import retrofit
 from retrofit.cli import main
 from retrofit.errors import RetrofitError, UntrustedCodeError
-from retrofit.export import _file_info, load
+from retrofit.export.write import file_info
+from retrofit.model import load
 from tests.tiny import colour_coded_images
 
 C = 3
@@ -299,7 +300,7 @@ def test_a_symlinked_config_or_tensor_file_is_refused(victim, tmp_path) -> None:
         ("[" * 100_000 + "]" * 100_000, "deep"),
         ('{"a":' * 60 + "1" + "}" * 60, "deeper than"),
         ('{"schema_version": NaN}', "not valid JSON"),
-        ('{"schema_version": 1' + ', "x": 1' * 10 + "}", "required key"),
+        ('{"schema_version": 2' + ', "x": 1' * 10 + "}", "required key"),
         ("1" * 5000, "not valid JSON"),
         ('"\udcff"', "not valid JSON"),
     ],
@@ -321,16 +322,16 @@ def _rewrite_tensors(folder: Path, edit) -> None:
     tensors = load_file(str(folder / "model.safetensors"))
     edit(tensors)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    info = _file_info(folder / "model.safetensors")
+    info = file_info(folder / "model.safetensors")
     _edit(folder, lambda c: c["files"].update({"model.safetensors": info}))
 
 
 @pytest.mark.parametrize(
     "name,value",
     [
-        ("adapter.mean", float("nan")),
-        ("adapter.log_std", float("inf")),
-        ("adapter.log_std", 1000.0),
+        ("bottleneck.mean", float("nan")),
+        ("bottleneck.log_std", float("inf")),
+        ("bottleneck.log_std", 1000.0),
         ("head.bias", float("-inf")),
         ("head.scale", float("nan")),
     ],
@@ -411,7 +412,7 @@ def _write_raw(folder: Path, header: Any, body: bytes, length: int | None = None
     text = json.dumps(header).encode() if not isinstance(header, bytes) else header
     raw = struct.pack("<Q", len(text) if length is None else length) + text + body
     (folder / "model.safetensors").write_bytes(raw)
-    info = _file_info(folder / "model.safetensors")
+    info = file_info(folder / "model.safetensors")
     _edit(folder, lambda c: c["files"].update({"model.safetensors": info}))
 
 

@@ -63,9 +63,9 @@ def test_out_of_core_fit_gives_the_same_model_as_in_memory(tmp_path, method):
     in_memory = _convert(None, method)
     mapped = _convert(str(tmp_path), method)
     assert torch.equal(in_memory.head.weight, mapped.head.weight)
-    assert torch.equal(in_memory.adapter.selected, mapped.adapter.selected)
-    for name, value in in_memory.adapter.state_dict().items():
-        torch.testing.assert_close(mapped.adapter.state_dict()[name], value, rtol=0, atol=0)
+    assert torch.equal(in_memory.bottleneck.selected, mapped.bottleneck.selected)
+    for name, value in in_memory.bottleneck.state_dict().items():
+        torch.testing.assert_close(mapped.bottleneck.state_dict()[name], value, rtol=0, atol=0)
     assert in_memory.stats["train"] == mapped.stats["train"]
 
 

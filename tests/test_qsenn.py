@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrofit.adapter import Adapter, FixedHead
+from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.config import RetrofitConfig
 from retrofit.heads.base import HeadResult, get_head
 
@@ -62,7 +62,7 @@ def test_qsenn_counts_and_ternary_values(data, qsenn_result):
     assert len(r.stats["rounds"]) == 2
     x, y = data
     assert (head_logits(r, x).argmax(dim=1) == y).float().mean() > 0.6
-    assert torch.allclose(head_logits(r, x), FixedHead.from_result(r)(r.adapter(x)), atol=1e-5)
+    assert torch.allclose(head_logits(r, x), FixedHead.from_result(r)(r.bottleneck(x)), atol=1e-5)
 
 
 def test_qsenn_balanced_gives_every_class_exactly_per_class(data):
@@ -75,8 +75,8 @@ def test_qsenn_is_deterministic_with_a_seed(data, qsenn_result):
     assert torch.equal(again.selected, qsenn_result.selected)
     assert torch.equal(again.weight, qsenn_result.weight)
     assert torch.equal(again.bias, qsenn_result.bias)
-    for key, value in qsenn_result.adapter.state_dict().items():
-        assert torch.equal(again.adapter.state_dict()[key], value)
+    for key, value in qsenn_result.bottleneck.state_dict().items():
+        assert torch.equal(again.bottleneck.state_dict()[key], value)
 
 
 def test_qsenn_without_finetuning_keeps_the_training_standardisation(data):
@@ -85,7 +85,7 @@ def test_qsenn_without_finetuning_keeps_the_training_standardisation(data):
     assert len(r.stats["rounds"]) == 1 and "finetune" not in r.stats["rounds"][0]
     assert torch.allclose(r.mean, x[:, r.selected].mean(dim=0), atol=1e-5)
     assert torch.allclose(r.std, x[:, r.selected].std(dim=0, unbiased=False), rtol=1e-4)
-    assert isinstance(r.adapter, Adapter)
+    assert isinstance(r.bottleneck, Bottleneck)
 
 
 def test_sparse_head_respects_the_budget_and_is_not_quantised(data):

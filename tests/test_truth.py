@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 import retrofit
 from retrofit.check.html import render_report
 from retrofit.check.truth import class_truth_from_labels, explanation_truth, model_names
-from retrofit.concepts.basis import fit_concept_basis, fold_adapter
+from retrofit.concepts.basis import fit_concept_basis, fold_bottleneck
 from retrofit.concepts.pairs import (
     PairSettings,
     auc_matrix,
@@ -166,13 +166,13 @@ def test_concept_basis_detects_planted_concepts_and_folds_exactly() -> None:
     assert all(float(a) > 0.9 for a in basis.auc)
     extended = basis.extend(features)
     assert extended.shape == (600, 15)
-    from retrofit.adapter import Adapter
+    from retrofit.bottleneck import Bottleneck
 
     selected = torch.tensor([1, 12, 14])  # a channel and two concept features
     mean, std = extended[:, selected].mean(0), extended[:, selected].std(0)
-    ext_adapter = Adapter(selected, mean, std, 15, linear_mix=False)
-    folded = fold_adapter(ext_adapter, basis, 12)
-    assert torch.allclose(folded(features), ext_adapter(extended), atol=1e-4)
+    ext_bottleneck = Bottleneck(selected, mean, std, 15, linear_mix=False)
+    folded = fold_bottleneck(ext_bottleneck, basis, 12)
+    assert torch.allclose(folded(features), ext_bottleneck(extended), atol=1e-4)
     assert int(folded.selected.max()) < 12
 
 

@@ -1,6 +1,6 @@
 """FLINT's metrics for every head (ALGORITHMS §7, §9.1): fidelity@k, dead attributes, entropy.
 
-The "attributes" are the activations the head reads (the adapter outputs z); for a flint model
+The "attributes" are the activations the head reads (the bottleneck outputs z); for a flint model
 these are the non-negative FLINT attributes Φ(x).
 """
 

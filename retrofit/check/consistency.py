@@ -220,7 +220,7 @@ def _interpolate(cam: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 def _exact_cam(
     imodel: InterpretableModel, images: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor | None:
-    """Σ_k w_ŷk (P_k − μ_k)/σ_k over the adapter's projected maps P, or None when the maps do
+    """Σ_k w_ŷk (P_k − μ_k)/σ_k over the bottleneck's projected maps P, or None when the maps do
     not average to the pooled features the head reads (then the CAM would not be exact)."""
     capture = FeatureCapture(imodel.backbone, imodel.spec, with_maps=True)
     with torch.no_grad(), capture.attached():
@@ -231,10 +231,10 @@ def _exact_cam(
     scale = pooled.abs().amax().clamp_min(1e-6)
     if (maps.mean(dim=(2, 3)) - pooled).abs().amax() > _POOL_TOLERANCE * scale:
         return None
-    adapter, weight = imodel.adapter, imodel.head.weight
+    bottleneck, weight = imodel.bottleneck, imodel.head.weight
     with torch.no_grad():
-        projected = adapter.project_maps(maps) - adapter.mean[None, :, None, None]
-        coefficients = weight[targets] / adapter.std
+        projected = bottleneck.project_maps(maps) - bottleneck.mean[None, :, None, None]
+        coefficients = weight[targets] / bottleneck.std
         cam = torch.einsum("nf,nfhw->nhw", coefficients, projected)[:, None]
     return _interpolate(cam, tuple(images.shape[2:]))
 

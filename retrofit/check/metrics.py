@@ -1,6 +1,6 @@
 """Interpretability metrics of a model with a linear head (ALGORITHMS.md §7), on cached tensors.
 
-Notation: z (N, n_f) are the adapter outputs the head reads, `weight` (C, n_f) the head,
+Notation: z (N, n_f) are the bottleneck outputs the head reads, `weight` (C, n_f) the head,
 `predicted` (N,) the classes the interpretable model predicts, maps (N, n_f, H, W) the spatial
 maps of the selected features. Every function is a pure tensor computation so it can be checked
 against cases with a known answer; values that are undefined for the input are NaN.

@@ -2,12 +2,12 @@
 
 Methods: `LayerGradCam` on the last spatial layer (the module named by `spec.maps_module`,
 upsampled with `LayerAttribution.interpolate`), `IntegratedGradients` for the class logit and
-`NeuronIntegratedGradients` on the adapter outputs for a feature. Each map is scored by deleting
+`NeuronIntegratedGradients` on the bottleneck outputs for a feature. Each map is scored by deleting
 (inserting) pixels in attribution order against a seeded random order, by
 `captum.metrics.infidelity(normalize=True)` and by `captum.metrics.sensitivity_max`.
 
 Class-level scores are the softmax probability of the predicted class; feature-level scores are
-the feature's standardised activation (the adapter output the head reads), so feature-level
+the feature's standardised activation (the bottleneck output the head reads), so feature-level
 areas are in units of the feature's training standard deviation.
 The baseline (removed pixels, and the IG baseline) is zero: black for [0, 1] inputs, the mean
 colour for normalised inputs.
@@ -195,7 +195,7 @@ def explainer(
             ).detach()
 
         return explain_ig
-    neuron_ig = NeuronIntegratedGradients(imodel, imodel.adapter)
+    neuron_ig = NeuronIntegratedGradients(imodel, imodel.bottleneck)
 
     def explain_neuron_ig(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(images)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrofit.cache import atomic_write_bytes
 from retrofit.errors import ConfigError, RetrofitError
+from retrofit.safe_io import atomic_write_bytes
 
 # threshold keyword -> (dotted metric path, comparison); "*" expands to every method measured
 THRESHOLDS: dict[str, tuple[str, str]] = {
@@ -45,7 +45,7 @@ class CheckFailedError(RetrofitError):
         lines = "; ".join(f.describe() for f in self.failures)
         super().__init__(
             f"{len(self.failures)} check threshold(s) failed: {lines}. Improve the model (more "
-            "features, finetune='adapter', distill) or relax the thresholds."
+            "features, finetune='bottleneck', distill) or relax the thresholds."
         )
 
 

@@ -1,7 +1,7 @@
 """check(): measure how faithful and how interpretable a converted model is — orchestration only.
 
 One pass over the loader runs the backbone once per batch and keeps what every later part
-needs: the adapter outputs, both models' logits, the per-image Diversity@5 / SID@5 (so the
+needs: the bottleneck outputs, both models' logits, the per-image Diversity@5 / SID@5 (so the
 spatial maps are never stored), the first `max_pixel_images` images for Captum and the
 top-activating images of each feature for the report.
 """
@@ -137,7 +137,7 @@ def _collect(
             output = imodel.backbone(images)
             pooled, maps = capture.features(), capture.maps
             capture.clear()
-            z = imodel.adapter(pooled)
+            z = imodel.bottleneck(pooled)
             logits = imodel.head(z)
             if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1]):
                 raise DataError(
@@ -151,7 +151,7 @@ def _collect(
                     logits_of(reference(images.to(reference_device))).float().cpu()
                 )
             if maps is not None:
-                projected = imodel.adapter.project_maps(maps)
+                projected = imodel.bottleneck.project_maps(maps)
                 predicted = logits.argmax(dim=1)
                 state.loc.append(M.localisation_per_image(projected, weight, predicted))
                 state.sid.append(
@@ -682,7 +682,7 @@ def _feature_cards(
             {
                 "index": j,
                 "name": imodel.feature_name(j),
-                "backbone_index": int(imodel.adapter.selected[j]),
+                "backbone_index": int(imodel.bottleneck.selected[j]),
                 "concepts": list(imodel.concepts[j]),
                 "classes": [
                     (imodel.class_names[c], int(torch.sign(column[c])))

@@ -1,13 +1,13 @@
 """Make each feature track its concept (Label-free CBM's cos³ objective) without losing accuracy.
 
-The adapter is fine-tuned on cached features with the head fixed: cross-entropy keeps the
+The bottleneck is fine-tuned on cached features with the head fixed: cross-entropy keeps the
 classifier's behaviour, the cos³ term pulls feature j towards its concept signal t_j
 (image–concept similarity, or the concept's labels). cos³ centres both over the batch, cubes
 them element-wise (emphasising the images where each is high) and compares their directions.
 The epoch with the best mean correlation whose accuracy stays within `max_accuracy_drop` of the
-start is kept; if none does, the adapter is restored and the report says so.
+start is kept; if none does, the bottleneck is restored and the report says so.
 
-Correlation and cos³ are unchanged by a per-feature scale and shift, so only an adapter with a
+Correlation and cos³ are unchanged by a per-feature scale and shift, so only an bottleneck with a
 learned linear mix (`convert(..., linear_mix=True)`) can move them.
 """
 
@@ -78,7 +78,10 @@ def _evaluate(
     imodel: Any, features: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor
 ) -> tuple[float, torch.Tensor]:
     z = torch.cat(
-        [imodel.adapter(features[s : s + _EVAL_ROWS]) for s in range(0, len(features), _EVAL_ROWS)]
+        [
+            imodel.bottleneck(features[s : s + _EVAL_ROWS])
+            for s in range(0, len(features), _EVAL_ROWS)
+        ]
     )
     accuracy = float((imodel.head(z).argmax(dim=1) == labels).float().mean())
     return accuracy, column_correlation(z, targets).cpu()
@@ -99,16 +102,16 @@ def align_features(
     seed: int = 0,
     progress: bool = True,
 ) -> AlignmentReport:
-    """Fine-tune `imodel.adapter` so feature j tracks `targets[:, j]`, within an accuracy bound.
+    """Fine-tune `imodel.bottleneck` so feature j tracks `targets[:, j]`, within an accuracy bound.
 
     `features` (N, D) are the backbone's pooled features, `targets` (N, F) each feature's concept
     signal (`NamingResult.signal`), `labels` (N,) the classes. Accuracy and correlation are
     measured on `val` = (features, targets, labels) when given, else on the training rows.
     """
-    adapter, head = imodel.adapter, imodel.head
-    if adapter.mix is None:
+    bottleneck, head = imodel.bottleneck, imodel.head
+    if bottleneck.mix is None:
         raise ConfigError(
-            "align=True needs an adapter with a learned linear mix (a per-feature scale and "
+            "align=True needs an bottleneck with a learned linear mix (a per-feature scale and "
             "shift cannot change a correlation): convert with linear_mix=True."
         )
     n, n_f = features.shape[0], imodel.n_features
@@ -123,15 +126,15 @@ def align_features(
         raise ConfigError(
             f"batch_size must be >= 2 (cos³ compares over a batch), got {batch_size}."
         )
-    device = adapter.mean.device
+    device = bottleneck.mean.device
     features, targets, labels = features.to(device), targets.to(device).float(), labels.to(device)
     eval_set = (features, targets, labels) if val is None else tuple(t.to(device) for t in val)
-    was_training = adapter.training
-    adapter.eval()
+    was_training = bottleneck.training
+    bottleneck.eval()
     accuracy_before, corr_before = _evaluate(imodel, *eval_set)
-    start_state = copy.deepcopy(adapter.state_dict())
+    start_state = copy.deepcopy(bottleneck.state_dict())
     best_state, best_epoch, best_corr = None, None, -math.inf
-    optimiser = torch.optim.Adam([p for p in adapter.parameters() if p.requires_grad], lr=lr)
+    optimiser = torch.optim.Adam([p for p in bottleneck.parameters() if p.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     epoch_iter: Any = range(epochs)
     if progress:
@@ -139,13 +142,13 @@ def align_features(
 
         epoch_iter = tqdm(epoch_iter, desc="concept alignment", leave=False)
     for epoch in epoch_iter:
-        adapter.train()
+        bottleneck.train()
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n - 1, batch_size):
             index = order[start : start + batch_size]
             if len(index) < 2:
                 continue
-            z = adapter(features[index])
+            z = bottleneck(features[index])
             loss = (
                 F.cross_entropy(head(z), labels[index])
                 - weight * cos3_similarity(z, targets[index]).mean()
@@ -154,23 +157,23 @@ def align_features(
             loss.backward()
             optimiser.step()
         if not math.isfinite(loss.item()):
-            adapter.load_state_dict(start_state)
+            bottleneck.load_state_dict(start_state)
             raise SolverError("concept alignment diverged (non-finite loss); lower lr.")
-        adapter.eval()
+        bottleneck.eval()
         accuracy, corr = _evaluate(imodel, *eval_set)
         logger.debug(
             "align epoch %d: accuracy %.4f, correlation %.4f", epoch, accuracy, corr.mean()
         )
         if accuracy >= accuracy_before - max_accuracy_drop and float(corr.mean()) > best_corr:
             best_corr, best_epoch = float(corr.mean()), epoch
-            best_state = copy.deepcopy(adapter.state_dict())
+            best_state = copy.deepcopy(bottleneck.state_dict())
     accepted = best_state is not None and best_corr > float(corr_before.mean())
-    adapter.load_state_dict(best_state if accepted else start_state)
-    adapter.train(was_training)
+    bottleneck.load_state_dict(best_state if accepted else start_state)
+    bottleneck.train(was_training)
     if not accepted:
         warnings.warn(
             f"Concept alignment found no epoch that raised the mean correlation while keeping "
-            f"accuracy within {max_accuracy_drop} of {accuracy_before:.4f}; the adapter is "
+            f"accuracy within {max_accuracy_drop} of {accuracy_before:.4f}; the bottleneck is "
             "unchanged. Try a larger max_accuracy_drop, a smaller weight or more epochs.",
             UserWarning,
             stacklevel=2,

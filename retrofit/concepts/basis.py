@@ -10,8 +10,8 @@ then selects and assigns among channels and concept features alike, and a class 
 concepts the backbone encodes is explained by features that mean one thing each.
 
 The extension is linear, so a head fitted on the extended features folds back exactly into an
-adapter with a linear mix over the D backbone features (`fold_adapter`): nothing changes
-downstream — export, explain and check see an ordinary adapter.
+bottleneck with a linear mix over the D backbone features (`fold_bottleneck`): nothing changes
+downstream — export, explain and check see an ordinary bottleneck.
 """
 
 from __future__ import annotations
@@ -134,33 +134,35 @@ def fit_concept_basis(
     return ConceptBasis(raw_weight.cpu(), raw_bias.cpu(), kept, auc[keep].cpu())
 
 
-def fold_adapter(adapter: Any, basis: ConceptBasis, in_features: int, channels: bool = True) -> Any:
-    """An adapter over the D backbone features equal to `adapter` over the extended D + V ones
+def fold_bottleneck(
+    bottleneck: Any, basis: ConceptBasis, in_features: int, channels: bool = True
+) -> Any:
+    """An bottleneck over the D backbone features equal to `bottleneck` over the extended D + V ones
     (over the V concept features alone with channels=False)."""
-    from retrofit.adapter import Adapter
+    from retrofit.bottleneck import Bottleneck
 
     d = in_features
-    device = adapter.mean.device
+    device = bottleneck.mean.device
     with torch.no_grad():
-        if adapter.mix is not None:
-            mix_ext = adapter.mix.detach()
+        if bottleneck.mix is not None:
+            mix_ext = bottleneck.mix.detach()
         else:
-            mix_ext = torch.zeros(len(adapter.selected), adapter.in_features, device=device)
-            mix_ext[torch.arange(len(adapter.selected)), adapter.selected] = 1.0
+            mix_ext = torch.zeros(len(bottleneck.selected), bottleneck.in_features, device=device)
+            mix_ext[torch.arange(len(bottleneck.selected)), bottleneck.selected] = 1.0
         if not channels:
             mix_ext = torch.cat([torch.zeros(len(mix_ext), d, device=device), mix_ext], dim=1)
-            adapter_selected = adapter.selected + d
+            bottleneck_selected = bottleneck.selected + d
         else:
-            adapter_selected = adapter.selected
+            bottleneck_selected = bottleneck.selected
         weight, bias = basis.weight.to(device), basis.bias.to(device)
         mix = mix_ext[:, :d] + mix_ext[:, d:] @ weight
-        mean = adapter.mean.detach() - mix_ext[:, d:] @ bias
-        selected = adapter_selected.clone()
+        mean = bottleneck.mean.detach() - mix_ext[:, d:] @ bias
+        selected = bottleneck_selected.clone()
         is_concept = selected >= d
         if bool(is_concept.any()):
             # where a concept feature "starts": its probe's strongest backbone channel
             selected[is_concept] = weight[selected[is_concept] - d].abs().argmax(dim=1)
-        folded = Adapter(selected, mean, adapter.std.detach(), d, linear_mix=True)
+        folded = Bottleneck(selected, mean, bottleneck.std.detach(), d, linear_mix=True)
         folded.mix.copy_(mix)
     return folded.to(device)
 

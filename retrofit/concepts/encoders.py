@@ -33,10 +33,10 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from retrofit.cache import atomic_save_safetensors
 from retrofit.errors import CacheError, ConfigError, DataError, ModelError
 from retrofit.fingerprint import batch_fingerprint, model_fingerprint, settings_fingerprint
 from retrofit.loaders import as_batches, dataset_length, iterate
+from retrofit.safe_io import atomic_save_safetensors
 from retrofit.state import load_matching_state
 
 logger = logging.getLogger(__name__)

@@ -109,8 +109,8 @@ def _check_top_k(top_k: int, n_concepts: int) -> None:
 
 @torch.no_grad()
 def _activations(features: torch.Tensor, imodel: Any) -> torch.Tensor:
-    device = imodel.adapter.mean.device
-    return imodel.adapter.transform(features.to(device)).float().cpu()
+    device = imodel.bottleneck.mean.device
+    return imodel.bottleneck.transform(features.to(device)).float().cpu()
 
 
 @torch.no_grad()
@@ -129,7 +129,7 @@ def _probe_pass(
     so both always come from the same images in the same order."""
     from tqdm.auto import tqdm
 
-    device = imodel.adapter.mean.device
+    device = imodel.bottleneck.mean.device
     acts, embs, labels = [], [], []
     with tqdm(
         total=dataset_length(data), unit="img", desc="concept probe", disable=not progress
@@ -352,7 +352,7 @@ def name_features(
     if len(imodel.concepts) != len(table):
         raise ConfigError(
             f"The model has {len(imodel.concepts)} feature slots but {len(table)} features were "
-            "named; was the adapter changed after conversion?"
+            "named; was the bottleneck changed after conversion?"
         )
     imodel.concepts[:] = table
     logger.info("named %d features with %s over %d concepts", len(table), method, len(names))
@@ -392,7 +392,7 @@ class ConceptSettings:
     """What `convert(..., concepts=...)` asked for, in one validated place.
 
     encoder + vocabulary: CLIP naming (either may be None for its default); labels (N, K) +
-    label_names: annotation naming by Δ-contrast. `align=True` then fine-tunes the adapter
+    label_names: annotation naming by Δ-contrast. `align=True` then fine-tunes the bottleneck
     towards the names (needs linear_mix=True). `options` go to `name_features`.
     """
 

@@ -29,13 +29,13 @@ class HeadResult:
     scale: float = 1.0
     # solver status, objective, bound, gap, time
     stats: dict[str, Any] = field(default_factory=dict)
-    # the trained retrofit.adapter.Adapter when the method fine-tuned one itself (qsenn rounds)
-    adapter: torch.nn.Module | None = None
+    # the trained retrofit.bottleneck.Bottleneck when the method fine-tuned one itself (qsenn rounds)
+    bottleneck: torch.nn.Module | None = None
 
 
 class HeadMethod(Protocol):
     """maps: cached spatial maps (locality, diversity loss); logits: the original model's, for
-    config.distill in methods that fine-tune an adapter themselves. Methods ignore what they
+    config.distill in methods that fine-tune an bottleneck themselves. Methods ignore what they
     do not use."""
 
     def __call__(

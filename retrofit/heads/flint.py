@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from retrofit.adapter import Adapter
 from retrofit.attributes import fit_attributes
+from retrofit.bottleneck import Bottleneck
 from retrofit.config import RetrofitConfig
 from retrofit.errors import DataError
 from retrofit.heads.base import HeadResult, register_head
@@ -26,7 +26,7 @@ def fit_flint(
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
 ) -> HeadResult:
-    """Learn Φ and h; result.adapter computes Φ(x) exactly (identity selection, mean 0, std 1)."""
+    """Learn Φ and h; result.bottleneck computes Φ(x) exactly (identity selection, mean 0, std 1)."""
     n_classes = len(config.class_names) if config.class_names else None
     if labels.numel() and int(labels.min()) < 0:
         raise DataError("labels must be class indices >= 0.")
@@ -38,10 +38,10 @@ def fit_flint(
     j = fit.attributes.n_attributes
     device = features.device
     zeros, ones = torch.zeros(j, device=device), torch.ones(j, device=device)
-    adapter = Adapter(
+    bottleneck = Bottleneck(
         torch.arange(j), zeros, ones, features.shape[1], attributes=fit.attributes
     ).to(device)
-    adapter.requires_grad_(False)  # Φ is the explanation: later fine-tuning must not rescale it
+    bottleneck.requires_grad_(False)  # Φ is the explanation: later fine-tuning must not rescale it
     return HeadResult(
         selected=torch.arange(j, device=device),
         weight=fit.weight,
@@ -54,5 +54,5 @@ def fit_flint(
             "train_agreement": fit.history["agreement"][-1],
             "history": fit.history,
         },
-        adapter=adapter,
+        bottleneck=bottleneck,
     )

@@ -1,4 +1,4 @@
-"""Head method 'qsenn': Q-SENN's ternary head (ALGORITHMS §2-3) with an adapter fine-tuned on the cache."""
+"""Head method 'qsenn': Q-SENN's ternary head (ALGORITHMS §2-3) with an bottleneck fine-tuned on the cache."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from retrofit.adapter import Adapter, FixedHead, finetune_adapter
+from retrofit.bottleneck import Bottleneck, FixedHead, finetune_bottleneck
 from retrofit.config import RetrofitConfig
 from retrofit.heads.base import HeadResult, register_head
 from retrofit.quantize import quantise_head
@@ -31,14 +31,14 @@ def fit_qsenn(
 ) -> HeadResult:
     """Select n_features, then per round: fit, quantise to {−a, 0, a}, ramp the bias, fine-tune.
 
-    Round r (config.rounds rounds, one when finetune="none"): compute the adapter's outputs
+    Round r (config.rounds rounds, one when finetune="none"): compute the bottleneck's outputs
     (round 1: the standardised selected features), solve the α = 0.99 elastic net on them at
     the path's smallest non-zero λ (ε·λ_max; the solution is unique, so it is solved directly,
     warm-started from the previous round), quantise with per_class·C non-zeros (`balanced`:
-    per_class per class), ramp the bias, then train the adapter against that fixed head
+    per_class per class), ramp the bias, then train the bottleneck against that fixed head
     (lr × 0.9^r). The outputs are not re-standardised between rounds: without a linear mix the
-    normalisation is all the adapter learns, and resetting it would undo the fine-tuning.
-    The returned head is the last round's; result.adapter is the adapter trained against it,
+    normalisation is all the bottleneck learns, and resetting it would undo the fine-tuning.
+    The returned head is the last round's; result.bottleneck is the bottleneck trained against it,
     and mean/std are its normalisation (exact for the HeadResult formula unless
     config.linear_mix). `logits` (the original model's) enable config.distill; `maps` enable
     the Feature Diversity Loss. The features are only read in row chunks (standardised on the
@@ -50,11 +50,11 @@ def fit_qsenn(
         labels,
         len(config.class_names) if config.class_names else None,
     )
-    x = features  # read in chunks by the adapter, in whatever dtype the cache holds
+    x = features  # read in chunks by the bottleneck, in whatever dtype the cache holds
     selected, selection = select_features(
         z, y, config.n_features, alpha=SELECTION_ALPHA, num_classes=c, progress=config.progress
     )
-    adapter = Adapter(
+    bottleneck = Bottleneck(
         selected, mean[selected], std[selected], x.shape[1], linear_mix=config.linear_mix
     ).to(x.device)
     tune = config.finetune != "none" and config.epochs != 0
@@ -62,7 +62,7 @@ def fit_qsenn(
     warm_w = warm_b = None
     history = []
     for r in range(rounds):
-        zs = adapter.transform(x)
+        zs = bottleneck.transform(x)
         lam = PATH_EPSILON * lambda_max(zs, y, PATH_ALPHA, num_classes=c)
         point = fit_elastic_net(zs, y, lam, PATH_ALPHA, num_classes=c, weight=warm_w, bias=warm_b)
         warm_w, warm_b = point.weight, point.bias
@@ -78,8 +78,8 @@ def fit_qsenn(
             "accuracy_quantised": _accuracy(zs, head.weight, head.bias, y),
         }
         if tune:
-            trained = finetune_adapter(
-                adapter, head, x, y, config, logits=logits, maps=maps, lr=config.lr * LR_DECAY**r
+            trained = finetune_bottleneck(
+                bottleneck, head, x, y, config, logits=logits, maps=maps, lr=config.lr * LR_DECAY**r
             )
             record["accuracy_finetuned"] = trained["accuracy"][-1]
             record["finetune"] = trained
@@ -91,13 +91,13 @@ def fit_qsenn(
             record["accuracy_quantised"],
             record.get("accuracy_finetuned", "-"),
         )
-    adapter.eval()
+    bottleneck.eval()
     return HeadResult(
         selected=selected,
         weight=head.weight.clone(),
         bias=head.bias.clone(),
-        mean=adapter.mean.detach().clone(),
-        std=adapter.std.detach().clone(),
+        mean=bottleneck.mean.detach().clone(),
+        std=bottleneck.std.detach().clone(),
         assignment=assignment,
         scale=scale,
         stats={
@@ -107,7 +107,7 @@ def fit_qsenn(
             "nnz": int((assignment != 0).sum().item()),
             "in_features": x.shape[1],
         },
-        adapter=adapter,
+        bottleneck=bottleneck,
     )
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from retrofit.cache import atomic_write_bytes
 from retrofit.concepts.encoders import to_unit_range
 from retrofit.inv.maps import ClusterMaps
+from retrofit.safe_io import atomic_write_bytes
 from retrofit.web.game import png_data_uri
 
 STYLE = """<style>

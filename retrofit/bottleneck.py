@@ -1,8 +1,8 @@
-"""The adapter between a frozen backbone and a fixed interpretable head, trained on cached features.
+"""The bottleneck between a frozen backbone and a fixed interpretable head, trained on cached features.
 
-Adapter: pooled penultimate features (N, D) -> the n_f standardised selected features, with a
+Bottleneck: pooled penultimate features (N, D) -> the n_f standardised selected features, with a
 trainable normalisation and an optional learned linear mix. FixedHead: the frozen linear head.
-Training only the adapter keeps the head's sparsity pattern and values exactly as assigned.
+Training only the bottleneck keeps the head's sparsity pattern and values exactly as assigned.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would 
 logger = logging.getLogger(__name__)
 
 _EVAL_ROWS = 8192  # rows per no-grad pass over the cache
-MIN_ADAPTER_EPOCHS = 20
+MIN_BOTTLENECK_EPOCHS = 20
 # Small caches need more passes: below ~1,500 Adam steps the linear mix is still far from
 # converged (digits, 1,347 images: 0.94 of dense after 20 epochs, 0.98 after 60).
-MIN_ADAPTER_STEPS = 1500
+MIN_BOTTLENECK_STEPS = 1500
 
 
-class Adapter(nn.Module):
+class Bottleneck(nn.Module):
     """(x[:, selected] − mean) / std, or (x @ mixᵀ − mean) / std with a learned mix.
 
     The mix is initialised to the selection, so both variants start as the same function.
@@ -82,7 +82,7 @@ class Adapter(nn.Module):
         """The linear part before normalisation: the selected columns or their learned mix."""
         if features.ndim != 2 or features.shape[1] != self.in_features:
             raise FeatureError(
-                f"the adapter expects (N, {self.in_features}) features, got shape {tuple(features.shape)}."
+                f"the bottleneck expects (N, {self.in_features}) features, got shape {tuple(features.shape)}."
             )
         features = features.to(self.mean.dtype)
         if self.attributes is not None:
@@ -136,10 +136,10 @@ class FixedHead(nn.Module):
         return F.linear(z, self.weight, self.bias)
 
 
-def build_adapter(
+def build_bottleneck(
     result: HeadResult, config: RetrofitConfig, in_features: int | None = None
-) -> Adapter:
-    """The adapter that reproduces `result`'s normalisation; the mix needs `in_features` (D).
+) -> Bottleneck:
+    """The bottleneck that reproduces `result`'s normalisation; the mix needs `in_features` (D).
 
     D is taken from `in_features`, else result.stats["in_features"], else (without a mix) from
     the largest selected index.
@@ -148,24 +148,24 @@ def build_adapter(
     if d is None:
         if config.linear_mix:
             raise ConfigError(
-                "linear_mix needs the feature width: pass in_features (D) to build_adapter."
+                "linear_mix needs the feature width: pass in_features (D) to build_bottleneck."
             )
         d = int(result.selected.max().item()) + 1 if result.selected.numel() else 0
-    return Adapter(
+    return Bottleneck(
         result.selected, result.mean, result.std, int(d), linear_mix=config.linear_mix
     ).to(result.mean.device)
 
 
-def adapter_epochs(config: RetrofitConfig, n_samples: int) -> int:
-    """config.epochs, or when None at least MIN_ADAPTER_EPOCHS and MIN_ADAPTER_STEPS minibatches."""
+def bottleneck_epochs(config: RetrofitConfig, n_samples: int) -> int:
+    """config.epochs, or when None at least MIN_BOTTLENECK_EPOCHS and MIN_BOTTLENECK_STEPS minibatches."""
     if config.epochs is not None:
         return config.epochs
     steps_per_epoch = max(1, math.ceil(n_samples / config.batch_size))
-    return max(MIN_ADAPTER_EPOCHS, math.ceil(MIN_ADAPTER_STEPS / steps_per_epoch))
+    return max(MIN_BOTTLENECK_EPOCHS, math.ceil(MIN_BOTTLENECK_STEPS / steps_per_epoch))
 
 
-def finetune_adapter(
-    adapter: Adapter,
+def finetune_bottleneck(
+    bottleneck: Bottleneck,
     head: nn.Module,
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -177,11 +177,11 @@ def finetune_adapter(
     epochs: int | None = None,
     sample_weights: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
-    """Train the adapter with the head fixed, on cached features (Adam, seeded minibatches).
+    """Train the bottleneck with the head fixed, on cached features (Adam, seeded minibatches).
 
     Loss: cross-entropy + config.distill · KL(original ‖ ours) when `logits` are given
-    + the Feature Diversity Loss on `adapter.project_maps(maps)` when `maps` are given and the
-    adapter has a linear mix (β from config.extra["diversity_beta"], default 0.196; without a
+    + the Feature Diversity Loss on `bottleneck.project_maps(maps)` when `maps` are given and the
+    bottleneck has a linear mix (β from config.extra["diversity_beta"], default 0.196; without a
     mix the maps do not depend on any trainable parameter, so the loss would be a constant and
     is skipped). `sample_weights` (N,) weight each sample's cross-entropy (consistency
     reweighting). Runs on the device of `features`;
@@ -205,9 +205,9 @@ def finetune_adapter(
             f"maps must have one entry per sample ({n}), got shape {tuple(maps.shape)}."
         )
     lr = config.lr if lr is None else lr
-    epochs = adapter_epochs(config, n) if epochs is None else epochs
+    epochs = bottleneck_epochs(config, n) if epochs is None else epochs
     beta = float(config.extra.get("diversity_beta", DIVERSITY_BETA))
-    adapter.to(device)
+    bottleneck.to(device)
     head.to(device)
     for p in head.parameters():
         p.requires_grad_(False)
@@ -218,28 +218,28 @@ def finetune_adapter(
     history: dict[str, list[float]] = {
         "loss": [],
         "accuracy": [],
-        "initial_accuracy": [_accuracy(adapter, head, features, labels)],
+        "initial_accuracy": [_accuracy(bottleneck, head, features, labels)],
     }
-    params = [p for p in adapter.parameters() if p.requires_grad]
+    params = [p for p in bottleneck.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return history
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(config.seed)
     batch = config.batch_size
-    was_training = adapter.training
-    adapter.train()
+    was_training = bottleneck.training
+    bottleneck.train()
     epoch_iter = range(epochs)
     if config.progress:
         from tqdm.auto import tqdm
 
-        epoch_iter = tqdm(epoch_iter, desc="adapter fine-tuning", leave=False)
+        epoch_iter = tqdm(epoch_iter, desc="bottleneck fine-tuning", leave=False)
     for _ in epoch_iter:
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for start in range(0, n, batch):
             index = order[start : start + batch]
             index_dev = index.to(device)
-            out = head(adapter(features[index_dev]))
+            out = head(bottleneck(features[index_dev]))
             if sample_weights is None:
                 loss = F.cross_entropy(out, labels[index_dev])
             else:
@@ -252,8 +252,8 @@ def finetune_adapter(
                     log_target=True,
                     reduction="batchmean",
                 )
-            if maps is not None and adapter.mix is not None:
-                local = adapter.project_maps(maps[index.to(maps.device)].to(device))
+            if maps is not None and bottleneck.mix is not None:
+                local = bottleneck.project_maps(maps[index.to(maps.device)].to(device))
                 loss = loss + feature_diversity_loss(
                     local, head.weight, out.argmax(dim=1).detach(), beta
                 )
@@ -262,25 +262,25 @@ def finetune_adapter(
             optimiser.step()
             total += float(loss.item()) * len(index)
         if not math.isfinite(total):
-            raise SolverError("adapter fine-tuning diverged (non-finite loss); lower config.lr.")
+            raise SolverError("bottleneck fine-tuning diverged (non-finite loss); lower config.lr.")
         history["loss"].append(total / n)
-        history["accuracy"].append(_accuracy(adapter, head, features, labels))
+        history["accuracy"].append(_accuracy(bottleneck, head, features, labels))
         logger.debug(
-            "adapter epoch loss=%.4f accuracy=%.4f", history["loss"][-1], history["accuracy"][-1]
+            "bottleneck epoch loss=%.4f accuracy=%.4f", history["loss"][-1], history["accuracy"][-1]
         )
-    adapter.train(was_training)
+    bottleneck.train(was_training)
     return history
 
 
 @torch.no_grad()
 def _accuracy(
-    adapter: Adapter, head: nn.Module, features: torch.Tensor, labels: torch.Tensor
+    bottleneck: Bottleneck, head: nn.Module, features: torch.Tensor, labels: torch.Tensor
 ) -> float:
     correct = 0
     for s in range(0, len(features), _EVAL_ROWS):
         correct += int(
             (
-                head(adapter(features[s : s + _EVAL_ROWS])).argmax(dim=1)
+                head(bottleneck(features[s : s + _EVAL_ROWS])).argmax(dim=1)
                 == labels[s : s + _EVAL_ROWS]
             ).sum()
         )

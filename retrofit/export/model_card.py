@@ -44,7 +44,7 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
     source = f"`{spec}`" if spec else f"A `{base['class']}` ({base['family']} model)"
     weights = imodel.head.weight
     nnz = int((weights != 0).sum())
-    mixed = imodel.adapter.mix is not None
+    mixed = imodel.bottleneck.mix is not None
     what = (
         "features (each a learned linear mix of the channels"
         if mixed

@@ -1,24 +1,28 @@
-"""The bounds an export must keep before anything in it is used: one validator for load and CLI.
+"""Small helpers for files retrofit writes or reads from others: atomic writes, bounded checks.
 
-An export folder is untrusted input. Before its config or tensors reach any other code:
-  - every file it names is a plain name inside the folder (no `..`, no absolute path, no
-    symlink that leaves the folder) and a regular file of bounded size;
-  - the JSON is bounded in size and depth, has no NaN/Infinity, and every field the loader
-    uses has a type and a range (`FIELDS`);
-  - a safetensors header is parsed here first (size, dtypes, shapes, contiguous offsets), so
-    a hostile header gives an ExportError rather than whatever the parser raises.
-Free-form entries (stats, versions, concept scores) only get the global size and depth bounds.
+Writes go to a temporary name in the same folder and are renamed into place, so a crash leaves
+the old file or the new one, never a torn one (exports, caches, reports, embeddings, pages).
+Files from elsewhere (an export, a Hub download) are untrusted: names must stay inside their
+folder, JSON is bounded in size and depth with no NaN/Infinity, values are checked by small
+typed predicates, and a safetensors header is parsed here first so a hostile one gives a
+RetrofitError rather than whatever the parser raises.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
 import struct
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import save_file
 
 from retrofit.errors import ExportCorruptedError, ExportSchemaError
 
@@ -30,7 +34,6 @@ MAX_COUNT = 1 << 20  # classes, features, list lengths
 MAX_FEATURE_DIM = 1 << 24
 MAX_IMAGE_SIDE = 16384
 MAX_FILE_BYTES = 1 << 40
-MAPS_LAYOUTS = ("nchw", "nhwc", "tokens", "head_input")
 SAFETENSORS_DTYPES = {
     "BOOL": 1,
     "U8": 1,
@@ -48,7 +51,45 @@ SAFETENSORS_DTYPES = {
     "U64": 8,
     "F64": 8,
 }
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+# ------------------------------------------------------------------------------ atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    except Exception as error:  # safetensors reports a full disk as its own error type
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise
+        if not path.parent.is_dir():  # removed meanwhile (by another process): callers retry
+            raise FileNotFoundError(f"{path.parent} no longer exists") from error
+        raise OSError(f"could not write {path.name} ({error})") from error
+    os.replace(tmp, path)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- untrusted files
 
 
 def safe_member(folder: Path, name: Any, what: str) -> Path:
@@ -171,70 +212,7 @@ def any_object(v: Any) -> bool:
     return isinstance(v, dict)
 
 
-MODULE_NAME = r"[^\s.][^\s]*"  # a dotted module path, never "" (the whole model)
-LAYER = {
-    "heads": [text(1024, MODULE_NAME)],
-    "module": optional(text(1024, MODULE_NAME)),
-    "use_input": flag,
-    "maps_module": optional(text(1024, MODULE_NAME)),
-    "maps_layout": optional(one_of(*MAPS_LAYOUTS)),
-}
-BUILD = {
-    "family": text(64),
-    "name": text(4096),
-    "weights": optional(text(256)),
-    "revision": optional(text(256)),
-    "factory": optional(text(256, r"[A-Za-z_][A-Za-z0-9_]*")),
-    "kwargs": any_object,
-    "arch_config": optional(any_object),
-}
-FILE_INFO = {"bytes": whole(0, MAX_FILE_BYTES), "sha256": text(64, _SHA256.pattern)}
-# the fields the loader and the CLI use, with their types and bounds (see check_fields)
-FIELDS: dict[str, Any] = {
-    "num_classes": whole(1, MAX_COUNT),
-    "n_features": whole(1, MAX_COUNT),
-    "class_names": [text(1024)],
-    "seed": whole(-(1 << 63), (1 << 64) - 1),
-    "base_model": {
-        "family": text(64),
-        "class": text(1024),
-        "layer": LAYER,
-        "layer_name": text(4096),
-        "fingerprint": text(256),
-        "feature_dim": whole(1, MAX_FEATURE_DIM),
-    },
-    "head": {"storage": one_of("assignment", "weight"), "scale": optional(real())},
-    "features": [{"name": text(4096), "concepts": [{"concept": text(4096)}]}],
-}
-STATS_INPUT_SIZE = optional(sizes(1, 3, MAX_IMAGE_SIDE))
-
-
-def check_fields(value: Any, schema: Any, where: str, file: str) -> None:
-    """Check `value` against a FIELDS-style schema: dicts of required keys, [item], or a check."""
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            raise ExportSchemaError(f"{file}: {where!r} must be a JSON object.")
-        for key, sub in schema.items():
-            if key not in value:
-                raise ExportSchemaError(f"{file}: required key {_join(where, key)!r} is missing.")
-            check_fields(value[key], sub, _join(where, key), file)
-    elif isinstance(schema, list):
-        if not isinstance(value, list) or len(value) > MAX_COUNT:
-            raise ExportSchemaError(f"{file}: {where!r} must be a JSON list.")
-        for i, item in enumerate(value):
-            check_fields(item, schema[0], f"{where}[{i}]", file)
-    elif not schema(value):
-        raise ExportSchemaError(
-            f"{file}: {where!r} has a value of the wrong type or out of range: "
-            f"{type(value).__name__} {value!r:.80}."
-        )
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-# --------------------------------------------------------------------------- safetensors
+# ------------------------------------------------------------------------------ safetensors
 
 
 def check_safetensors_header(path: Path) -> dict[str, Any]:

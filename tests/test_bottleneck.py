@@ -1,11 +1,11 @@
-"""Adapter, frozen head, fine-tuning on cached features and the Feature Diversity Loss."""
+"""Bottleneck, frozen head, fine-tuning on cached features and the Feature Diversity Loss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from retrofit.adapter import Adapter, FixedHead, build_adapter, finetune_adapter
+from retrofit.bottleneck import Bottleneck, FixedHead, build_bottleneck, finetune_bottleneck
 from retrofit.config import RetrofitConfig
 from retrofit.errors import FeatureError
 from retrofit.heads.base import HeadResult
@@ -38,10 +38,10 @@ def cfg(**kw) -> RetrofitConfig:
     return RetrofitConfig(**{"epochs": 15, "lr": 0.05, "batch_size": 32, "progress": False, **kw})
 
 
-def test_adapter_reproduces_the_normalisation_with_and_without_mix():
+def test_bottleneck_reproduces_the_normalisation_with_and_without_mix():
     x, _, result = problem()
-    plain = build_adapter(result, cfg(linear_mix=False))
-    mixed = build_adapter(result, cfg(linear_mix=True))
+    plain = build_bottleneck(result, cfg(linear_mix=False))
+    mixed = build_bottleneck(result, cfg(linear_mix=True))
     expected = (x[:, :3] - result.mean) / result.std
     assert torch.allclose(plain(x), expected, atol=1e-6)
     assert torch.allclose(mixed(x), expected, atol=1e-6)
@@ -60,14 +60,14 @@ def test_fixed_head_is_frozen_and_uses_scale_times_assignment():
 
 def test_finetuning_raises_training_accuracy_and_leaves_the_head_alone():
     x, y, result = problem()
-    adapter, head = build_adapter(result, cfg()), FixedHead.from_result(result)
+    bottleneck, head = build_bottleneck(result, cfg()), FixedHead.from_result(result)
     before = head.weight.clone()
-    history = finetune_adapter(adapter, head, x, y, cfg())
+    history = finetune_bottleneck(bottleneck, head, x, y, cfg())
     assert len(history["loss"]) == len(history["accuracy"]) == 15
     assert history["accuracy"][-1] >= history["initial_accuracy"][0] + 0.05
     assert history["loss"][-1] < history["loss"][0]
     assert torch.equal(head.weight, before)
-    assert not torch.allclose(adapter.std, result.std)
+    assert not torch.allclose(bottleneck.std, result.std)
 
 
 def test_finetuning_is_deterministic_and_distillation_changes_it():
@@ -75,11 +75,11 @@ def test_finetuning_is_deterministic_and_distillation_changes_it():
     teacher = torch.randn(len(y), C, generator=torch.Generator().manual_seed(5)) * 3
     runs = []
     for distill in (0.0, 0.0, 1.0):
-        adapter = build_adapter(result, cfg())
-        history = finetune_adapter(
-            adapter, FixedHead.from_result(result), x, y, cfg(distill=distill), logits=teacher
+        bottleneck = build_bottleneck(result, cfg())
+        history = finetune_bottleneck(
+            bottleneck, FixedHead.from_result(result), x, y, cfg(distill=distill), logits=teacher
         )
-        runs.append((adapter.state_dict(), history))
+        runs.append((bottleneck.state_dict(), history))
     assert runs[0][1] == runs[1][1]
     assert all(torch.equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
     assert runs[2][1]["loss"][0] > runs[0][1]["loss"][0]  # the KL term is part of the loss
@@ -102,21 +102,26 @@ def test_project_maps_matches_project_on_pooled_maps_and_trains_the_mix():
     x, y, result = problem(n=64)
     maps = torch.rand(64, D, 3, 3, generator=g).half()
     pooled = maps.float().mean(dim=(2, 3))
-    adapter = build_adapter(result, cfg(linear_mix=True))
+    bottleneck = build_bottleneck(result, cfg(linear_mix=True))
     assert torch.allclose(
-        adapter.project_maps(maps).mean(dim=(2, 3)), adapter.project(pooled), atol=1e-5
+        bottleneck.project_maps(maps).mean(dim=(2, 3)), bottleneck.project(pooled), atol=1e-5
     )
-    start = adapter.mix.detach().clone()
-    finetune_adapter(
-        adapter, FixedHead.from_result(result), pooled, y, cfg(epochs=2, linear_mix=True), maps=maps
+    start = bottleneck.mix.detach().clone()
+    finetune_bottleneck(
+        bottleneck,
+        FixedHead.from_result(result),
+        pooled,
+        y,
+        cfg(epochs=2, linear_mix=True),
+        maps=maps,
     )
-    assert not torch.equal(adapter.mix, start)
+    assert not torch.equal(bottleneck.mix, start)
 
 
-def test_adapter_rejects_mismatched_shapes():
+def test_bottleneck_rejects_mismatched_shapes():
     with pytest.raises(Exception, match="one entry per selected feature"):
-        Adapter(torch.tensor([0, 1]), torch.zeros(3), torch.ones(3), in_features=4)
+        Bottleneck(torch.tensor([0, 1]), torch.zeros(3), torch.ones(3), in_features=4)
     x, y, result = problem(n=20)
-    adapter = build_adapter(result, cfg())
+    bottleneck = build_bottleneck(result, cfg())
     with pytest.raises(FeatureError):
-        finetune_adapter(adapter, FixedHead.from_result(result), x, y[:-1], cfg())
+        finetune_bottleneck(bottleneck, FixedHead.from_result(result), x, y[:-1], cfg())
