@@ -71,13 +71,11 @@ def converted(world):
     imodel = retrofit.convert(
         model,
         loader,
-        method="qpm",
+        method="sparse",  # deterministic: a time-limited MIP depends on the load
         n_features=8,
         per_class=3,
         finetune="none",
         linear_mix=True,
-        time_limit=5,
-        threads=1,
         progress=False,
     )
     features = retrofit.extract(model, loader, progress=False)

@@ -7,7 +7,7 @@ them element-wise (emphasising the images where each is high) and compares their
 The epoch with the best mean correlation whose accuracy stays within `max_accuracy_drop` of the
 start is kept; if none does, the bottleneck is restored and the report says so.
 
-Correlation and cos³ are unchanged by a per-feature scale and shift, so only an bottleneck with a
+Correlation and cos³ are unchanged by a per-feature scale and shift, so only a bottleneck with a
 learned linear mix (`convert(..., linear_mix=True)`) can move them.
 """
 
@@ -111,7 +111,7 @@ def align_features(
     bottleneck, head = imodel.bottleneck, imodel.head
     if bottleneck.mix is None:
         raise ConfigError(
-            "align=True needs an bottleneck with a learned linear mix (a per-feature scale and "
+            "align=True needs a bottleneck with a learned linear mix (a per-feature scale and "
             "shift cannot change a correlation): convert with linear_mix=True."
         )
     n, n_f = features.shape[0], imodel.n_features

@@ -35,7 +35,7 @@ class HeadResult:
 
 class HeadMethod(Protocol):
     """maps: cached spatial maps (locality, diversity loss); logits: the original model's, for
-    config.distill in methods that fine-tune an bottleneck themselves. Methods ignore what they
+    config.distill in methods that fine-tune a bottleneck themselves. Methods ignore what they
     do not use."""
 
     def __call__(

@@ -1,4 +1,4 @@
-"""Head method 'qsenn': Q-SENN's ternary head (ALGORITHMS §2-3) with an bottleneck fine-tuned on the cache."""
+"""Head method 'qsenn': Q-SENN's ternary head (ALGORITHMS §2-3) with a bottleneck fine-tuned on the cache."""
 
 from __future__ import annotations
 
