@@ -49,6 +49,8 @@ def push_to_hub(
             return api.upload_folder(**upload)
 
 
+# the only files a Hub download fetches: the export's data, never code or pickles
+HUB_DOWNLOAD_FILES = (CONFIG_FILE, MODEL_FILE, BACKBONE_FILE, README_FILE)
 # "org/name" as the Hub spells a repo id; a local folder of that name wins
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 
@@ -82,7 +84,7 @@ def resolve_export(
                 revision=revision,
                 token=token,
                 repo_type="model",
-                allow_patterns=[CONFIG_FILE, MODEL_FILE, BACKBONE_FILE, README_FILE],
+                allow_patterns=list(HUB_DOWNLOAD_FILES),
             )
         )
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
