@@ -9,6 +9,8 @@ same modules in a `PreTrainedModel` whose config carries id2label/label2id, so t
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -70,6 +72,35 @@ class RetrofitForImageClassification(PreTrainedModel):
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput | tuple[torch.Tensor, ...]:
         return self.interpretable(pixel_values=pixel_values, labels=labels, return_dict=return_dict)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        include_backbone: bool = False,
+        base_model: str | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write the retrofit export (what retrofit.load and from_pretrained read), not a
+        transformers checkpoint; a pipeline's save_pretrained adds its image processor to it."""
+        return self.interpretable.save_pretrained(
+            save_directory,
+            include_backbone=include_backbone,
+            base_model=base_model,
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, **options: Any
+    ) -> RetrofitForImageClassification:
+        """An export folder or Hub repo id, loaded by retrofit.load(path, **options)."""
+        from retrofit.model import load
+
+        return as_hf_model(load(path, **options))
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> Any:
+        """Upload the retrofit export; see InterpretableModel.push_to_hub."""
+        return self.interpretable.push_to_hub(repo_id, **options)
 
 
 # the image-classification pipeline logs an error for a model class missing from this table

@@ -91,7 +91,7 @@ def test_every_family_has_a_device_and_keeps_plain_logits(data) -> None:
     assert imodel(pixel_values=data[0][:2]).logits.shape == (2, C)
 
 
-def test_pipeline_gives_the_converted_models_top_classes(vit, capfd) -> None:
+def test_pipeline_gives_the_converted_models_top_classes(vit, capfd, tmp_path) -> None:
     imodel, processor, _ = vit
     with torch.no_grad():
         before = imodel(processor(images=_pictures(1), return_tensors="pt")["pixel_values"])
@@ -116,6 +116,18 @@ def test_pipeline_gives_the_converted_models_top_classes(vit, capfd) -> None:
         top = row.argsort(descending=True)[:2]
         assert [a["label"] for a in answer] == [CLASSES[int(c)] for c in top]
         assert [a["score"] for a in answer] == pytest.approx(row[top].tolist(), rel=1e-5)
+
+    # a saved pipeline is a retrofit export plus the image processor, and loads back as one
+    folder = tmp_path / "pipeline"
+    classify.save_pretrained(folder, include_backbone=True)
+    assert (folder / "retrofit_config.json").is_file()
+    again = transformers.pipeline(
+        "image-classification",
+        model=RetrofitForImageClassification.from_pretrained(folder),
+        image_processor=transformers.AutoImageProcessor.from_pretrained(folder),
+        device="cpu",
+    )
+    assert again(pictures, top_k=2) == answers
 
 
 # --- the Hub, offline ----------------------------------------------------------------------------
@@ -199,6 +211,16 @@ def test_a_repo_id_missing_from_the_offline_cache_is_a_clear_error(offline_hub) 
         retrofit.load("someone/never-downloaded")
     with pytest.raises(ExportNotFoundError, match="not in the local Hub cache"):
         retrofit.InterpretableModel.from_pretrained("someone/never-downloaded", revision="v2")
+
+
+def test_a_hub_repo_that_is_no_export_says_so(offline_hub, tmp_path) -> None:
+    plain = tmp_path / "plain"
+    transformers.ViTForImageClassification(transformers.ViTConfig(**TINY_VIT)).save_pretrained(
+        plain
+    )
+    _put_in_hub_cache(offline_hub, "someone/plain-vit", _export_files(plain))
+    with pytest.raises(ExportNotFoundError, match="holds no retrofit export.*retrofit.convert"):
+        retrofit.load("someone/plain-vit")
 
 
 def test_a_local_folder_named_like_a_repo_id_wins(vit, data, offline_hub, tmp_path, monkeypatch):

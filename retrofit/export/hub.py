@@ -78,7 +78,7 @@ def resolve_export(
     )
 
     try:
-        return Path(
+        folder = Path(
             snapshot_download(
                 name,
                 revision=revision,
@@ -101,3 +101,10 @@ def resolve_export(
         ) from error
     except HfHubHTTPError as error:
         raise ExportNotFoundError(f"Could not download {name!r} from the Hub: {error}") from error
+    if not (folder / CONFIG_FILE).is_file():
+        raise ExportNotFoundError(
+            f"The Hub repository {name!r} holds no retrofit export ({CONFIG_FILE} is missing). "
+            "To convert a model from the Hub, load it with its own library (e.g. transformers' "
+            "AutoModelForImageClassification) and pass it to retrofit.convert."
+        )
+    return folder
