@@ -38,10 +38,6 @@ def classifier_output(
     return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-def is_transformers_model(model: torch.nn.Module) -> bool:
-    return isinstance(model, PreTrainedModel)
-
-
 class RetrofitHFConfig(PretrainedConfig):
     """The transformers config of a converted model: its classes and retrofit's settings."""
 

@@ -9,6 +9,7 @@ model was converted on and scaled to [0, 1].
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ from retrofit.errors import ConfigError
 
 if TYPE_CHECKING:
     from retrofit.model import InterpretableModel
+
+logger = logging.getLogger(__name__)
 
 
 def preprocessing_of_model(imodel: InterpretableModel) -> dict[str, Any] | None:
@@ -64,6 +67,11 @@ def _resize_only(input_size: Sequence[int] | None) -> Callable[[Any], Any]:
             "This model records neither its preprocessing nor its input size; build the "
             "transform that its base model expects yourself."
         )
+    logger.warning(
+        "No preprocessing is recorded for this model: images are only resized to %s and scaled "
+        "to [0, 1], without the normalisation its base model may expect.",
+        list(input_size),
+    )
     return transforms.Compose(
         [transforms.Resize([int(s) for s in input_size]), transforms.ToTensor()]
     )

@@ -285,7 +285,7 @@ def test_a_timm_export_carries_its_data_config(data, tmp_path) -> None:
         assert torch.equal(loaded(pixels[None]), imodel(pixels[None]))
 
 
-def test_a_torchvision_export_carries_its_weights_transforms(data, tmp_path) -> None:
+def test_a_torchvision_export_carries_its_weights_transforms(data, tmp_path, caplog) -> None:
     import torchvision
 
     torch.manual_seed(0)
@@ -302,6 +302,7 @@ def test_a_torchvision_export_carries_its_weights_transforms(data, tmp_path) -> 
     # without a weights tag nothing is recorded: the image is resized to the converted size
     plain = _convert(model, data)
     assert plain.image_transform()(picture).shape == (3, 32, 32)
+    assert "No preprocessing is recorded" in caplog.text
 
 
 def test_preprocessing_that_names_foreign_code_is_refused() -> None:
@@ -322,3 +323,33 @@ def test_a_model_without_a_transformers_processor_says_so(data) -> None:
     with pytest.raises(ConfigError, match="no transformers image processor"):
         image_processor(_convert(SmallCNN(C), data))
     assert RetrofitForImageClassification.main_input_name == "pixel_values"
+
+
+def test_open_clip_preprocessing_is_open_clips_own(tmp_path) -> None:
+    import open_clip
+
+    from retrofit.adapters.open_clip import OpenCLIPClassifier
+    from retrofit.preprocessing import image_transform
+    from retrofit.specs import preprocessing_of
+
+    tiny = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 48,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "retrofit-hf-tiny-clip.json").write_text(json.dumps(tiny))
+    open_clip.add_model_config(tmp_path)
+    clip, _, open_clips_own = open_clip.create_model_and_transforms("retrofit-hf-tiny-clip")
+    classifier = OpenCLIPClassifier(clip.visual, torch.nn.Linear(16, C))
+    record = preprocessing_of(classifier, None)
+    assert record["source"] == "open_clip"
+    picture = _pictures(1)[0]
+    pixels = image_transform(json.loads(json.dumps(record)))(picture)  # as stored in an export
+    assert pixels.shape == (3, 48, 48)
+    assert torch.equal(pixels, open_clips_own(picture))
