@@ -21,6 +21,8 @@ class ModelAdapter:
     `build_kwargs` is the allow-list of architecture arguments an export may pass to `load`,
     each with a check of its value; anything else (e.g. a checkpoint path) needs
     trust_remote_code=True on load.
+    `image_transform` builds, from the preprocessing an export records for the family, the
+    callable that turns a PIL image into the model's input tensor (see retrofit.preprocessing).
     """
 
     name: str
@@ -29,6 +31,7 @@ class ModelAdapter:
     load: Callable[..., nn.Module] | None = None
     priority: int = 0
     build_kwargs: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict)
+    image_transform: Callable[[Mapping[str, Any]], Callable[[Any], Any]] | None = None
 
 
 _REGISTRY: dict[str, ModelAdapter] = {}

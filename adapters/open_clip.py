@@ -7,7 +7,7 @@ features are the normalised image embeddings, i.e. the output of the visual proj
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +66,22 @@ def _is_open_clip(model: nn.Module) -> bool:
     return isinstance(model, OpenCLIPClassifier)
 
 
+def open_clip_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """open_clip's own eval transform for the preprocessing an export records."""
+    import open_clip
+
+    size = preprocessing["size"]
+    return open_clip.image_transform(
+        tuple(size) if isinstance(size, list) else size,
+        is_train=False,
+        mean=tuple(preprocessing["mean"]),
+        std=tuple(preprocessing["std"]),
+        resize_mode=preprocessing.get("resize_mode"),
+        interpolation=preprocessing.get("interpolation"),
+        fill_color=preprocessing.get("fill_color", 0),
+    )
+
+
 OPEN_CLIP = register_adapter(
     ModelAdapter(
         name="open_clip",
@@ -79,5 +95,6 @@ OPEN_CLIP = register_adapter(
             "head_bias": flag,
             "logit_scale": real(0.0, 1e6),
         },
+        image_transform=open_clip_transform,
     )
 )

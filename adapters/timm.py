@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -35,6 +36,18 @@ def load_timm(
     )
 
 
+TIMM_TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def timm_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """timm's own eval transform for the data config an export records."""
+    from timm.data import create_transform
+
+    settings = {k: preprocessing[k] for k in TIMM_TRANSFORM_KEYS if k in preprocessing}
+    settings["input_size"] = tuple(settings["input_size"])
+    return create_transform(**settings, is_training=False)
+
+
 TIMM = register_adapter(
     ModelAdapter(
         name="timm",
@@ -46,5 +59,6 @@ TIMM = register_adapter(
             "num_classes": whole(0, MAX_COUNT),
             "img_size": lambda v: whole(1, MAX_IMAGE_SIDE)(v) or sizes(2, 2, MAX_IMAGE_SIDE)(v),
         },
+        image_transform=timm_transform,
     )
 )

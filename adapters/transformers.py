@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.errors import ConfigError
 
 TWO_HEADS = ["cls_classifier", "distillation_classifier"]
 
@@ -35,6 +37,31 @@ def load_transformers(name_or_path: str, revision: str | None = None, **kwargs: 
     )
 
 
+def image_processor(preprocessing: Mapping[str, Any]) -> Any:
+    """The original image processor, rebuilt from its recorded preprocessor_config.json. Only a
+    processor class of transformers itself is accepted (never code named by the export)."""
+    import transformers
+
+    settings = {k: v for k, v in preprocessing.items() if k != "source"}
+    name = settings.get("image_processor_type")
+    processor_class = getattr(transformers, name, None) if isinstance(name, str) else None
+    if not (
+        isinstance(processor_class, type)
+        and issubclass(processor_class, transformers.ImageProcessingMixin)
+    ):
+        raise ConfigError(
+            f"The recorded preprocessing names image processor {name!r}, which is not an image "
+            "processor class of transformers; pass the model's own image processor instead."
+        )
+    return processor_class.from_dict(settings)
+
+
+def transformers_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """A PIL image to pixel_values (C, H, W) through the original image processor."""
+    processor = image_processor(preprocessing)
+    return lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
 TRANSFORMERS = register_adapter(
     ModelAdapter(
         name="transformers",
@@ -42,5 +69,6 @@ TRANSFORMERS = register_adapter(
         preferred_heads=_heads,
         load=load_transformers,
         priority=20,
+        image_transform=transformers_transform,
     )
 )

@@ -96,8 +96,53 @@ class InterpretableModel(nn.Module):
         """Logits from pooled penultimate features (N, D)."""
         return self.head(self.bottleneck(features))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(self.backbone_features(images))
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> Any:
+        """Logits of `images`; called the transformers way (`pixel_values=`, optional `labels`),
+        an ImageClassifierOutput with the cross-entropy loss (a tuple with return_dict=False)."""
+        if pixel_values is None:
+            if images is None or labels is not None or return_dict is not None:
+                raise ConfigError(
+                    "Call imodel(images) for logits, or imodel(pixel_values=..., labels=..., "
+                    "return_dict=...) for a transformers ImageClassifierOutput."
+                )
+            return self.forward_features(self.backbone_features(images))
+        if images is not None:
+            raise ConfigError("Pass the images once: imodel(images) or imodel(pixel_values=...).")
+        from retrofit.hf import classifier_output
+
+        logits = self.forward_features(self.backbone_features(pixel_values))
+        return classifier_output(logits, labels, return_dict)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (the device its inputs should be on)."""
+        return next(self.parameters(), self.head.weight).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the model's weights."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+
+    def to_transformers(self) -> Any:
+        """This model as a transformers PreTrainedModel sharing its modules, with id2label from
+        the class names: runs in pipeline("image-classification"); see retrofit.hf."""
+        from retrofit.hf import as_hf_model
+
+        return as_hf_model(self)
+
+    def image_transform(self) -> Any:
+        """The callable that turns a PIL image into this model's input tensor, from the recorded
+        preprocessing of the base model (see retrofit.preprocessing)."""
+        from retrofit.preprocessing import image_transform, preprocessing_of_model
+
+        return image_transform(preprocessing_of_model(self), self.stats.get("input_size"))
 
     def feature_name(self, index: int) -> str:
         """The best concept name of feature `index`, or a neutral id when it has none."""

@@ -111,7 +111,7 @@ def safe_member(folder: Path, name: Any, what: str) -> Path:
     if path.is_symlink():
         inside = folder.resolve()
         target = path.resolve()
-        if inside not in target.parents:
+        if inside not in target.parents and not _in_hub_blobs(folder, target):
             raise ExportSchemaError(
                 f"{path} is a symlink that leaves the export folder; copy the real file into "
                 "the export instead."
@@ -119,6 +119,12 @@ def safe_member(folder: Path, name: Any, what: str) -> Path:
     if path.exists() and not path.is_file():
         raise ExportSchemaError(f"{path} is not a regular file.")
     return path
+
+
+def _in_hub_blobs(folder: Path, target: Path) -> bool:
+    """A Hub cache snapshot (REPO/snapshots/COMMIT) links each file to REPO/blobs/HASH."""
+    folder = folder.resolve()
+    return folder.parent.name == "snapshots" and target.parent == folder.parent.parent / "blobs"
 
 
 def read_json(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> Any:

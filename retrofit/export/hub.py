@@ -49,6 +49,8 @@ def push_to_hub(
             return api.upload_folder(**upload)
 
 
+# the only files a Hub download fetches: the export's data, never code or pickles
+HUB_DOWNLOAD_FILES = (CONFIG_FILE, MODEL_FILE, BACKBONE_FILE, README_FILE)
 # "org/name" as the Hub spells a repo id; a local folder of that name wins
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 
@@ -76,13 +78,13 @@ def resolve_export(
     )
 
     try:
-        return Path(
+        folder = Path(
             snapshot_download(
                 name,
                 revision=revision,
                 token=token,
                 repo_type="model",
-                allow_patterns=[CONFIG_FILE, MODEL_FILE, BACKBONE_FILE, README_FILE],
+                allow_patterns=list(HUB_DOWNLOAD_FILES),
             )
         )
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
@@ -99,3 +101,10 @@ def resolve_export(
         ) from error
     except HfHubHTTPError as error:
         raise ExportNotFoundError(f"Could not download {name!r} from the Hub: {error}") from error
+    if not (folder / CONFIG_FILE).is_file():
+        raise ExportNotFoundError(
+            f"The Hub repository {name!r} holds no retrofit export ({CONFIG_FILE} is missing). "
+            "To convert a model from the Hub, load it with its own library (e.g. transformers' "
+            "AutoModelForImageClassification) and pass it to retrofit.convert."
+        )
+    return folder
