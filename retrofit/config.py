@@ -194,10 +194,15 @@ class RetrofitConfig:
             )
         if not path.is_file():
             raise ConfigError(
-                f"{path} does not exist; write a config with RetrofitConfig.save_pretrained(folder)."
+                f"{path} is neither a {CONFIG_NAME} file nor a folder holding one (or an export's "
+                f"{CONFIG_FILE}); write one with RetrofitConfig.save_pretrained(folder)."
             )
         data = read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("config"), dict) and "method" not in data:
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("config"), dict)
+            and "schema_version" in data
+        ):
             data = data["config"]  # an export's config file: its conversion settings
         return cls.from_dict(data)
 
