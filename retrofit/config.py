@@ -81,7 +81,12 @@ class RetrofitConfig:
     def __post_init__(self) -> None:
         if self.finetune == "adapter":  # its name before "adapter" came to mean model families
             self.finetune = "bottleneck"
-        _check_choice("method", self.method, _registered_heads())
+        if self.method not in _registered_heads():
+            raise ConfigError(
+                f"method={self.method!r} is not a registered head; choose one of "
+                f"{list(_registered_heads())}, or import the module that registers it "
+                "(retrofit.heads.register_head) before building or loading a config that names it."
+            )
         _check_choice("finetune", self.finetune, FINETUNE_MODES)
         _check_choice("solver", self.solver, SOLVERS)
         if self.concept_features not in (True, False, "mix"):

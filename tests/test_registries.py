@@ -141,10 +141,16 @@ def test_a_registered_encoder_prefix_names_features_and_an_unknown_one_is_refuse
         names = {entry["concept"] for feature in imodel.concepts for entry in feature}
         assert names and names <= {"red", "green", "blue", "grey"}
         assert imodel.stats["concepts"]["naming"]["encoder"] == "open_clip:tiny"
+        folder = imodel.save_pretrained(tmp_path / "export")
     finally:
         unregister_encoder("local_clip")
     with pytest.raises(ConfigError, match="Unknown encoder spec"):
         RetrofitConfig(concepts="local_clip:v1")
+    # without the plugin the export still loads; its concept settings are kept as a summary
+    with pytest.warns(ConceptsNotRestoredWarning, match="cannot use"):
+        loaded = retrofit.load(folder, model=imodel.backbone)
+    assert loaded.config.concepts.settings == concepts
+    assert loaded.concepts == imodel.concepts
 
 
 # ------------------------------------------------------------------------------ model families

@@ -67,7 +67,12 @@ def concepts_from_json(value: Any) -> Any:
         # written before summaries were marked: labels were stored as their shape
         summary = ConceptsSummary("a concept-label tensor", dict(value))
     else:
-        return value
+        reason = _unusable(value)
+        if reason is None:
+            return value
+        summary = ConceptsSummary(
+            reason, dict(value) if isinstance(value, dict) else {"value": value}
+        )
     warnings.warn(
         f"The stored concepts were {summary.reason}; only a summary was kept, so features cannot "
         "be named again from this config without passing concepts= again.",
@@ -75,6 +80,18 @@ def concepts_from_json(value: Any) -> Any:
         stacklevel=3,
     )
     return summary
+
+
+def _unusable(value: Any) -> str | None:
+    """Why stored concepts cannot be used in this session (e.g. their encoder's plugin is not
+    imported), so that reading a config or an export never fails on them; None when usable."""
+    from retrofit.concepts.naming import parse_concepts
+
+    try:
+        parse_concepts(value)
+    except ConfigError as error:
+        return f"settings this session cannot use ({error})"
+    return None
 
 
 def _plain_spec(value: Any) -> bool:
