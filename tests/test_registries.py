@@ -147,7 +147,7 @@ def test_a_registered_encoder_prefix_names_features_and_an_unknown_one_is_refuse
     with pytest.raises(ConfigError, match="Unknown encoder spec"):
         RetrofitConfig(concepts="local_clip:v1")
     # without the plugin the export still loads; its concept settings are kept as a summary
-    with pytest.warns(ConceptsNotRestoredWarning, match="cannot use"):
+    with pytest.warns(ConceptsNotRestoredWarning, match="has not registered"):
         loaded = retrofit.load(folder, model=imodel.backbone)
     assert loaded.config.concepts.settings == concepts
     assert loaded.concepts == imodel.concepts

@@ -5,9 +5,11 @@ returning L2-normalised rows, plus its own `preprocess` (resolution, mean, std).
 from the user's loader normalised for *their* classifier, so they are first mapped back to
 [0, 1] from a stated input normalisation, then resized and re-normalised for the encoder.
 
-Backends, registered by name so `load_encoder("open_clip:MODEL:TAG")` works from a config:
+Backends, registered by name so `load_encoder("open_clip:MODEL:TAG")` works from a config
+(`register_encoder("NAME")` adds one: specs "NAME[:REST]" then reach its factory):
+  tiny       the committed tiny CLIP of the synthetic world.
   open_clip  `OpenCLIPEncoder`: open_clip's own model code; a pretrained tag or a local
-             safetensors checkpoint; also the committed tiny CLIP of the synthetic world.
+             safetensors checkpoint.
   hf         `HFCLIPEncoder`: transformers' `CLIPModel` with its tokenizer and image
              processor, from a hub id or a local folder.
 Embeddings are cached on disk (safetensors, atomic) under fingerprints of the encoder weights,

@@ -83,14 +83,14 @@ def concepts_from_json(value: Any) -> Any:
 
 
 def _unusable(value: Any) -> str | None:
-    """Why stored concepts cannot be used in this session (e.g. their encoder's plugin is not
-    imported), so that reading a config or an export never fails on them; None when usable."""
-    from retrofit.concepts.naming import parse_concepts
+    """Why stored concepts cannot be used in this session: their encoder backend is not
+    registered (its plugin is not imported). Reading a config or an export does not fail on
+    that; malformed values still do (RetrofitConfig validates them)."""
+    from retrofit.concepts.encoders import unknown_backend
 
-    try:
-        parse_concepts(value)
-    except ConfigError as error:
-        return f"settings this session cannot use ({error})"
+    spec = value.get("encoder") if isinstance(value, dict) else value
+    if isinstance(spec, str) and unknown_backend(spec):
+        return f"an encoder this session has not registered ({spec!r}; import its plugin)"
     return None
 
 
