@@ -151,6 +151,12 @@ def test_a_registered_encoder_prefix_names_features_and_an_unknown_one_is_refuse
         loaded = retrofit.load(folder, model=imodel.backbone)
     assert loaded.config.concepts.settings == concepts
     assert loaded.concepts == imodel.concepts
+    stored = loaded.config.to_dict()  # written back unchanged: the plugin's session reads it
+    plugin(tmp_path, "local_clip_encoder", ENCODER)
+    try:
+        assert RetrofitConfig.from_dict(stored).concepts == concepts
+    finally:
+        unregister_encoder("local_clip")
 
 
 # ------------------------------------------------------------------------------ model families

@@ -31,8 +31,13 @@ class ConceptsSummary:
 
     reason: str
     settings: dict[str, Any] = field(default_factory=dict)
+    # plain settings this session could not use (their encoder plugin is not imported): they
+    # are written back unchanged, so a session with the plugin reads them in full again
+    stored: Any = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Any:
+        if self.stored is not None:
+            return self.stored
         return {SUMMARY_KEY: self.reason, "settings": dict(self.settings)}
 
     def refuse(self) -> ConfigError:
@@ -71,7 +76,7 @@ def concepts_from_json(value: Any) -> Any:
         if reason is None:
             return value
         summary = ConceptsSummary(
-            reason, dict(value) if isinstance(value, dict) else {"value": value}
+            reason, dict(value) if isinstance(value, dict) else {"encoder": value}, value
         )
     warnings.warn(
         f"The stored concepts were {summary.reason}; only a summary was kept, so features cannot "
