@@ -63,7 +63,7 @@ def describe_timm(model: nn.Module, spec: ModelSpec) -> None:
         spec.kwargs["img_size"] = list(img_size)
 
 
-def timm_transform(model: nn.Module, spec: ModelSpec) -> Callable:
+def timm_model_transform(model: nn.Module, spec: ModelSpec) -> Callable:
     """timm's eval transform from the model's resolved data config."""
     import timm
 
@@ -87,6 +87,6 @@ TIMM = register_adapter(
         derive_spec=derive_timm_spec,
         describe=describe_timm,
         classifier_width=lambda model: int(model.num_classes),
-        data_transform=timm_transform,
+        data_transform=timm_model_transform,
     )
 )

@@ -50,7 +50,7 @@ def describe_torchvision(model: nn.Module, spec: ModelSpec) -> None:
         spec.kwargs["num_classes"] = width
 
 
-def torchvision_transform(model: nn.Module, spec: ModelSpec) -> Callable | None:
+def torchvision_weights_transform(model: nn.Module, spec: ModelSpec) -> Callable | None:
     """The weights' own transforms (resize, crop, normalise); None without a weights tag."""
     if not spec.weights:
         return None
@@ -71,6 +71,6 @@ TORCHVISION = register_adapter(
         parse_spec=parse_torchvision_spec,
         build=build_torchvision,
         describe=describe_torchvision,
-        data_transform=torchvision_transform,
+        data_transform=torchvision_weights_transform,
     )
 )
