@@ -169,7 +169,7 @@ class RetrofitConfig:
         return cls(**{**data, "concepts": concepts_from_json(data.get("concepts"))})
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the config as FOLDER/retrofit_config.json (atomically); returns the file."""
+        """Write the config as FOLDER/convert_config.json (atomically); returns the file."""
         from retrofit.safe_io import atomic_write_bytes
 
         folder = Path(folder).expanduser()
