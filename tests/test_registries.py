@@ -43,15 +43,20 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(images, labels), batch_size=16)
 
 
-def plugin(tmp_path: Path, name: str, source: str) -> ModuleType:
-    """Import one new file, as a user's plugin module would be imported."""
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(source))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Import one new file, as a user's plugin module would be (gone from sys.modules after)."""
+
+    def load(name: str, source: str) -> ModuleType:
+        path = tmp_path / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 # ------------------------------------------------------------------------------ head methods
@@ -81,11 +86,11 @@ HEAD = """
 """
 
 
-def test_a_registered_head_is_a_method_for_the_config_convert_and_the_cli(tmp_path, loader) -> None:
+def test_a_registered_head_is_a_method_for_the_config_convert_and_the_cli(plugin, loader) -> None:
     convert_args = ["convert", "--model", "demo", "--train", "synthetic", "--out", "x"]
     with pytest.raises(ConfigError, match="centroid"):
         RetrofitConfig(method="centroid")
-    module = plugin(tmp_path, "centroid_head", HEAD)
+    module = plugin("centroid_head", HEAD)
     try:
         assert build_parser().parse_args([*convert_args, "--method", "centroid"]).method == (
             "centroid"
@@ -120,13 +125,13 @@ ENCODER = """
 
 
 def test_a_registered_encoder_prefix_names_features_and_an_unknown_one_is_refused(
-    tmp_path, loader
+    plugin, tmp_path, loader
 ) -> None:
     with pytest.raises(ConfigError, match="Unknown encoder spec 'xyz:clip'.*register_encoder"):
         RetrofitConfig(concepts="xyz:clip")
     with pytest.raises(ConfigError, match="local_clip"):
         RetrofitConfig(concepts={"encoder": "local_clip:v1"})
-    module = plugin(tmp_path, "local_clip_encoder", ENCODER)
+    module = plugin("local_clip_encoder", ENCODER)
     try:
         assert RetrofitConfig(concepts="local_clip:v1").concepts == "local_clip:v1"
         concepts = {
@@ -152,7 +157,7 @@ def test_a_registered_encoder_prefix_names_features_and_an_unknown_one_is_refuse
     assert loaded.config.concepts.settings == concepts
     assert loaded.concepts == imodel.concepts
     stored = loaded.config.to_dict()  # written back unchanged: the plugin's session reads it
-    plugin(tmp_path, "local_clip_encoder", ENCODER)
+    plugin("local_clip_encoder", ENCODER)
     try:
         assert RetrofitConfig.from_dict(stored).concepts == concepts
     finally:
@@ -214,13 +219,15 @@ FAMILY = """
 """
 
 
-def test_a_registered_family_parses_builds_describes_exports_and_reloads(tmp_path, loader) -> None:
+def test_a_registered_family_parses_builds_describes_exports_and_reloads(
+    plugin, tmp_path, loader
+) -> None:
     from retrofit.data_specs import model_transform
     from retrofit.specs import build_model, describe_model, parse_spec
 
     with pytest.raises(ConfigError, match="Cannot parse model spec 'stripe:8'"):
         parse_spec("stripe:8")
-    module = plugin(tmp_path, "stripe_family", FAMILY)
+    module = plugin("stripe_family", FAMILY)
     try:
         spec = parse_spec("stripe:8")
         assert (spec.family, spec.name, str(spec)) == ("stripe", "8", "stripe:8")
@@ -267,12 +274,12 @@ METRIC = """
 """
 
 
-def test_a_registered_metric_is_measured_thresholded_and_reported(tmp_path, loader) -> None:
+def test_a_registered_metric_is_measured_thresholded_and_reported(plugin, tmp_path, loader) -> None:
     torch.manual_seed(0)
     imodel = retrofit.convert(SmallCNN(), loader, **FAST)
     with pytest.raises(ConfigError, match="Unknown thresholds"):
         CheckConfig(thresholds={"min_margin": 0.0})
-    plugin(tmp_path, "margin_metric", METRIC)
+    plugin("margin_metric", METRIC)
     try:
         config = CheckConfig(thresholds={"min_margin": 0.0}, **CHECK_FAST)
         report = retrofit.check(imodel, loader, config=config)
