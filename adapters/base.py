@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from retrofit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from retrofit.specs import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,17 @@ class ModelAdapter:
     trust_remote_code=True on load.
     `image_transform` builds, from the preprocessing an export records for the family, the
     callable that turns a PIL image into the model's input tensor (see retrofit.preprocessing).
+
+    Spec strings (retrofit.specs only dispatches to these): `prefix` names the family in
+    "PREFIX:REST"; `parse_spec(rest, text)` reads REST (default: the name is REST);
+    `format_spec` writes it back (default PREFIX:NAME[:WEIGHTS]); `claims_spec(text)` takes a
+    spec without a known prefix (a local HF folder); `build(spec, pretrained,
+    trust_remote_code)` rebuilds the model (default: load(name, **kwargs)); `derive_spec(model)`
+    names a model that did not say its spec; `describe(model, spec)` records the architecture
+    arguments a spec string cannot carry; `classifier_width(model)` reads the class count
+    (default: the last Linear or 1x1 Conv); `data_transform(model, spec)` is the preprocessing
+    the CLI applies to images (None: resize only); `without_backbone` says why an export without
+    backbone.safetensors cannot be rebuilt from the spec alone (None: it can).
     """
 
     name: str
@@ -32,6 +46,17 @@ class ModelAdapter:
     priority: int = 0
     build_kwargs: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict)
     image_transform: Callable[[Mapping[str, Any]], Callable[[Any], Any]] | None = None
+    prefix: str | None = None
+    spec_forms: str = ""
+    parse_spec: Callable[[str, str], ModelSpec] | None = None
+    format_spec: Callable[[ModelSpec], str] | None = None
+    claims_spec: Callable[[str], bool] | None = None
+    build: Callable[[ModelSpec, bool, bool | None], nn.Module] | None = None
+    derive_spec: Callable[[nn.Module], ModelSpec | None] | None = None
+    describe: Callable[[nn.Module, ModelSpec], None] | None = None
+    classifier_width: Callable[[nn.Module], int | None] | None = None
+    data_transform: Callable[[nn.Module, ModelSpec], Callable | None] | None = None
+    without_backbone: str | None = None
 
 
 _REGISTRY: dict[str, ModelAdapter] = {}
@@ -59,6 +84,31 @@ def get_adapter(name: str) -> ModelAdapter:
 
 def available_adapters() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def unregister_adapter(name: str) -> None:
+    """Remove a family (for plugins and tests that register one for a while)."""
+    _REGISTRY.pop(name, None)
+
+
+def spec_families() -> dict[str, ModelAdapter]:
+    """Spec prefix -> the family that reads specs starting with "PREFIX:"."""
+    return {a.prefix: a for a in _REGISTRY.values() if a.prefix}
+
+
+def last_layer_width(model: nn.Module) -> int | None:
+    """The outputs of the last Linear (or 1x1 Conv) module: a classifier's class count."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module.out_features
+        elif isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1):
+            last = module.out_channels
+    return last
+
+
+def pick(kwargs: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    return {k: kwargs[k] for k in names if k in kwargs}
 
 
 def module_name(model: nn.Module, target: nn.Module) -> str | None:

@@ -8,14 +8,18 @@ features are the normalised image embeddings, i.e. the output of the visual proj
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.errors import ConfigError, ModelError
 from retrofit.safe_io import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
+
+if TYPE_CHECKING:
+    from retrofit.specs import ModelSpec
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.")
 
@@ -82,6 +86,43 @@ def open_clip_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], Any
     )
 
 
+def parse_open_clip_spec(rest: str, text: str) -> ModelSpec:
+    from retrofit.specs import ModelSpec
+
+    arch, _, tag = rest.partition(":")
+    if not arch:
+        raise ConfigError(f"Expected open_clip:ARCH[:TAG], got {text!r}.")
+    return ModelSpec("open_clip", arch, weights=tag or None)
+
+
+def build_open_clip_classifier(
+    spec: ModelSpec, pretrained: bool, trust_remote_code: bool | None
+) -> nn.Module:
+    """The visual tower (pretrained tag or architecture only) with a head of the stored shape."""
+    missing = [k for k in ("num_classes", "embed_dim") if k not in spec.kwargs]
+    if missing:
+        raise ModelError(
+            f"The open_clip spec {spec} lacks the classifier head's shape ({missing}); an "
+            "open_clip classifier is rebuilt from an export, or pass the model itself."
+        )
+    clip = load_open_clip(spec.name, pretrained=spec.weights if pretrained else None)
+    head = nn.Linear(
+        spec.kwargs["embed_dim"], spec.kwargs["num_classes"], bias=spec.kwargs.get("head_bias")
+    )
+    return OpenCLIPClassifier(clip.visual, head, float(spec.kwargs.get("logit_scale", 100.0)))
+
+
+def describe_open_clip(model: nn.Module, spec: ModelSpec) -> None:
+    spec.kwargs.update(
+        {
+            "num_classes": model.head.out_features,
+            "embed_dim": model.head.in_features,
+            "head_bias": model.head.bias is not None,
+            "logit_scale": float(model.logit_scale),
+        }
+    )
+
+
 OPEN_CLIP = register_adapter(
     ModelAdapter(
         name="open_clip",
@@ -96,5 +137,13 @@ OPEN_CLIP = register_adapter(
             "logit_scale": real(0.0, 1e6),
         },
         image_transform=open_clip_transform,
+        prefix="open_clip",
+        spec_forms="open_clip:ARCH[:TAG]",
+        parse_spec=parse_open_clip_spec,
+        build=build_open_clip_classifier,
+        describe=describe_open_clip,
+        without_backbone=(
+            "its head (e.g. zero-shot text embeddings) is not part of the pretrained tag."
+        ),
     )
 )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, module_name, register_adapter
 from retrofit.safe_io import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
+
+if TYPE_CHECKING:
+    from retrofit.specs import ModelSpec
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -48,6 +51,37 @@ def timm_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], Any]:
     return create_transform(**settings, is_training=False)
 
 
+def build_timm(spec: ModelSpec, pretrained: bool, trust_remote_code: bool | None) -> nn.Module:
+    return load_timm(spec.name, pretrained=pretrained, **spec.kwargs)
+
+
+def derive_timm_spec(model: nn.Module) -> ModelSpec | None:
+    """timm:ARCH[.TAG] from the model's pretrained_cfg; None when it has none."""
+    from retrofit.specs import ModelSpec
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture")
+    if not arch:
+        return None
+    return ModelSpec("timm", f"{arch}.{cfg['tag']}" if cfg.get("tag") else arch)
+
+
+def describe_timm(model: nn.Module, spec: ModelSpec) -> None:
+    """The class count, and img_size where it differs from the pretrained config's."""
+    spec.kwargs["num_classes"] = int(model.num_classes)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    default = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if img_size is not None and (default is None or tuple(default[1:]) != tuple(img_size)):
+        spec.kwargs["img_size"] = list(img_size)
+
+
+def timm_model_transform(model: nn.Module, spec: ModelSpec) -> Callable:
+    """timm's eval transform from the model's resolved data config."""
+    import timm
+
+    return timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+
+
 TIMM = register_adapter(
     ModelAdapter(
         name="timm",
@@ -60,5 +94,12 @@ TIMM = register_adapter(
             "img_size": lambda v: whole(1, MAX_IMAGE_SIDE)(v) or sizes(2, 2, MAX_IMAGE_SIDE)(v),
         },
         image_transform=timm_transform,
+        prefix="timm",
+        spec_forms="timm:NAME",
+        build=build_timm,
+        derive_spec=derive_timm_spec,
+        describe=describe_timm,
+        classifier_width=lambda model: int(model.num_classes),
+        data_transform=timm_model_transform,
     )
 )

@@ -4,13 +4,17 @@ VGG, ViT, Swin, SqueezeNet, ...): built by name with a weights tag."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.adapters.base import ModelAdapter, last_layer_width, pick, register_adapter
+from retrofit.errors import ConfigError
 from retrofit.safe_io import MAX_COUNT, whole
+
+if TYPE_CHECKING:
+    from retrofit.specs import ModelSpec
 
 
 def _is_torchvision(model: nn.Module) -> bool:
@@ -41,6 +45,38 @@ def torchvision_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], A
     )
 
 
+def parse_torchvision_spec(rest: str, text: str) -> ModelSpec:
+    from retrofit.specs import ModelSpec
+
+    name, _, weights = rest.partition(":")
+    if not name or ":" in weights:
+        raise ConfigError(f"Expected torchvision:NAME[:WEIGHTS], got {text!r}.")
+    return ModelSpec("torchvision", name, weights=weights or None)
+
+
+def build_torchvision(
+    spec: ModelSpec, pretrained: bool, trust_remote_code: bool | None
+) -> nn.Module:
+    if pretrained and spec.weights:
+        return load_torchvision(spec.name, weights=spec.weights)
+    return load_torchvision(spec.name, weights=None, **pick(spec.kwargs, "num_classes"))
+
+
+def describe_torchvision(model: nn.Module, spec: ModelSpec) -> None:
+    width = last_layer_width(model)
+    if width is not None:
+        spec.kwargs["num_classes"] = width
+
+
+def torchvision_weights_transform(model: nn.Module, spec: ModelSpec) -> Callable | None:
+    """The weights' own transforms (resize, crop, normalise); None without a weights tag."""
+    if not spec.weights:
+        return None
+    import torchvision
+
+    return torchvision.models.get_model_weights(spec.name)[spec.weights].transforms()
+
+
 TORCHVISION = register_adapter(
     ModelAdapter(
         name="torchvision",
@@ -49,5 +85,11 @@ TORCHVISION = register_adapter(
         priority=10,
         build_kwargs={"num_classes": whole(1, MAX_COUNT)},
         image_transform=torchvision_transform,
+        prefix="torchvision",
+        spec_forms="torchvision:NAME[:WEIGHTS]",
+        parse_spec=parse_torchvision_spec,
+        build=build_torchvision,
+        describe=describe_torchvision,
+        data_transform=torchvision_weights_transform,
     )
 )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, register_adapter
-from retrofit.errors import ConfigError
+from retrofit.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from retrofit.specs import ModelSpec
 
 TWO_HEADS = ["cls_classifier", "distillation_classifier"]
 
@@ -62,6 +67,73 @@ def transformers_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], 
     return lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
+def parse_hf_spec(rest: str, text: str) -> ModelSpec:
+    """hf:ORG/NAME[@REVISION], hf:/local/folder, or a bare local folder with a config.json."""
+    from retrofit.specs import ModelSpec
+
+    if not Path(rest).is_dir() and "@" in rest:
+        name, _, revision = rest.partition("@")
+        return ModelSpec("transformers", name, revision=revision or None)
+    return ModelSpec("transformers", rest)
+
+
+def _is_model_folder(text: str) -> bool:
+    return Path(text).is_dir() and (Path(text) / "config.json").is_file()
+
+
+def format_hf_spec(spec: ModelSpec) -> str:
+    return f"hf:{spec.name}" + (f"@{spec.revision}" if spec.revision else "")
+
+
+def build_transformers(
+    spec: ModelSpec, pretrained: bool, trust_remote_code: bool | None
+) -> nn.Module:
+    """From the hub or a local folder; pretrained=False with a stored config builds offline."""
+    if pretrained or spec.arch_config is None:
+        local = Path(spec.name)
+        if not local.is_dir() and (local.is_absolute() or spec.name.startswith(".")):
+            raise ModelError(
+                f"The HF model folder {spec.name} does not exist (any more). Pass the model "
+                "itself, or export with include_backbone=True so the folder stands alone."
+            )
+        trust = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+        return load_transformers(spec.name, revision=spec.revision, **trust)
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    data = dict(spec.arch_config)
+    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    return AutoModelForImageClassification.from_config(config)
+
+
+def derive_hf_spec(model: nn.Module) -> ModelSpec | None:
+    """hf:NAME_OR_PATH[@COMMIT] from config._name_or_path; None when it is empty."""
+    from retrofit.specs import ModelSpec
+
+    config = model.config
+    name = getattr(config, "_name_or_path", "") or ""
+    if not name:
+        return None
+    revision = None if Path(name).is_dir() else getattr(config, "_commit_hash", None)
+    if Path(name).is_dir():
+        name = str(Path(name).resolve())
+    return ModelSpec("transformers", name, revision=revision)
+
+
+def describe_transformers(model: nn.Module, spec: ModelSpec) -> None:
+    """The full config, so the architecture can be built offline without the hub."""
+    spec.arch_config = json.loads(model.config.to_json_string(use_diff=False))
+
+
+def hf_transform(model: nn.Module, spec: ModelSpec) -> Callable:
+    """The model's own image processor, one PIL image to one pixel tensor."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(spec.name)
+    return lambda image: processor(images=image.convert("RGB"), return_tensors="pt")[
+        "pixel_values"
+    ][0]
+
+
 TRANSFORMERS = register_adapter(
     ModelAdapter(
         name="transformers",
@@ -70,5 +142,15 @@ TRANSFORMERS = register_adapter(
         load=load_transformers,
         priority=20,
         image_transform=transformers_transform,
+        prefix="hf",
+        spec_forms="hf:ORG/NAME[@REVISION] or hf:/local/folder",
+        parse_spec=parse_hf_spec,
+        format_spec=format_hf_spec,
+        claims_spec=_is_model_folder,
+        build=build_transformers,
+        derive_spec=derive_hf_spec,
+        describe=describe_transformers,
+        classifier_width=lambda model: int(model.config.num_labels),
+        data_transform=hf_transform,
     )
 )

@@ -1,7 +1,7 @@
 """retrofit: turn any trained image classifier into a globally interpretable one, post hoc."""
 
 from retrofit.api import convert
-from retrofit.check import CheckFailedError, Report, check
+from retrofit.check import CheckConfig, CheckFailedError, Report, check
 from retrofit.config import RetrofitConfig
 from retrofit.edit import EditResult, edit
 from retrofit.errors import (
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheError",
+    "CheckConfig",
     "CheckFailedError",
     "ConfigError",
     "DataError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,7 @@ from retrofit.concepts.basis import (
     fit_concept_basis,
     fold_bottleneck,
 )
+from retrofit.concepts.stored import ConceptsSummary
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.features import extract, resolve_device
@@ -35,13 +37,22 @@ from retrofit.streaming import chunk_rows, row_slices
 logger = logging.getLogger(__name__)
 
 
-def _config(kwargs: dict[str, Any]) -> RetrofitConfig:
+def _config(kwargs: dict[str, Any], base: RetrofitConfig | None = None) -> RetrofitConfig:
+    """The settings of one conversion: `base` (a RetrofitConfig) with keyword overrides."""
+    if base is not None and not isinstance(base, RetrofitConfig):
+        raise ConfigError(
+            f"config= must be a retrofit.RetrofitConfig, got {type(base).__name__}; build one "
+            "with RetrofitConfig(...), RetrofitConfig.from_dict or RetrofitConfig.from_pretrained."
+        )
     try:
-        return RetrofitConfig(**kwargs)
+        config = RetrofitConfig(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
     except TypeError as error:
         raise ConfigError(
             f"{error}. See retrofit.RetrofitConfig for the accepted settings."
         ) from error
+    if isinstance(config.concepts, ConceptsSummary):  # fail before the backbone runs
+        raise config.concepts.refuse()
+    return config
 
 
 def _features(model: nn.Module, loader: Any, config: RetrofitConfig) -> FeatureSet:
@@ -85,14 +96,17 @@ def convert(
     model: nn.Module,
     train_loader: Iterable | Any,
     val_loader: Iterable | Any | None = None,
+    config: RetrofitConfig | None = None,
     **settings: Any,
 ) -> InterpretableModel:
     """Turn a trained classifier into an interpretable one; keyword arguments mirror RetrofitConfig.
 
+    `config` is a RetrofitConfig; keyword settings given with it override its fields (the
+    result is validated again), so `convert(m, data, config=saved, seed=1)` varies one setting.
     The backbone runs once over `train_loader` (features are cached when `cache_dir` is set);
     the head, the assignment and the bottleneck are fitted on those cached features.
     """
-    config = _config(settings)
+    config = _config(settings, config)
     require_module(model)
     train = _features(model, train_loader, config)
     check_class_count(train.labels)

@@ -408,6 +408,25 @@ def _recorded_data(report_file: Path) -> str | None:
     return data if isinstance(data, str) and 0 < len(data) <= 4096 else None
 
 
+class _Registered:
+    """argparse choices read from a registry when parsing, so a later registration counts."""
+
+    def __init__(self, names: Any) -> None:
+        self.names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self) -> Any:
+        return iter(self.names())
+
+
+def _head_names() -> list[str]:
+    from retrofit.heads import available_heads
+
+    return available_heads()
+
+
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-fidelity", type=float)
     parser.add_argument("--min-accuracy", type=float)
@@ -457,9 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--val")
     convert.add_argument("--out", required=True)
     convert.add_argument("--overwrite", action="store_true")
-    convert.add_argument(
-        "--method", default="qpm", choices=["qpm", "qsenn", "sparse", "dense", "flint"]
-    )
+    convert.add_argument("--method", default="qpm", choices=_Registered(_head_names))
     convert.add_argument("--n-features", type=_positive_int, default=50)
     convert.add_argument("--per-class", type=_positive_int, default=5)
     convert.add_argument(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from retrofit.errors import ConfigError
 
-METHODS = ("qpm", "qsenn", "sparse", "dense", "flint")
+# the file save_pretrained writes (an export's retrofit_config.json holds it under "config")
+CONFIG_NAME = "convert_config.json"
 # what the head reads: the backbone's penultimate features, or FLINT attributes learned from them
 FEATURE_SOURCES = ("backbone", "flint")
 FINETUNE_MODES = ("bottleneck", "none", "backbone")
@@ -77,7 +81,12 @@ class RetrofitConfig:
     def __post_init__(self) -> None:
         if self.finetune == "adapter":  # its name before "adapter" came to mean model families
             self.finetune = "bottleneck"
-        _check_choice("method", self.method, METHODS)
+        if self.method not in _registered_heads():
+            raise ConfigError(
+                f"method={self.method!r} is not a registered head; choose one of "
+                f"{list(_registered_heads())}, or import the module that registers it "
+                "(retrofit.heads.register_head) before building or loading a config that names it."
+            )
         _check_choice("finetune", self.finetune, FINETUNE_MODES)
         _check_choice("solver", self.solver, SOLVERS)
         if self.concept_features not in (True, False, "mix"):
@@ -101,7 +110,7 @@ class RetrofitConfig:
             )
         if self.mip_gap is not None and not 0 <= self.mip_gap < 1:
             raise ConfigError(f"mip_gap must be in [0, 1), got {self.mip_gap!r}.")
-        if self.concepts is not None:
+        if self.concepts is not None and not _is_summary(self.concepts):
             from retrofit.concepts import parse_concepts
 
             settings = parse_concepts(self.concepts)
@@ -138,22 +147,82 @@ class RetrofitConfig:
             parse_flint(self.flint)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe settings; concept settings are summarised (labels by their shape)."""
-        from retrofit.concepts import parse_concepts
+        """JSON-safe settings. Concepts are stored as given when they are plain data; an encoder
+        object or label tensor becomes a marked summary (retrofit.concepts.stored)."""
+        from retrofit.concepts.stored import concepts_to_json
 
-        concepts = parse_concepts(self.concepts)
         data = dataclasses.asdict(dataclasses.replace(self, concepts=None))
-        data["concepts"] = concepts.to_dict() if concepts is not None else None
+        data["concepts"] = concepts_to_json(self.concepts)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrofitConfig:
+        """The config `to_dict` wrote; stored concept summaries come back as ConceptsSummary."""
+        from retrofit.concepts.stored import concepts_from_json
+
+        if not isinstance(data, dict):
+            raise ConfigError(f"A stored config must be a JSON object, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"Unknown config keys {unknown}; known keys are {sorted(known)}.")
-        # a stored concepts summary records how features were named; it is not re-run on load
-        return cls(**{**data, "concepts": None})
+        return cls(**{**data, "concepts": concepts_from_json(data.get("concepts"))})
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the config as FOLDER/convert_config.json (atomically); returns the file."""
+        from retrofit.safe_io import atomic_write_bytes
+
+        folder = Path(folder).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(
+                f"The config cannot be written as JSON ({error}); keep `extra` and `flint` to "
+                "plain numbers, strings, lists and dicts."
+            ) from error
+        path = folder / CONFIG_NAME
+        atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> RetrofitConfig:
+        """A config from save_pretrained's folder (or its JSON file), or from an export folder."""
+        from retrofit.export.layout import CONFIG_FILE
+        from retrofit.safe_io import read_json
+
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = next(
+                (path / name for name in (CONFIG_NAME, CONFIG_FILE) if (path / name).is_file()),
+                path / CONFIG_NAME,
+            )
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} is neither a {CONFIG_NAME} file nor a folder holding one (or an export's "
+                f"{CONFIG_FILE}); write one with RetrofitConfig.save_pretrained(folder)."
+            )
+        data = read_json(path)
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("config"), dict)
+            and "schema_version" in data
+        ):
+            data = data["config"]  # an export's config file: its conversion settings
+        return cls.from_dict(data)
+
+
+def _registered_heads() -> tuple[str, ...]:
+    """The head registry is the one list of methods (retrofit.heads.register_head)."""
+    from retrofit.heads import available_heads
+
+    return tuple(available_heads())
+
+
+def _is_summary(concepts: Any) -> bool:
+    from retrofit.concepts.stored import ConceptsSummary
+
+    return isinstance(concepts, ConceptsSummary)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -21,26 +21,19 @@ HF_LABEL_COLUMNS = ("label", "labels", "fine_label")
 
 
 def model_transform(model: nn.Module, spec: Any, image_size: int | None) -> Callable:
-    """The preprocessing of the model's family (weights transforms, timm data config, HF image
-    processor); else resize to `image_size` and scale to [0, 1]."""
+    """The preprocessing of the model's family (its adapter's data_transform: weights
+    transforms, timm data config, HF image processor); else resize to `image_size` and scale
+    to [0, 1]."""
     from torchvision import transforms
 
+    from retrofit.adapters import available_adapters, get_adapter
+
     family = getattr(spec, "family", None)
-    if family == "torchvision" and spec.weights:
-        import torchvision
-
-        return torchvision.models.get_model_weights(spec.name)[spec.weights].transforms()
-    if family == "timm":
-        import timm
-
-        return timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    if family == "transformers":
-        from transformers import AutoImageProcessor
-
-        processor = AutoImageProcessor.from_pretrained(spec.name)
-        return lambda image: processor(images=image.convert("RGB"), return_tensors="pt")[
-            "pixel_values"
-        ][0]
+    if family in available_adapters():
+        hook = get_adapter(family).data_transform
+        transform = hook(model, spec) if hook is not None else None
+        if transform is not None:
+            return transform
     steps = [transforms.Resize((image_size, image_size))] if image_size else []
     return transforms.Compose([*steps, transforms.ToTensor()])
 

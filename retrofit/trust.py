@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from retrofit.adapters import available_adapters, get_adapter
+from retrofit.adapters.bundled import BUNDLED
 from retrofit.errors import ExportSchemaError, UntrustedCodeError
-from retrofit.specs import BUNDLED, ModelSpec
+from retrofit.specs import ModelSpec
 
 HOW = "Pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust where this export came from."
 _LOCAL_PREFIXES = ("local-dir:", "file:")

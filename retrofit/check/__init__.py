@@ -1,7 +1,15 @@
 """Faithfulness checks (Captum), interpretability metrics and the self-contained HTML report."""
 
+from retrofit.check.config import CheckConfig
 from retrofit.check.consistency import ConsistencyResult, ConsistencySettings, consistency
 from retrofit.check.pixel import PIXEL_METHODS, PixelSettings
+from retrofit.check.registry import (
+    CheckMetric,
+    MetricInputs,
+    available_metrics,
+    register_metric,
+    unregister_metric,
+)
 from retrofit.check.report import THRESHOLDS, CheckFailedError, Report, ThresholdResult
 from retrofit.check.run import check
 
@@ -12,12 +20,18 @@ check.consistency = consistency  # type: ignore[attr-defined]
 __all__ = [
     "PIXEL_METHODS",
     "THRESHOLDS",
+    "CheckConfig",
     "CheckFailedError",
+    "CheckMetric",
     "ConsistencyResult",
     "ConsistencySettings",
+    "MetricInputs",
     "PixelSettings",
     "Report",
     "ThresholdResult",
+    "available_metrics",
     "check",
     "consistency",
+    "register_metric",
+    "unregister_metric",
 ]

@@ -867,12 +867,15 @@ def _consistency(report: Report) -> str:
 
 def render_report(report: Report) -> str:
     """The whole report as one HTML string."""
+    from retrofit.check.metric_html import metric_sections, render_metric_sections
+
     verdict = (
         '<span class="badge pass">PASSED</span>'
         if report.passed
         else '<span class="badge fail">FAILED</span>'
     )
     sections = SECTIONS + ((CONSISTENCY_SECTION,) if report.results.get("consistency") else ())
+    sections += tuple(metric_sections(report))
     nav = "".join(f'<a href="#{sid}">{_esc(title)}</a>' for sid, title in sections)
     body = "".join(
         (
@@ -886,6 +889,7 @@ def render_report(report: Report) -> str:
             editor_section(report),
             _mas(report),
             _consistency(report),
+            render_metric_sections(report),
         )
     )
     return (

@@ -92,11 +92,19 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def known_thresholds() -> dict[str, tuple[str, str]]:
+    """The built-in thresholds and those of registered metrics (retrofit.check.registry)."""
+    from retrofit.check.registry import metric_thresholds
+
+    return {**THRESHOLDS, **metric_thresholds()}
+
+
 def validate_thresholds(limits: Mapping[str, float | None]) -> dict[str, float]:
     """The thresholds that are set, checked to be known names with finite numeric limits."""
-    unknown = sorted(set(limits) - set(THRESHOLDS))
+    known = known_thresholds()
+    unknown = sorted(set(limits) - set(known))
     if unknown:
-        raise ConfigError(f"Unknown thresholds {unknown}; known ones are {sorted(THRESHOLDS)}.")
+        raise ConfigError(f"Unknown thresholds {unknown}; known ones are {sorted(known)}.")
     checked = {}
     for name, limit in limits.items():
         if limit is None:
@@ -112,8 +120,9 @@ def evaluate_thresholds(
 ) -> list[ThresholdResult]:
     """Compare `results` with every threshold that is set; an unmeasured metric fails."""
     out = []
+    known = known_thresholds()
     for name, limit in validate_thresholds(limits).items():
-        path, op = THRESHOLDS[name]
+        path, op = known[name]
         if "*" in path:
             head, _, tail = path.partition(".*.")
             group = _lookup(results, head) or {}

@@ -22,19 +22,19 @@ from retrofit.check import attribute_metrics as AM
 from retrofit.check import metrics as M
 from retrofit.check.am_pi import am_pi
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
+from retrofit.check.config import CheckConfig
 from retrofit.check.consistency import ConsistencySettings, consistency_report
 from retrofit.check.fidelity import fidelity
 from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
 from retrofit.check.pixel import (
-    PIXEL_METHODS,
     PixelSettings,
     batched,
     gradcam,
     has_spatial_layer,
     pixel_faithfulness,
-    validate_methods,
 )
-from retrofit.check.report import Report, evaluate_thresholds, validate_thresholds
+from retrofit.check.registry import MetricInputs, run_metrics
+from retrofit.check.report import Report, evaluate_thresholds
 from retrofit.check.truth import truth_check
 from retrofit.errors import ConfigError, DataError, ModelError
 from retrofit.hooks import FeatureCapture
@@ -87,6 +87,7 @@ class _Plan:
     mas_pairs: int = DEFAULT_MAS_PAIRS
     am_pi_pairs: int = 0
     consistency: ConsistencySettings | None = None
+    config: CheckConfig | None = None
 
 
 def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -290,107 +291,51 @@ def check(
     imodel: InterpretableModel,
     loader: Iterable | Any,
     reference: nn.Module | None = None,
+    config: CheckConfig | None = None,
     *,
-    min_fidelity: float | None = None,
-    min_accuracy: float | None = None,
-    max_accuracy_drop: float | None = None,
-    min_mistake_agreement: float | None = None,
-    min_concept_deletion_gain: float | None = None,
-    min_pixel_deletion_gain: float | None = None,
-    min_diversity: float | None = None,
-    max_dependence: float | None = None,
-    min_truth_precision: float | None = None,
-    min_truth_recall: float | None = None,
-    min_truth_distinct: float | None = None,
-    min_consistency: float | None = None,
-    max_consistency_flip_rate: float | None = None,
-    raise_on_failure: bool = False,
-    pixel_methods: Sequence[str] = PIXEL_METHODS,
-    max_pixel_images: int = 32,
-    ig_steps: int = 32,
-    curve_steps: int = 20,
-    perturb_samples: int = 8,
-    internal_batch_size: int = 64,
     masks: Any = None,
     attributes: torch.Tensor | None = None,
     concept_names: Sequence[str] | None = None,
     concept_labels: torch.Tensor | None = None,
-    top_images: int = 6,
-    max_explanations: int = 8,
-    batch_size: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-    mas_pairs: int = DEFAULT_MAS_PAIRS,
-    am_pi_pairs: int = 0,
-    consistency: Any = None,
+    **options: Any,
 ) -> Report:
     """Measure fidelity, concept- and pixel-level faithfulness and interpretability metrics.
 
-    `reference` is the original model (fidelity needs it). `masks` (per image in loader order:
+    `reference` is the original model (fidelity needs it). `config` (a CheckConfig) holds the
+    thresholds and budgets; keyword `options` are CheckConfig fields that override it
+    (`check(m, data, min_fidelity=0.9)`). `masks` (per image in loader order:
     a (N, H, W) tensor, a list, or a callable index -> mask, (objects, H, W) masks or
     (masks, object_concepts) as `SyntheticConceptDataset.masks` returns) enables localisation;
     `attributes` (classes x attributes) enables Structural Grounding. `concept_labels` (images x
     concepts, loader order) or `attributes`, with `concept_names` for their columns, enable the
     truth of the explanation (retrofit.check.truth); a dataset with `concepts` and
-    `concept_names` (the synthetic world) provides them itself. Thresholds (min_*/max_*)
-    decide `Report.passed`; with `raise_on_failure` a miss raises CheckFailedError.
-    `consistency` (True, a dict or a ConsistencySettings) adds explanation consistency under
-    background perturbation for both models (`masks` then give the foreground).
-    The Captum work runs on the first `max_pixel_images` images only; `ig_steps`,
-    `curve_steps`, `perturb_samples` and `internal_batch_size` trade its cost for precision.
-    `mas_pairs` caps the relevant class–feature pairs whose top images (FLINT's MAS) the
-    report shows (0: none; fetching them re-reads the loader without running the model);
-    for the first `am_pi_pairs` of them the report adds FLINT's AM+PI image (retrofit.check.am_pi,
-    at most 10 s each).
+    `concept_names` (the synthetic world) provides them itself. Registered metrics
+    (retrofit.check.register_metric) run after the built-in parts, results under their names.
     """
     if not isinstance(imodel, InterpretableModel):
         raise ConfigError(
             f"check() needs an InterpretableModel (from retrofit.convert or retrofit.load), got "
             f"{type(imodel).__name__}."
         )
-    limits = validate_thresholds(
-        {
-            "min_fidelity": min_fidelity,
-            "min_accuracy": min_accuracy,
-            "max_accuracy_drop": max_accuracy_drop,
-            "min_mistake_agreement": min_mistake_agreement,
-            "min_concept_deletion_gain": min_concept_deletion_gain,
-            "min_pixel_deletion_gain": min_pixel_deletion_gain,
-            "min_diversity": min_diversity,
-            "max_dependence": max_dependence,
-            "min_truth_precision": min_truth_precision,
-            "min_truth_recall": min_truth_recall,
-            "min_truth_distinct": min_truth_distinct,
-            "min_consistency": min_consistency,
-            "max_consistency_flip_rate": max_consistency_flip_rate,
-        }
-    )
+    config = CheckConfig.resolve(config, options)
+    limits = config.limits()
     missing = [name for name in _NEEDS_REFERENCE if name in limits and reference is None]
     if missing:
         raise ConfigError(
             f"{missing} compare with the original model: pass reference=<the model you converted>."
         )
+    consistency = config.consistency
     if not consistency and ("min_consistency" in limits or "max_consistency_flip_rate" in limits):
         raise ConfigError(
             "min_consistency and max_consistency_flip_rate need the consistency check: pass "
             "consistency=True (or a dict of ConsistencySettings fields)."
         )
-    methods = validate_methods(pixel_methods)
-    for name, value in (
-        ("max_pixel_images", max_pixel_images),
-        ("top_images", top_images),
-        ("max_explanations", max_explanations),
-        ("mas_pairs", mas_pairs),
-        ("am_pi_pairs", am_pi_pairs),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
     settings = PixelSettings(
-        ig_steps=ig_steps,
-        curve_steps=curve_steps,
-        perturb_samples=perturb_samples,
-        internal_batch_size=internal_batch_size,
-        batch_size=batch_size,
+        ig_steps=config.ig_steps,
+        curve_steps=config.curve_steps,
+        perturb_samples=config.perturb_samples,
+        internal_batch_size=config.internal_batch_size,
+        batch_size=config.batch_size,
     )
     dataset = getattr(loader, "dataset", loader)
     truth_given = concept_labels is not None or attributes is not None
@@ -400,22 +345,23 @@ def check(
         concept_labels = getattr(dataset, "concepts", None)
     plan = _Plan(
         limits,
-        methods,
+        tuple(config.pixel_methods),
         settings,
-        max_pixel_images,
+        config.max_pixel_images,
         masks,
         attributes,
         concept_names,
         concept_labels,
         truth_given,
-        top_images,
-        max_explanations,
-        seed,
-        progress,
-        raise_on_failure,
-        mas_pairs,
-        am_pi_pairs,
+        config.top_images,
+        config.max_explanations,
+        config.seed,
+        config.progress,
+        config.raise_on_failure,
+        config.mas_pairs,
+        config.am_pi_pairs,
         consistency=ConsistencySettings.parse(consistency) if consistency else None,
+        config=config,
     )
 
     modules = [imodel] + ([reference] if reference is not None else [])
@@ -545,6 +491,23 @@ def _check(
             ),
         )
 
+    results.update(
+        run_metrics(
+            MetricInputs(
+                imodel,
+                loader,
+                reference,
+                z,
+                logits,
+                reference_logits,
+                labels,
+                predicted,
+                plan.config or CheckConfig(),
+                results,
+            ),
+            timings,
+        )
+    )
     results["meta"] = {
         "n_images": int(state.seen),
         "n_pixel_images": n_pixel,

@@ -7,11 +7,14 @@ from retrofit.concepts.encoders import (
     HFCLIPEncoder,
     OpenCLIPEncoder,
     Preprocess,
+    available_encoders,
     embed_concepts,
     embed_images,
     load_encoder,
     load_tiny_clip,
+    register_encoder,
     tiny_clip_settings,
+    unregister_encoder,
 )
 from retrofit.concepts.naming import (
     ConceptSettings,
@@ -21,6 +24,7 @@ from retrofit.concepts.naming import (
     parse_concepts,
 )
 from retrofit.concepts.scoring import METHODS, auc_scores, score_matrix
+from retrofit.concepts.stored import ConceptsNotRestoredWarning, ConceptsSummary
 from retrofit.concepts.vocabulary import (
     CURATED,
     DEFAULT_TEMPLATES,
@@ -41,6 +45,8 @@ __all__ = [
     "AlignmentReport",
     "ConceptEncoder",
     "ConceptSettings",
+    "ConceptsNotRestoredWarning",
+    "ConceptsSummary",
     "FilterResult",
     "HFCLIPEncoder",
     "NamingResult",
@@ -50,6 +56,7 @@ __all__ = [
     "align_features",
     "apply_concepts",
     "auc_scores",
+    "available_encoders",
     "clean_concepts",
     "cos3_similarity",
     "curated_concepts",
@@ -62,6 +69,8 @@ __all__ = [
     "load_vocabulary",
     "name_features",
     "parse_concepts",
+    "register_encoder",
     "score_matrix",
     "tiny_clip_settings",
+    "unregister_encoder",
 ]

@@ -5,9 +5,11 @@ returning L2-normalised rows, plus its own `preprocess` (resolution, mean, std).
 from the user's loader normalised for *their* classifier, so they are first mapped back to
 [0, 1] from a stated input normalisation, then resized and re-normalised for the encoder.
 
-Backends, registered by name so `load_encoder("open_clip:MODEL:TAG")` works from a config:
+Backends, registered by name so `load_encoder("open_clip:MODEL:TAG")` works from a config
+(`register_encoder("NAME")` adds one: specs "NAME[:REST]" then reach its factory):
+  tiny       the committed tiny CLIP of the synthetic world.
   open_clip  `OpenCLIPEncoder`: open_clip's own model code; a pretrained tag or a local
-             safetensors checkpoint; also the committed tiny CLIP of the synthetic world.
+             safetensors checkpoint.
   hf         `HFCLIPEncoder`: transformers' `CLIPModel` with its tokenizer and image
              processor, from a hub id or a local folder.
 Embeddings are cached on disk (safetensors, atomic) under fingerprints of the encoder weights,
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -518,7 +521,72 @@ def load_tiny_clip(
     return encoder
 
 
+# spec backend ("tiny", "open_clip", "hf", ...) -> factory(rest after "NAME:", device)
+EncoderFactory = Callable[[str, Any], ConceptEncoder]
+ENCODERS: dict[str, EncoderFactory] = {}
+_BACKEND = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]+")  # two characters at least: not a drive letter
+SPEC_FORMS = (
+    "'tiny', 'open_clip:MODEL:TAG', 'open_clip:MODEL:/path/file.safetensors', 'hf:HUB_ID_OR_DIR'"
+)
+
+
+def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Register a factory for encoder specs "NAME" or "NAME:REST" (one file per backend); it is
+    called as factory(rest, device) and raises ConfigError for a rest it cannot read."""
+    if not _BACKEND.fullmatch(name):
+        raise ConfigError(f"An encoder backend name must look like 'my_clip', got {name!r}.")
+
+    def decorate(factory: EncoderFactory) -> EncoderFactory:
+        ENCODERS[name] = factory
+        return factory
+
+    return decorate
+
+
+def unregister_encoder(name: str) -> None:
+    ENCODERS.pop(name, None)
+
+
+def available_encoders() -> list[str]:
+    return sorted(ENCODERS)
+
+
+def encoder_backend(text: str) -> str | None:
+    """The registered backend a spec string names ("hf" for "hf:DIR"); None when it names none."""
+    name = text.partition(":")[0]
+    return name if name in ENCODERS else None
+
+
+def unknown_backend(text: str) -> str | None:
+    """The prefix of a string that reads as "NAME:REST" with an unregistered NAME (and is not an
+    existing file), so it is reported rather than taken for a vocabulary file name."""
+    name, sep, _ = text.partition(":")
+    if not sep or name in ENCODERS or not _BACKEND.fullmatch(name) or Path(text).exists():
+        return None
+    return name
+
+
+def unknown_backend_error(text: str, name: str) -> ConfigError:
+    return ConfigError(
+        f"Unknown encoder spec {text!r}: no concept encoder {name!r} is registered; registered "
+        f"are {available_encoders()} ({SPEC_FORMS}). A new one is registered with "
+        "retrofit.concepts.register_encoder."
+    )
+
+
+@register_encoder("tiny")
+def _tiny_from_spec(rest: str, device: Any) -> OpenCLIPEncoder:
+    if rest:
+        raise ConfigError(f"The spec 'tiny' takes nothing after it, got 'tiny:{rest}'.")
+    return load_tiny_clip(device)
+
+
+@register_encoder("open_clip")
 def _open_clip_from_spec(rest: str, device: Any) -> OpenCLIPEncoder:
+    if not rest:
+        raise ConfigError(
+            "Expected 'open_clip:MODEL:TAG' or 'open_clip:MODEL:/path/ckpt.safetensors'."
+        )
     if rest == "tiny":
         return load_tiny_clip(device)
     if rest.startswith("hf-hub:"):
@@ -529,32 +597,37 @@ def _open_clip_from_spec(rest: str, device: Any) -> OpenCLIPEncoder:
     return OpenCLIPEncoder(name, source or None, device=device)
 
 
-ENCODERS: dict[str, Callable[[str, Any], ConceptEncoder]] = {
-    "open_clip": _open_clip_from_spec,
-    "hf": lambda rest, device: HFCLIPEncoder(rest, device=device),
-}
+@register_encoder("hf")
+def _hf_from_spec(rest: str, device: Any) -> HFCLIPEncoder:
+    if not rest:
+        raise ConfigError("Expected 'hf:HUB_ID_OR_DIR' (a CLIP model id or local folder).")
+    return HFCLIPEncoder(rest, device=device)
 
 
 def load_encoder(
     spec: str | ConceptEncoder | None = None, device: str | torch.device | None = None
 ) -> ConceptEncoder:
     """An encoder from a spec: None or "tiny" (the shipped tiny CLIP), "open_clip:MODEL:TAG",
-    "open_clip:MODEL:/path/ckpt.safetensors", "hf:HUB_ID_OR_DIR"; encoders pass through."""
+    "open_clip:MODEL:/path/ckpt.safetensors", "hf:HUB_ID_OR_DIR", or any registered backend
+    "NAME[:REST]" (register_encoder); encoders pass through."""
     if isinstance(spec, ConceptEncoder):
         return spec.to(device) if device is not None else spec
-    if spec is None or spec == "tiny":
+    if spec is None:
         return load_tiny_clip(device)
     if not isinstance(spec, str):
         raise ConfigError(
             f"encoder must be a ConceptEncoder, a spec string or None, got {type(spec).__name__}."
         )
-    backend, _, rest = spec.partition(":")
-    if backend not in ENCODERS or not rest:
+    backend = encoder_backend(spec)
+    if backend is None:
+        raise unknown_backend_error(spec, spec.partition(":")[0])
+    encoder = ENCODERS[backend](spec.partition(":")[2], device)
+    if not isinstance(encoder, ConceptEncoder):
         raise ConfigError(
-            f"Unknown encoder spec {spec!r}; use 'tiny', 'open_clip:MODEL:TAG', "
-            "'open_clip:MODEL:/path/file.safetensors' or 'hf:HUB_ID_OR_DIR'."
+            f"The encoder factory for {backend!r} returned {type(encoder).__name__}, not a "
+            "retrofit.concepts.ConceptEncoder."
         )
-    return ENCODERS[backend](rest, device)
+    return encoder
 
 
 def _cache_path(cache_dir: str | os.PathLike, kind: str, key: str) -> Path:

@@ -25,7 +25,10 @@ from retrofit.concepts.encoders import (
     embed_batch,
     embed_concepts,
     embed_images,
+    encoder_backend,
     load_encoder,
+    unknown_backend,
+    unknown_backend_error,
 )
 from retrofit.concepts.pairs import (
     PairSettings,
@@ -44,6 +47,7 @@ from retrofit.concepts.scoring import (
     permutation_p_values,
     score_matrix,
 )
+from retrofit.concepts.stored import ConceptsSummary
 from retrofit.concepts.vocabulary import Vocabulary, filter_vocabulary, load_vocabulary
 from retrofit.errors import ConfigError, DataError
 from retrofit.featureset import FeatureSet
@@ -409,6 +413,10 @@ class ConceptSettings:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, str) and encoder_backend(self.encoder) is None:
+            raise unknown_backend_error(self.encoder, self.encoder.partition(":")[0])
+        if isinstance(self.vocabulary, str) and unknown_backend(self.vocabulary):
+            raise unknown_backend_error(self.vocabulary, unknown_backend(self.vocabulary))
         if self.method is not None:
             check_method(self.method)
         if self.labels is not None and self.method not in (None, "delta"):
@@ -444,7 +452,8 @@ class ConceptSettings:
 
 
 def _is_encoder_spec(text: str) -> bool:
-    return text == "tiny" or text.startswith(("open_clip:", "hf:"))
+    """A spec of a registered encoder backend ("tiny", "open_clip:...", "hf:...", ...)."""
+    return encoder_backend(text) is not None
 
 
 def parse_concepts(value: Any) -> ConceptSettings | None:
@@ -454,10 +463,14 @@ def parse_concepts(value: Any) -> ConceptSettings | None:
     tensor, or (labels, names); a dict of ConceptSettings fields; or ConceptSettings."""
     if value is None or isinstance(value, ConceptSettings):
         return value
+    if isinstance(value, ConceptsSummary):
+        raise value.refuse()
     if isinstance(value, ConceptEncoder):
         return ConceptSettings(encoder=value)
     if isinstance(value, str) and _is_encoder_spec(value):
         return ConceptSettings(encoder=value)
+    if isinstance(value, str) and unknown_backend(value):
+        raise unknown_backend_error(value, unknown_backend(value))
     if isinstance(value, torch.Tensor):
         return ConceptSettings(labels=value)
     if (

@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model
 from torch import nn
 
+from retrofit.adapters import get_adapter
 from retrofit.errors import (
     ConfigError,
     ExportCorruptedError,
@@ -54,11 +55,11 @@ def load_backbone(
         _load_backbone_weights(backbone, folder / BACKBONE_FILE, spec)
         _verify_fingerprint(backbone, base["fingerprint"], strict, f"{BACKBONE_FILE} on {spec}")
         return backbone
-    if spec.family == "open_clip":
+    reason = get_adapter(spec.family).without_backbone
+    if reason:
         raise ExportError(
-            f"{folder} holds an open_clip classifier without its backbone; its head (e.g. "
-            "zero-shot text embeddings) is not part of the pretrained tag. Pass the classifier "
-            "as model=, or save with include_backbone=True."
+            f"{folder} holds an {spec.family} classifier without its backbone; {reason} Pass "
+            "the classifier as model=, or save with include_backbone=True."
         )
     backbone = _rebuild(spec, folder, pretrained=True, trust_remote_code=trust_remote_code)
     _verify_fingerprint(backbone, base["fingerprint"], strict, f"the model rebuilt from {spec}")

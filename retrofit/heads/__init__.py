@@ -1,7 +1,13 @@
 """Head methods, one file each; importing this package registers them all."""
 
 from retrofit.heads import dense, flint, qpm, qsenn, sparse
-from retrofit.heads.base import HeadResult, available_heads, get_head, register_head
+from retrofit.heads.base import (
+    HeadResult,
+    available_heads,
+    get_head,
+    register_head,
+    unregister_head,
+)
 
 __all__ = [
     "HeadResult",
@@ -13,4 +19,5 @@ __all__ = [
     "qsenn",
     "register_head",
     "sparse",
+    "unregister_head",
 ]

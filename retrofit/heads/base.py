@@ -61,6 +61,11 @@ def register_head(name: str) -> Callable[[HeadMethod], HeadMethod]:
     return decorate
 
 
+def unregister_head(name: str) -> None:
+    """Remove a registered method (for plugins and tests that register one for a while)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_head(name: str) -> HeadMethod:
     import retrofit.heads  # noqa: F401  (imports every method file so it registers)
 
