@@ -1,7 +1,8 @@
 """FLINT attributes (ALGORITHMS §9.1): a learned dictionary of J non-negative attributes.
 
-Φ(x) = ReLU(MLP((x − μ) / σ)) over the pooled penultimate features x, trained on the cache
-with the backbone frozen, together with a linear head h (the interpreter g = h∘Φ) and a decoder
+Φ(x) = ReLU(MLP((x − μ) / σ)) over the pooled penultimate features x (followed, with
+`flint_layers=[...]`, by earlier layers' pooled outputs: retrofit.pooled_layers), trained on
+the cache with the backbone frozen, together with a linear head h (the interpreter g = h∘Φ) and a decoder
 d that reconstructs the standardised features from Φ. The settings are one dict,
 `convert(..., flint={...})`, with the fields of FlintSettings.
 """
