@@ -75,6 +75,7 @@ class _Event:
     input_shape: tuple[int, ...] | None = None
     output_shape: tuple[int, ...] | None = None
     module: nn.Module | None = field(default=None, repr=False)
+    calls: int = 1  # how often the module ran in the pass (a shared ReLU runs several times)
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -91,7 +92,10 @@ def trace_modules(model: nn.Module, images: torch.Tensor) -> tuple[list[_Event],
 
     def pre_hook(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            events[name] = _Event(name, next(clock), input_shape=_shape(args), module=module)
+            calls = events[name].calls + 1 if name in events else 1
+            events[name] = _Event(
+                name, next(clock), input_shape=_shape(args), module=module, calls=calls
+            )
 
         return hook
 

@@ -113,6 +113,12 @@ def resolve_pooled_layers(
         shape = event.output_shape
         if pooled_width(shape) is None or shape[0] != batch:
             raise _unpoolable(name, None, shape)
+        if event.calls > 1:
+            raise LayerNotFoundError(
+                f"flint_layers: {name!r} runs {event.calls} times in one forward pass (a shared "
+                "module, such as the ReLU of a torchvision ResNet block), so it has no single "
+                "output to pool. Name the block that contains it instead."
+            )
     return names
 
 

@@ -20,16 +20,19 @@ EARLY = "body.1"  # the ReLU(inplace=False) after SmallCNN's first convolution: 
 
 
 class TappedCNN(SmallCNN):
-    """SmallCNN with two extra modules: one whose output cannot be pooled, one never called."""
+    """SmallCNN with extra modules: one whose output cannot be pooled, one never called, one
+    called twice (as torchvision's ResNet blocks reuse their ReLU)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.flat = nn.Flatten(start_dim=0)  # (N, C, H, W) -> one vector for the whole batch
         self.unused = nn.Conv2d(3, 3, 1)
+        self.shared = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.body(x)
         self.flat(maps)
+        self.shared(self.shared(maps))
         return self.fc(maps.mean(dim=(2, 3)))
 
 
@@ -157,6 +160,7 @@ def test_the_cache_is_keyed_by_the_layer_set(cnn, data, tmp_path) -> None:
         (["nothing.here"], LayerNotFoundError, r"named_modules\(\)"),
         (["flat"], LayerNotFoundError, r"cannot be pooled per image"),
         (["unused"], LayerNotFoundError, "was not called in the forward pass"),
+        (["shared"], LayerNotFoundError, "runs 2 times in one forward pass"),
     ],
 )
 def test_bad_layers_fail_before_training(cnn, data, layers, error, message) -> None:
