@@ -208,3 +208,26 @@ def test_a_tampered_export_is_refused(cnn, data, tmp_path) -> None:
     )
     path.write_text(json.dumps(original))
     assert retrofit.load(folder, model=cnn).spec.pooled_layers == (EARLY,)
+
+
+def test_an_interrupted_extraction_with_flint_layers_resumes(cnn, data, tmp_path) -> None:
+    images, labels = data
+    batches = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, len(images), 16)]
+
+    def failing():
+        yield from batches[:2]
+        raise RuntimeError("the loader died")
+
+    with pytest.raises(RuntimeError, match="the loader died"):
+        retrofit.extract(cnn, failing(), cache_dir=tmp_path, pooled_layers=[EARLY], progress=False)
+    calls = []
+    handle = cnn.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    try:
+        resumed = retrofit.extract(
+            cnn, batches, cache_dir=tmp_path, pooled_layers=[EARLY], progress=False
+        )
+    finally:
+        handle.remove()
+    assert sum(calls) == 2 + 32, "the probe and the two batches not extracted before"
+    fresh = retrofit.extract(cnn, batches, pooled_layers=[EARLY], progress=False)
+    assert torch.equal(resumed.features, fresh.features) and resumed.dim == 36
