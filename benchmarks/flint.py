@@ -48,7 +48,13 @@ PUBLISHED_MNIST = {
 @torch.no_grad()
 def measure(imodel: retrofit.InterpretableModel, test, cache: str) -> dict:
     """Held-out numbers of one converted model (features from the shared cache)."""
-    extracted = retrofit.extract(imodel.backbone, test, cache_dir=cache, progress=False)
+    extracted = retrofit.extract(
+        imodel.backbone,
+        test,
+        cache_dir=cache,
+        progress=False,
+        pooled_layers=list(imodel.spec.pooled_layers),
+    )
     device = imodel.head.weight.device
     z = imodel.bottleneck.transform(extracted.features.to(device)).cpu()
     logits = imodel.head(z.to(device)).cpu()

@@ -68,6 +68,7 @@ def _features(model: nn.Module, loader: Any, config: RetrofitConfig) -> FeatureS
         progress=config.progress,
         feature_dtype=config.cache_dtype,
         distributed=config.distributed,
+        pooled_layers=config.flint_layers,
     )
 
 

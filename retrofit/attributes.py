@@ -1,7 +1,8 @@
 """FLINT attributes (ALGORITHMS §9.1): a learned dictionary of J non-negative attributes.
 
-Φ(x) = ReLU(MLP((x − μ) / σ)) over the pooled penultimate features x, trained on the cache
-with the backbone frozen, together with a linear head h (the interpreter g = h∘Φ) and a decoder
+Φ(x) = ReLU(MLP((x − μ) / σ)) over the pooled penultimate features x (followed, with
+`flint_layers=[...]`, by earlier layers' pooled outputs: retrofit.pooled_layers), trained on
+the cache with the backbone frozen, together with a linear head h (the interpreter g = h∘Φ) and a decoder
 d that reconstructs the standardised features from Φ. The settings are one dict,
 `convert(..., flint={...})`, with the fields of FlintSettings.
 """
@@ -390,3 +391,27 @@ def attribute_features(
                 ]
             )
     return attributes, attributes.transform(features), attribute_maps
+
+
+def check_flint_layers(config: Any) -> list[str]:
+    """config.flint_layers checked: distinct module names, used only where FLINT attributes are.
+
+    The names themselves are checked against the model when features are extracted
+    (retrofit.pooled_layers), before anything is trained.
+    """
+    from retrofit.pooled_layers import check_layer_names
+
+    names = list(check_layer_names(config.flint_layers))
+    if config.method != "flint" and config.features != "flint":
+        raise ConfigError(
+            f"flint_layers={names} adds earlier layers to FLINT's attributes, but "
+            f"method={config.method!r} with features={config.features!r} uses none: use "
+            "method='flint', or features='flint' with another head, or drop flint_layers."
+        )
+    layer = (config.feature_layer or "").partition(":")[0]
+    if layer in names:
+        raise ConfigError(
+            f"flint_layers names {layer!r}, the feature_layer the penultimate features already "
+            "come from; list only other (earlier) layers."
+        )
+    return names

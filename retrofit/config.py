@@ -77,6 +77,9 @@ class RetrofitConfig:
     cache_dtype: str = "float32"
     # shard extraction over a torch.distributed group: None when one is initialised, False never
     distributed: bool | None = None
+    # FLINT attributes also read these earlier modules' outputs, pooled per image (by name, as
+    # named_modules() lists them); only with method="flint" or features="flint"
+    flint_layers: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.finetune == "adapter":  # its name before "adapter" came to mean model families
@@ -145,6 +148,10 @@ class RetrofitConfig:
             from retrofit.attributes import parse_flint
 
             parse_flint(self.flint)
+        if self.flint_layers is not None:
+            from retrofit.attributes import check_flint_layers
+
+            self.flint_layers = check_flint_layers(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe settings. Concepts are stored as given when they are plain data; an encoder

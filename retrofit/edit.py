@@ -224,6 +224,7 @@ def _training_features(
         imodel.backbone,
         loader,
         feature_layer=imodel.config.feature_layer or imodel.spec.name,
+        pooled_layers=list(imodel.spec.pooled_layers),
         class_names=imodel.class_names,
         cache_dir=cache_dir,
         batch_size=imodel.config.batch_size,

@@ -137,6 +137,7 @@ def extract(
     feature_dtype: str = "float32",
     distributed: bool | None = None,
     world_size: int | None = None,
+    pooled_layers: list[str] | None = None,
 ) -> FeatureSet:
     """Pooled penultimate features, labels and original logits of every image in `loader`.
 
@@ -147,6 +148,8 @@ def extract(
     Under torch.distributed (`distributed=None`: whenever a process group of several ranks is
     initialised) every rank passes the same loader and extracts its shard into the shared
     `cache_dir`; see retrofit.distributed.
+    `pooled_layers` (FLINT's flint_layers): modules whose outputs, pooled per image, follow the
+    penultimate features in this order (retrofit.pooled_layers); they are part of the cache key.
     """
     from retrofit.adapters import adapter_for
 
@@ -180,7 +183,7 @@ def extract(
         family = adapter_for(model)
         probe = first[0][:PROBE_IMAGES].to(device)
         spec, probe_logits = detect_layers(
-            model, probe, feature_layer, family.preferred_heads(model)
+            model, probe, feature_layer, family.preferred_heads(model), pooled_layers
         )
         width = probe_logits.shape[1]
         _check_classes(width, num_classes, class_names)

@@ -13,7 +13,7 @@ import difflib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,6 +34,8 @@ class LayerSpec:
     use_input: bool = False
     maps_module: str | None = None
     maps_layout: str | None = None  # "nchw", "nhwc", "tokens" or "head_input"
+    # earlier modules whose pooled outputs follow the features (FLINT's flint_layers)
+    pooled_layers: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -42,13 +44,16 @@ class LayerSpec:
         return f"{self.module}:input" if self.use_input else str(self.module)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "heads": list(self.heads),
             "module": self.module,
             "use_input": self.use_input,
             "maps_module": self.maps_module,
             "maps_layout": self.maps_layout,
         }
+        if self.pooled_layers:  # only then: the cache keys of every other spec stay as they were
+            data["pooled_layers"] = list(self.pooled_layers)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerSpec:
@@ -58,6 +63,7 @@ class LayerSpec:
             use_input=bool(data.get("use_input", False)),
             maps_module=data.get("maps_module"),
             maps_layout=data.get("maps_layout"),
+            pooled_layers=tuple(data.get("pooled_layers", ())),
         )
 
 
@@ -69,6 +75,7 @@ class _Event:
     input_shape: tuple[int, ...] | None = None
     output_shape: tuple[int, ...] | None = None
     module: nn.Module | None = field(default=None, repr=False)
+    calls: int = 1  # how often the module ran in the pass (a shared ReLU runs several times)
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -85,7 +92,10 @@ def trace_modules(model: nn.Module, images: torch.Tensor) -> tuple[list[_Event],
 
     def pre_hook(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            events[name] = _Event(name, next(clock), input_shape=_shape(args), module=module)
+            calls = events[name].calls + 1 if name in events else 1
+            events[name] = _Event(
+                name, next(clock), input_shape=_shape(args), module=module, calls=calls
+            )
 
         return hook
 
@@ -220,8 +230,28 @@ def detect_layers(
     images: torch.Tensor,
     feature_layer: str | None = None,
     preferred_heads: list[str] | None = None,
+    pooled_layers: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[LayerSpec, torch.Tensor]:
-    """Work out the LayerSpec of `model` from one probe batch; returns it with the probe logits."""
+    """Work out the LayerSpec of `model` from one probe batch; returns it with the probe logits.
+
+    `pooled_layers` (FLINT's flint_layers) are checked on the same pass and kept in the spec.
+    """
+    spec, logits, events = _detect(model, images, feature_layer, preferred_heads)
+    if not pooled_layers:
+        return spec, logits
+    from retrofit.pooled_layers import resolve_pooled_layers
+
+    taken = (spec.module,) if spec.module and not spec.use_input else ()
+    names = resolve_pooled_layers(model, pooled_layers, events, images.shape[0], taken)
+    return replace(spec, pooled_layers=names), logits
+
+
+def _detect(
+    model: nn.Module,
+    images: torch.Tensor,
+    feature_layer: str | None,
+    preferred_heads: list[str] | None,
+) -> tuple[LayerSpec, torch.Tensor, dict[str, _Event]]:
     override = _resolve_override(model, feature_layer) if feature_layer else None
     events, logits = trace_modules(model, images)
     if logits.ndim != 2:
@@ -241,22 +271,28 @@ def detect_layers(
             raise LayerNotFoundError(f"feature_layer={feature_layer!r} does not produce a tensor.")
         if len(shape) == 4 and shape[2] * shape[3] > 1:
             layout = "head_input" if use_input else "nchw"
-            return LayerSpec(
-                module=name, use_input=use_input, maps_module=name, maps_layout=layout
-            ), logits
+            return (
+                LayerSpec(module=name, use_input=use_input, maps_module=name, maps_layout=layout),
+                logits,
+                by_name,
+            )
         if len(shape) == 3 and not use_input and _token_grid(shape[1]) is not None:
-            return LayerSpec(module=name, maps_module=name, maps_layout="tokens"), logits
-        return LayerSpec(module=name, use_input=use_input), logits
+            return LayerSpec(module=name, maps_module=name, maps_layout="tokens"), logits, by_name
+        return LayerSpec(module=name, use_input=use_input), logits, by_name
     heads = _find_heads(events, logits.shape[1], model, preferred_heads or [])
     head_names = tuple(h.name for h in heads)
     if len(heads) > 1:
-        return LayerSpec(heads=head_names), logits
+        return LayerSpec(heads=head_names), logits, by_name
     head = heads[0]
     in_shape = head.input_shape or ()
     if len(in_shape) == 4:
-        return LayerSpec(heads=head_names, maps_module=head.name, maps_layout="head_input"), logits
+        return (
+            LayerSpec(heads=head_names, maps_module=head.name, maps_layout="head_input"),
+            logits,
+            by_name,
+        )
     maps_module, layout = _find_maps(events, head.start, in_shape[-1], set(head_names))
-    return LayerSpec(heads=head_names, maps_module=maps_module, maps_layout=layout), logits
+    return LayerSpec(heads=head_names, maps_module=maps_module, maps_layout=layout), logits, by_name
 
 
 def maps_to_grid(value: torch.Tensor, layout: str) -> torch.Tensor:
@@ -291,7 +327,28 @@ class FeatureCapture:
         self.spec = spec
         self.with_maps = with_maps and spec.maps_module is not None
         self.parts: dict[str, torch.Tensor] = {}
-        self.maps: torch.Tensor | None = None
+        # pooled at once: a later in-place op (ReLU(inplace=True)) would change a kept output
+        self.pooled: dict[str, torch.Tensor] = {}
+        self.grid: torch.Tensor | None = None
+
+    @property
+    def maps(self) -> torch.Tensor | None:
+        """The (N, D, H, W) maps of the last forward pass; with pooled layers, followed by their
+        pooled features constant over the positions (so those channels average to them too)."""
+        if self.grid is None or not self.spec.pooled_layers:
+            return self.grid
+        from retrofit.pooled_layers import broadcast_pooled
+
+        return broadcast_pooled(self.grid, self._pooled_parts())
+
+    def _pooled_parts(self) -> list[torch.Tensor]:
+        missing = [n for n in self.spec.pooled_layers if n not in self.pooled]
+        if missing:
+            raise ModelError(
+                f"The forward pass did not reach the flint_layers {missing}; the model's forward "
+                "may branch."
+            )
+        return [self.pooled[n] for n in self.spec.pooled_layers]
 
     def _modules(self) -> dict[str, nn.Module]:
         return dict(self.model.named_modules())
@@ -316,7 +373,16 @@ class FeatureCapture:
         def grab_maps(module: nn.Module, args: tuple, output: Any) -> None:
             value = args[0] if self.spec.maps_layout == "head_input" else output
             value = value[0] if isinstance(value, (tuple, list)) else value
-            self.maps = maps_to_grid(value, self.spec.maps_layout or "nchw")
+            self.grid = maps_to_grid(value, self.spec.maps_layout or "nchw")
+
+        def grab_pooled(name: str):
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                from retrofit.pooled_layers import pool_output
+
+                batch = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) else None
+                self.pooled[name] = pool_output(name, output, batch)
+
+            return hook
 
         try:
             if self.spec.heads:
@@ -332,6 +398,8 @@ class FeatureCapture:
                 handles.append(
                     modules[self.spec.module].register_forward_hook(grab_output(self.spec.module))
                 )
+            for name in self.spec.pooled_layers:
+                handles.append(modules[name].register_forward_hook(grab_pooled(name)))
             if self.with_maps:
                 module = modules[self.spec.maps_module]
                 if self.spec.maps_layout == "head_input":
@@ -354,8 +422,11 @@ class FeatureCapture:
                 f"The forward pass did not reach {missing}; the model's forward may branch."
             )
         pooled = [pool_features(self.parts[n]) for n in names]
+        if self.spec.pooled_layers:
+            pooled += self._pooled_parts()
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1)
 
     def clear(self) -> None:
         self.parts.clear()
-        self.maps = None
+        self.pooled.clear()
+        self.grid = None

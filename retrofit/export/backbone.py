@@ -122,6 +122,14 @@ def check_backbone_fits(
             f"export takes its features ({config['base_model']['layer_name']}); it is a "
             "different architecture."
         )
+    absent = [n for n in layer.pooled_layers if n not in modules]
+    if absent:
+        raise ExportSchemaError(
+            f"The backbone ({type(backbone).__name__}) has no module {absent} whose pooled output "
+            "the export's FLINT attributes read (flint_layers); it is a different architecture."
+        )
+    if layer.pooled_layers:
+        return  # the pooled layers' widths are only known after a forward pass
     widths = [_input_width(modules[n]) for n in layer.heads]
     if not layer.heads or None in widths:
         return  # the width of a named module's output is only known after a forward pass

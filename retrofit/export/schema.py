@@ -172,6 +172,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     _validate(config, _SCHEMA, "")
     check_fields(config, FIELDS, "", CONFIG_FILE)
     _check_consistency(config)
+    check_pooled_layers(config)
     _check_build(config["base_model"]["build"])
     if not STATS_INPUT_SIZE(config["stats"].get("input_size")):
         raise ExportSchemaError(
@@ -429,3 +430,40 @@ def check_fields(value: Any, schema: Any, where: str, file: str) -> None:
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
+
+
+def check_pooled_layers(config: dict[str, Any]) -> None:
+    """base_model.layer.pooled_layers (FLINT's flint_layers): bounded distinct module names,
+    only on a model whose FLINT attributes read them, and the same list as config.flint_layers."""
+    from retrofit.pooled_layers import MAX_POOLED_LAYERS
+
+    names = config["base_model"]["layer"].get("pooled_layers")
+    stored = config["config"].get("flint_layers")
+    if names is None:
+        if stored:
+            raise ExportSchemaError(
+                f"{CONFIG_FILE}: config.flint_layers is {stored!r:.120} but base_model.layer has "
+                "no pooled_layers; the export is inconsistent."
+            )
+        return
+    module = text(1024, MODULE_NAME)
+    if (
+        not isinstance(names, list)
+        or not 1 <= len(names) <= MAX_POOLED_LAYERS
+        or not all(module(n) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ExportSchemaError(
+            f"{CONFIG_FILE}: base_model.layer.pooled_layers must be a list of 1 to "
+            f"{MAX_POOLED_LAYERS} distinct module names, got {names!r:.120}."
+        )
+    if config["bottleneck"].get("attributes") is None:
+        raise ExportSchemaError(
+            f"{CONFIG_FILE}: base_model.layer.pooled_layers is set but the bottleneck has no "
+            "FLINT attributes to read them."
+        )
+    if stored != names:
+        raise ExportSchemaError(
+            f"{CONFIG_FILE}: base_model.layer.pooled_layers {names!r:.120} differs from "
+            f"config.flint_layers {stored!r:.120}."
+        )
