@@ -349,6 +349,7 @@ SAMPLES = {
     "extra": {"dense_l2": 0.001},
     "flint": {"attributes": 8},
     "features": "flint",
+    "flint_layers": ["features.2", "features.5"],
     "reweight": "consistency",
     "reweight_rounds": 3,
     "reweight_images": 64,
