@@ -36,7 +36,9 @@ class ModelAdapter:
     arguments a spec string cannot carry; `classifier_width(model)` reads the class count
     (default: the last Linear or 1x1 Conv); `data_transform(model, spec)` is the preprocessing
     the CLI applies to images (None: resize only); `without_backbone` says why an export without
-    backbone.safetensors cannot be rebuilt from the spec alone (None: it can).
+    backbone.safetensors cannot be rebuilt from the spec alone (None: it can);
+    `preprocessing(model, spec)` is the record an export keeps of how the model reads an image
+    (JSON data tagged with `source`, read back by `image_transform`; None: nothing recorded).
     """
 
     name: str
@@ -56,6 +58,7 @@ class ModelAdapter:
     describe: Callable[[nn.Module, ModelSpec], None] | None = None
     classifier_width: Callable[[nn.Module], int | None] | None = None
     data_transform: Callable[[nn.Module, ModelSpec], Callable | None] | None = None
+    preprocessing: Callable[[nn.Module, ModelSpec | None], dict[str, Any] | None] | None = None
     without_backbone: str | None = None
 
 
@@ -117,3 +120,12 @@ def module_name(model: nn.Module, target: nn.Module) -> str | None:
         if module is target and name:
             return name
     return None
+
+
+def plain(value: Any) -> Any:
+    """JSON data from a preprocessing setting: tuples become lists, anything else a string."""
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.adapters.base import ModelAdapter, plain, register_adapter
 from retrofit.errors import ConfigError, ModelError
 from retrofit.safe_io import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
 
@@ -123,6 +123,19 @@ def describe_open_clip(model: nn.Module, spec: ModelSpec) -> None:
     )
 
 
+def open_clip_preprocessing(model: nn.Module, spec: ModelSpec | None) -> dict[str, Any] | None:
+    """The visual tower's preprocess config, or its image size, mean and std."""
+    visual = model.visual
+    cfg = getattr(visual, "preprocess_cfg", None)
+    if cfg:
+        return {"source": "open_clip", **{k: plain(v) for k, v in cfg.items()}}
+    mean, std = getattr(visual, "image_mean", None), getattr(visual, "image_std", None)
+    if mean is None or std is None:
+        return None
+    size = getattr(visual, "image_size", None)
+    return {"source": "open_clip", "size": plain(size), "mean": plain(mean), "std": plain(std)}
+
+
 OPEN_CLIP = register_adapter(
     ModelAdapter(
         name="open_clip",
@@ -137,6 +150,7 @@ OPEN_CLIP = register_adapter(
             "logit_scale": real(0.0, 1e6),
         },
         image_transform=open_clip_transform,
+        preprocessing=open_clip_preprocessing,
         prefix="open_clip",
         spec_forms="open_clip:ARCH[:TAG]",
         parse_spec=parse_open_clip_spec,

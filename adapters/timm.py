@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, module_name, register_adapter
+from retrofit.adapters.base import ModelAdapter, module_name, plain, register_adapter
 from retrofit.safe_io import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
 
 if TYPE_CHECKING:
@@ -82,6 +82,17 @@ def timm_model_transform(model: nn.Module, spec: ModelSpec) -> Callable:
     return timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
 
 
+def timm_preprocessing(model: nn.Module, spec: ModelSpec | None) -> dict[str, Any]:
+    """timm's resolved data config, at the image size the model was built for."""
+    from timm.data import resolve_data_config
+
+    data = resolve_data_config({}, model=model)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        data["input_size"] = (data["input_size"][0], *img_size)
+    return {"source": "timm", **{k: plain(v) for k, v in data.items()}}
+
+
 TIMM = register_adapter(
     ModelAdapter(
         name="timm",
@@ -101,5 +112,6 @@ TIMM = register_adapter(
         describe=describe_timm,
         classifier_width=lambda model: int(model.num_classes),
         data_transform=timm_model_transform,
+        preprocessing=timm_preprocessing,
     )
 )

@@ -77,6 +77,23 @@ def torchvision_weights_transform(model: nn.Module, spec: ModelSpec) -> Callable
     return torchvision.models.get_model_weights(spec.name)[spec.weights].transforms()
 
 
+def torchvision_preprocessing(model: nn.Module, spec: ModelSpec | None) -> dict[str, Any] | None:
+    """The weights enum's transform values; None without a weights tag."""
+    if spec is None or not spec.weights:
+        return None
+    import torchvision
+
+    transform = torchvision.models.get_model_weights(spec.name)[spec.weights].transforms()
+    return {
+        "source": "torchvision",
+        "resize_size": list(transform.resize_size),
+        "crop_size": list(transform.crop_size),
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "interpolation": str(transform.interpolation.value),
+    }
+
+
 TORCHVISION = register_adapter(
     ModelAdapter(
         name="torchvision",
@@ -91,5 +108,6 @@ TORCHVISION = register_adapter(
         build=build_torchvision,
         describe=describe_torchvision,
         data_transform=torchvision_weights_transform,
+        preprocessing=torchvision_preprocessing,
     )
 )

@@ -134,6 +134,25 @@ def hf_transform(model: nn.Module, spec: ModelSpec) -> Callable:
     ][0]
 
 
+def hf_preprocessing(model: nn.Module, spec: ModelSpec | None) -> dict[str, Any] | None:
+    """preprocessor_config.json from the model's local folder or the local Hub cache (never the
+    network); None when neither has it."""
+    name = getattr(model.config, "_name_or_path", "") or ""
+    if not name:
+        return None
+    if Path(name).is_dir():
+        file = Path(name) / "preprocessor_config.json"
+        path = str(file) if file.is_file() else None
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "preprocessor_config.json")
+        path = found if isinstance(found, str) else None
+    if path is None:
+        return None
+    return {"source": "transformers", **json.loads(Path(path).read_text())}
+
+
 TRANSFORMERS = register_adapter(
     ModelAdapter(
         name="transformers",
@@ -152,5 +171,6 @@ TRANSFORMERS = register_adapter(
         describe=describe_transformers,
         classifier_width=lambda model: int(model.config.num_labels),
         data_transform=hf_transform,
+        preprocessing=hf_preprocessing,
     )
 )

@@ -17,9 +17,7 @@ module only dispatches, so a new family registers its own prefix there.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -176,70 +174,11 @@ def describe_model(model: nn.Module, base_model: str | None = None) -> ModelSpec
 
 
 def preprocessing_of(model: nn.Module, spec: ModelSpec | None) -> dict[str, Any] | None:
-    """The input preprocessing the backbone expects, where the family records it; else None."""
-    family = adapter_for(model).name
+    """The input preprocessing the backbone expects, where its family records it; else None."""
+    hook = adapter_for(model).preprocessing
+    if hook is None:
+        return None
     try:
-        if family == "torchvision" and spec is not None and spec.weights:
-            import torchvision
-
-            transform = torchvision.models.get_model_weights(spec.name)[spec.weights].transforms()
-            return {
-                "source": "torchvision",
-                "resize_size": list(transform.resize_size),
-                "crop_size": list(transform.crop_size),
-                "mean": list(transform.mean),
-                "std": list(transform.std),
-                "interpolation": str(transform.interpolation.value),
-            }
-        if family == "timm":
-            from timm.data import resolve_data_config
-
-            data = resolve_data_config({}, model=model)
-            img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-            if img_size is not None:
-                data["input_size"] = (data["input_size"][0], *img_size)
-            return {"source": "timm", **{k: _plain(v) for k, v in data.items()}}
-        if family == "transformers":
-            return _hf_preprocessor(getattr(model.config, "_name_or_path", "") or "")
-        if family == "open_clip":
-            visual = model.visual
-            cfg = getattr(visual, "preprocess_cfg", None)
-            if cfg:
-                return {"source": "open_clip", **{k: _plain(v) for k, v in cfg.items()}}
-            mean, std = getattr(visual, "image_mean", None), getattr(visual, "image_std", None)
-            size = getattr(visual, "image_size", None)
-            if mean is not None and std is not None:
-                return {
-                    "source": "open_clip",
-                    "size": _plain(size),
-                    "mean": _plain(mean),
-                    "std": _plain(std),
-                }
+        return hook(model, spec)
     except Exception:  # preprocessing is informative only; never fail an export on it
         return None
-    return None
-
-
-def _hf_preprocessor(name: str) -> dict[str, Any] | None:
-    """preprocessor_config.json from a local folder or the local HF cache (never the network)."""
-    if not name:
-        return None
-    if Path(name).is_dir():
-        file = Path(name) / "preprocessor_config.json"
-        path = str(file) if file.is_file() else None
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(name, "preprocessor_config.json")
-        path = found if isinstance(found, str) else None
-    if path is None:
-        return None
-    return {"source": "transformers", **json.loads(Path(path).read_text())}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
