@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from torch import nn
@@ -12,6 +13,8 @@ TWO_HEADS = ["cls_classifier", "distillation_classifier"]
 
 
 def _is_hf(model: nn.Module) -> bool:
+    if "transformers.modeling_utils" not in sys.modules:  # no PreTrainedModel can exist yet,
+        return False  # and importing transformers costs seconds in every fresh (rank) process
     try:
         from transformers import PreTrainedModel
     except ImportError:

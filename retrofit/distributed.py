@@ -74,7 +74,8 @@ def agree(shard: Shard, settings: dict[str, Any]) -> None:
             raise DistributedError(
                 f"Rank {rank} disagrees with rank 0 on {', '.join(differing)}. Every rank must "
                 "run the same model and layer with the same settings on the same loader "
-                "(the same data in the same order; retrofit shards it itself)."
+                "(the same data in the same order; retrofit shards it itself: pass the loader "
+                "itself, not accelerator.prepare(loader) or one with a DistributedSampler)."
             )
 
 
