@@ -8,9 +8,10 @@ round's mean loss: a 2-rank run equals one process whose batches are the rounds.
 short round the ranks without a batch run rank 0's batch with zero weight (DDP needs every
 rank in every all-reduce; rank 0 always has a batch, so its buffers are the ones kept).
 
-Before each backward the ranks exchange one small tensor: a failure flag and the round's
-size and label checksum. A rank that failed (or read other data) makes every rank raise
-instead of leaving the others waiting in an all-reduce.
+Twice per step the ranks exchange one small tensor — a failure flag and the round's size and
+label checksum: after reading the round (before DDP's forward, which may run collectives of
+its own) and after computing the loss (before the backward's all-reduce). A rank that failed
+or read other data makes every rank raise instead of leaving the others in a collective.
 """
 
 from __future__ import annotations

@@ -80,25 +80,32 @@ def _epoch(
     sample_weights: torch.Tensor | None,
     lr: float,
 ) -> float:
-    """One pass; returns the mean weighted loss over every image (of every rank)."""
+    """One pass; returns the mean weighted loss over every image (of every rank).
+
+    Under DDP the ranks meet twice per step before the backward: once after reading the round
+    (so that all of them enter DDP's forward, which may hold collectives of its own) and once
+    after computing the loss; a failure in either phase on any rank raises on every rank.
+    """
     world = 1 if shard is None else shard.world
     total, count = 0.0, 0
     steps = data_parallel.rounds(iterate(batches), world)
     while True:
-        error: BaseException | None = None
-        step = None
+        step, inputs, signature = None, None, []
         try:
             step = next(steps, None)
             if step is not None:
-                loss, own_total = _round_loss(trainer, step, shard, device, sample_weights, lr)
-        except Exception as failure:  # every rank must reach the step check below
-            if shard is None:
-                raise
-            error = failure
-        if shard is not None:
-            data_parallel.check_step(shard, error, step.signature() if step else [], device)
+                signature = step.signature()
+                inputs = _inputs(step, shard, device, sample_weights)
+        except Exception as failure:
+            _fail_together(shard, failure, signature, device)
+        _fail_together(shard, None, signature, device)
         if step is None:
             break
+        try:
+            loss, own_total = _loss(trainer, *inputs, world / step.size, lr)
+        except Exception as failure:
+            _fail_together(shard, failure, signature, device)
+        _fail_together(shard, None, signature, device)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -109,16 +116,24 @@ def _epoch(
     return total / max(count, 1)
 
 
-def _round_loss(
-    trainer: torch.nn.Module,
+def _fail_together(
+    shard: Shard | None, error: BaseException | None, signature: list[int], device: torch.device
+) -> None:
+    """Alone: re-raise `error`. Under DDP: the step check every rank joins (see check_step)."""
+    if shard is None:
+        if error is not None:
+            raise error
+        return
+    data_parallel.check_step(shard, error, signature, device)
+
+
+def _inputs(
     step: data_parallel.Round,
     shard: Shard | None,
     device: torch.device,
     sample_weights: torch.Tensor | None,
-    lr: float,
-) -> tuple[torch.Tensor, float]:
-    """This rank's loss, scaled so that DDP's gradient average is the round's mean-loss gradient,
-    and its summed weighted loss (0 for a rank without a batch in the round)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """This rank's images, labels and per-image weights on `device`; own=False: weight zero."""
     images, labels, offset, own = step.part(shard)
     images, labels = images.to(device), labels.to(device)
     weights = torch.ones(len(labels), device=device)
@@ -127,11 +142,25 @@ def _round_loss(
         weights[: len(known)] = known
     if not own:
         weights.zero_()
+    return images, labels, weights, own
+
+
+def _loss(
+    trainer: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    own: bool,
+    scale: float,
+    lr: float,
+) -> tuple[torch.Tensor, float]:
+    """The summed weighted loss times `scale` (world / images in the round, so that DDP's
+    gradient average is the round's mean-loss gradient), and the summed loss itself."""
     losses = F.cross_entropy(trainer(images), labels, reduction="none")
     weighted = (weights * losses).sum()
     if own and not torch.isfinite(weighted):
         raise FeatureError(
-            f"Backbone fine-tuning diverged (loss {float(weighted.detach())}); lower backbone_lr (now {lr})."
+            f"Backbone fine-tuning diverged (loss {float(weighted.detach())}); lower "
+            f"backbone_lr (now {lr})."
         )
-    world = 1 if shard is None else shard.world
-    return weighted * (world / step.size), float(weighted.detach())
+    return weighted * scale, float(weighted.detach())

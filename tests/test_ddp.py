@@ -105,6 +105,8 @@ def _worker(rank, world, port, scenario, imodel, cache, queue) -> None:
                     imodel.head.weight.mul_(2)
                     imodel.bottleneck.mean.add_(1)
             n_batches = 7 if scenario == "uneven" else 8
+            if scenario == "shorter" and rank == 1:  # e.g. a loader split by a sampler
+                n_batches = 6
             weights = _weights(n_batches) if scenario == "uneven" else None
             history = finetune_backbone(imodel, _batches(n_batches), torch.device("cpu"), weights)
             report.update(weights=_portable(_trained(imodel)), loss=history["loss"])
@@ -182,6 +184,13 @@ def test_a_rank_that_fails_makes_every_rank_raise(imodel):
     assert reports[1]["error"] == "RuntimeError" and "out of memory" in reports[1]["message"]
     assert reports[0]["error"] == "DistributedError", reports[0]
     assert "Rank 1 failed during backbone fine-tuning" in reports[0]["message"]
+
+
+def test_ranks_that_read_other_batches_fail_on_every_rank(imodel):
+    reports = _launch("shorter", imodel)  # rank 1's loader ends a round early
+    for rank in (0, 1):
+        assert reports[rank]["error"] == "DistributedError", reports[rank]
+        assert "read different batches" in reports[rank]["message"]
 
 
 def test_convert_finetunes_the_backbone_as_ddp_with_identical_weights(tmp_path, imodel):
