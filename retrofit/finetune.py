@@ -66,7 +66,7 @@ def finetune_backbone(
         if shard is not None:
             data_parallel.broadcast_buffers(imodel)
     finally:
-        del trainer  # DDP's gradient hooks go with it
+        del trainer  # not kept alive (with its gradient hooks) by a propagating traceback
     imodel.eval()
     return history
 

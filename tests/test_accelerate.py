@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import retrofit
-from tests import accelerate_extract as script
 
 pytest.importorskip("accelerate", reason="accelerate is not installed (pip install .[test])")
+from tests import accelerate_extract as script  # noqa: E402  (it imports accelerate)
 
 ROOT = Path(__file__).resolve().parents[1]
 
