@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ TWO_HEADS = ["cls_classifier", "distillation_classifier"]
 
 
 def _is_hf(model: nn.Module) -> bool:
+    if "transformers.modeling_utils" not in sys.modules:  # no PreTrainedModel can exist yet,
+        return False  # and importing transformers costs seconds in every fresh (rank) process
     try:
         from transformers import PreTrainedModel
     except ImportError:

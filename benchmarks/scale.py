@@ -66,10 +66,12 @@ def prototypes() -> torch.Tensor:
 
 
 class Batches:
-    """N rows in batches of BATCH, each generated from its index (the same in every process)."""
+    """N rows in batches of BATCH, each generated from its index (the same in every process);
+    another `seed` gives another sample of the same world (a test set)."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, seed: int = 10_000) -> None:
         self.rows = rows
+        self.seed = seed
         self.proto = prototypes()
 
     def __len__(self) -> int:
@@ -78,7 +80,7 @@ class Batches:
     def __iter__(self):
         for index in range(len(self)):
             n = min(BATCH, self.rows - index * BATCH)
-            g = torch.Generator().manual_seed(10_000 + index)
+            g = torch.Generator().manual_seed(self.seed + index)
             labels = torch.randint(0, CLASSES, (n,), generator=g)
             images = self.proto[labels] + 0.8 * torch.randn(n, INPUT, generator=g)
             yield images.reshape(n, 1, 8, 8), labels
@@ -222,6 +224,60 @@ def run_constants(full: str, half: str) -> dict[str, Any]:
     }
 
 
+def run_convert(rows: int, cache: str, model_path: str, time_limit: float) -> dict[str, Any]:
+    """One qpm convert (finetune none) from the cache of `rows`; the model is saved for checks."""
+    import retrofit
+    from retrofit.heads import get_head
+
+    get_head("qpm")
+    retrofit.extract(World().eval(), Batches(rows), cache_dir=cache, progress=False)
+    with MemoryWatch() as watch:
+        began = time.perf_counter()
+        imodel = retrofit.convert(
+            World().eval(),
+            Batches(rows),
+            cache_dir=cache,
+            method="qpm",
+            n_features=50,
+            per_class=5,
+            time_limit=time_limit,
+            finetune="none",
+            batch_size=BATCH,
+            progress=False,
+            threads=1,
+        )
+        seconds = time.perf_counter() - began
+    torch.save(imodel, model_path)
+    return {"rows": rows, "convert_s": seconds, "train": imodel.stats["train"], **watch.report()}
+
+
+def run_check(model_path: str, rows: int) -> dict[str, Any]:
+    """retrofit.check on `rows` test images without pixel methods: what the check holds per image."""
+    import retrofit
+
+    imodel = torch.load(model_path, weights_only=False)  # written by run_convert above
+    with MemoryWatch() as watch:
+        began = time.perf_counter()
+        report = retrofit.check(
+            imodel,
+            Batches(rows, seed=900_000),
+            reference=World().eval(),
+            pixel_methods=(),
+            batch_size=BATCH,
+            progress=False,
+        )
+        seconds = time.perf_counter() - began
+    fidelity = report.results["fidelity"]
+    return {
+        "rows": rows,
+        "check_s": seconds,
+        "accuracy": fidelity["accuracy"],
+        "agreement": fidelity["agreement"],
+        "timings": report.results["meta"]["timings"],
+        **watch.report(),
+    }
+
+
 def _rank(rank: int, world: int, port: int, rows: int, cache: str, queue) -> None:
     import torch.distributed as dist
 
@@ -301,6 +357,7 @@ def main() -> None:
     parser.add_argument("--qsenn-rows", type=int, nargs="*", default=[5_000, 10_000, 20_000])
     parser.add_argument("--dist-rows", type=int, default=20_000)
     parser.add_argument("--half-rows", type=int, default=30_000)
+    parser.add_argument("--check-rows", type=int, nargs="*", default=[10_000, 50_000])
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workdir", default=None)
@@ -320,6 +377,10 @@ def main() -> None:
             report = run_fit(rest[0], rest[1], float(rest[2]), int(rest[3]))
         elif kind == "constants":
             report = run_constants(rest[0], rest[1])
+        elif kind == "convert":
+            report = run_convert(int(rest[0]), rest[1], rest[2], float(rest[3]))
+        elif kind == "check":
+            report = run_check(rest[0], int(rest[1]))
         else:
             report = run_distributed(int(rest[0]), rest[1], int(rest[2]))
         print(json.dumps(report))
@@ -379,6 +440,9 @@ def main() -> None:
     if "dist" in args.parts:
         measure_distributed(args, workdir, payload)
         save()
+    if "check" in args.parts:
+        measure_check(args, workdir, payload)
+        save()
     if "qsenn" in args.parts:
         for rows in sorted(args.qsenn_rows):  # last: by far the slowest
             fit("qsenn", rows)
@@ -404,6 +468,27 @@ def measure_half(args: argparse.Namespace, workdir: Path, payload: dict[str, Any
         if full_fit is None
         else full_fit["selected"] == half_fit["selected"],
     }
+
+
+def measure_check(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:
+    """One qpm convert from the smallest cache, then retrofit.check on test sets of growing size."""
+    rows = min(args.rows)
+    model_path = str(workdir / "check-model.pt")
+    convert = _worker(
+        ["convert", str(rows), str(workdir / f"f32-{rows}"), model_path, str(args.time_limit)]
+    )
+    checks = {n: _worker(["check", model_path, str(n)]) for n in sorted(args.check_rows)}
+    payload["check"] = {
+        "time_limit": args.time_limit,
+        "pixel_methods": [],
+        "convert": convert,
+        "checks": {str(n): r for n, r in checks.items()},
+        "growth": {
+            key: _slope([(n, r[key]) for n, r in checks.items()])
+            for key in ("check_s", "stage_anon_mb")
+        },
+    }
+    print(f"check: {payload['check']}", flush=True)
 
 
 def measure_distributed(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:

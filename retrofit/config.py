@@ -75,7 +75,8 @@ class RetrofitConfig:
     reweight_consistency: dict[str, Any] = field(default_factory=dict)
     # how the pooled features are cached: "float16" / "bfloat16" halve disk and I/O
     cache_dtype: str = "float32"
-    # shard extraction over a torch.distributed group: None when one is initialised, False never
+    # shard extraction and backbone fine-tuning (DDP) over a torch.distributed group: None when
+    # one is initialised, False never
     distributed: bool | None = None
     # FLINT attributes also read these earlier modules' outputs, pooled per image (by name, as
     # named_modules() lists them); only with method="flint" or features="flint"

@@ -73,12 +73,13 @@ def agree(shard: Shard, settings: dict[str, Any]) -> None:
         if differing:
             raise DistributedError(
                 f"Rank {rank} disagrees with rank 0 on {', '.join(differing)}. Every rank must "
-                "extract the same model and layer with the same settings from the same loader "
-                "(the same data in the same order; retrofit shards it itself)."
+                "run the same model and layer with the same settings on the same loader "
+                "(the same data in the same order; retrofit shards it itself: pass the loader "
+                "itself, not accelerator.prepare(loader) or one with a DistributedSampler)."
             )
 
 
-def collect_failures(shard: Shard, error: BaseException | None) -> None:
+def collect_failures(shard: Shard, error: BaseException | None, stage: str = "extraction") -> None:
     """Called by every rank after a step: re-raise the own error, or report another rank's.
 
     A rank that failed still joins this collective, so the others never wait for it forever.
@@ -96,8 +97,8 @@ def collect_failures(shard: Shard, error: BaseException | None) -> None:
     if failed:
         rank, report = failed[0]
         raise DistributedError(
-            f"Rank {rank} failed during extraction ({report}); fix that and run again — every "
-            "finished chunk is kept and reused."
+            f"Rank {rank} failed during {stage} ({report}); fix that and run again"
+            + (" — every finished chunk is kept and reused." if stage == "extraction" else ".")
         )
 
 

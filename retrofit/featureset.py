@@ -55,14 +55,19 @@ class FeatureSet:
 
     def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
         """Seeded (train, validation) split, as both references use to pick path points."""
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction!r}.")
-        n = len(self)
-        n_val = max(1, int(round(n * val_fraction)))
-        if n_val >= n:
-            raise ConfigError(
-                f"Cannot split {n} images into train and validation; provide more data."
-            )
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=generator)
-        return self.subset(order[n_val:].sort().values), self.subset(order[:n_val].sort().values)
+        train, val = split_rows(len(self), val_fraction, seed)
+        return self.subset(train), self.subset(val)
+
+
+def split_rows(
+    n: int, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (train, validation) row indices of FeatureSet.split, for data read in chunks."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction!r}.")
+    n_val = max(1, int(round(n * val_fraction)))
+    if n_val >= n:
+        raise ConfigError(f"Cannot split {n} images into train and validation; provide more data.")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    return order[n_val:].sort().values, order[:n_val].sort().values

@@ -62,15 +62,28 @@ class Standardised:
 
     Stands in for the N x D standardised copy: supports `x[rows]` for a row slice and
     `x[:, cols]` (materialised, N x len(cols)), which is all the elastic-net solver reads.
+    With `rows` (an index tensor) it is the view of those rows only, e.g. a training split.
     """
 
     ndim = 2
     dtype = torch.float32
 
-    def __init__(self, features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(
+        self,
+        features: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> None:
         self.features, self.mean, self.std = features, mean.float(), std.float()
-        self.shape = torch.Size(features.shape)
         self.device = features.device
+        self.rows = None if rows is None else rows.to(device=self.device, dtype=torch.long)
+        n = features.shape[0] if self.rows is None else len(self.rows)
+        self.shape = torch.Size((int(n), int(features.shape[1])))
+
+    def _read(self, index: slice) -> torch.Tensor:
+        """The raw feature rows `index` of this view (a gather of one chunk with `rows`)."""
+        return self.features[index] if self.rows is None else self.features[self.rows[index]]
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -80,7 +93,7 @@ class Standardised:
 
     def __getitem__(self, index: slice | tuple) -> torch.Tensor:
         if isinstance(index, slice):
-            return (self.features[index].float() - self.mean) / self.std
+            return (self._read(index).float() - self.mean) / self.std
         rows, cols = index
         if rows != slice(None):
             raise TypeError("Standardised supports x[slice] and x[:, columns] only.")
@@ -88,7 +101,7 @@ class Standardised:
         out = torch.empty(len(self), cols.numel(), device=self.device)
         mean, std = self.mean[cols], self.std[cols]
         for r in row_slices(len(self), chunk_rows(int(self.shape[1]))):
-            out[r] = (self.features[r][:, cols].float() - mean) / std
+            out[r] = (self._read(r)[:, cols].float() - mean) / std
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

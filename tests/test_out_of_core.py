@@ -58,7 +58,7 @@ def _convert(cache_dir, method: str, **kw) -> retrofit.InterpretableModel:
     )
 
 
-@pytest.mark.parametrize("method", ["qpm", "qsenn"])
+@pytest.mark.parametrize("method", ["qpm", "qsenn", "sparse"])
 def test_out_of_core_fit_gives_the_same_model_as_in_memory(tmp_path, method):
     in_memory = _convert(None, method)
     mapped = _convert(str(tmp_path), method)
@@ -110,6 +110,11 @@ def test_streamed_standardisation_matches_the_in_memory_one():
     torch.testing.assert_close(lazy[:, torch.tensor([6, 0])], z[:, [6, 0]])
     v = torch.randn(7, generator=g)
     torch.testing.assert_close(lazy.matvec(v), z @ v, rtol=1e-4, atol=1e-4)
+    rows = torch.tensor([3, 17, 18, 250, 299])  # a split's rows, read as a view
+    view = Standardised(x, s_mean, s_std, rows=rows)
+    assert view.shape == (5, 7)
+    torch.testing.assert_close(view[1:4], z[rows][1:4])
+    torch.testing.assert_close(view[:, torch.tensor([6, 0])], z[rows][:, [6, 0]])
     x[5, 2] = float("nan")
     with pytest.raises(FeatureError, match="NaN"):
         column_stats(x)

@@ -7,10 +7,10 @@ import logging
 import torch
 
 from retrofit.config import RetrofitConfig
-from retrofit.featureset import FeatureSet
+from retrofit.featureset import split_rows
 from retrofit.heads.base import HeadResult, register_head
 from retrofit.solvers.elastic_net import PathPoint, check_inputs, elastic_net_path, select_features
-from retrofit.solvers.stats import standardise
+from retrofit.streaming import Standardised, column_stats
 
 logger = logging.getLogger(__name__)
 
@@ -32,31 +32,37 @@ def fit_sparse(
     Rule: on a seeded 10 % validation split, among path points with at most per_class·C
     non-zero weights take the highest validation accuracy (ties: fewer non-zeros, then larger
     λ). λ_max's all-zero point is always within budget, so a choice always exists. Selection
-    and path are fitted on the 90 % part; the returned weights are that path point's.
+    and path are fitted on the 90 % part; the returned weights are that path point's. The
+    features are only read in row chunks, standardised on the fly (retrofit.streaming), so a
+    memory-mapped cache is never copied whole.
     """
+    mean, std = column_stats(features)
     x, y, c = check_inputs(
-        features, labels, len(config.class_names) if config.class_names else None
+        Standardised(features, mean, std),
+        labels,
+        len(config.class_names) if config.class_names else None,
     )
-    z, mean, std = standardise(x)
-    train, val = FeatureSet(features=z, labels=y).split(VAL_FRACTION, seed=config.seed)
+    train_rows, val_rows = split_rows(len(y), VAL_FRACTION, seed=config.seed)
+    train_y, val_y = y[train_rows.to(y.device)], y[val_rows.to(y.device)]
+    train = Standardised(features, mean, std, rows=train_rows)
     selected, selection = select_features(
-        train.features,
-        train.labels,
+        train,
+        train_y,
         config.n_features,
         alpha=SELECTION_ALPHA,
         num_classes=c,
         progress=config.progress,
     )
     path = elastic_net_path(
-        train.features[:, selected],
-        train.labels,
+        train[:, selected],
+        train_y,
         alpha=PATH_ALPHA,
         num_classes=c,
         progress=config.progress,
     )
     budget = config.per_class * c
-    val_x = val.features[:, selected]
-    scored = [(_accuracy(p, val_x, val.labels), p) for p in path if p.nnz <= budget]
+    val_x = Standardised(features, mean, std, rows=val_rows)[:, selected]
+    scored = [(_accuracy(p, val_x, val_y), p) for p in path if p.nnz <= budget]
     accuracy, best = max(scored, key=lambda item: (item[0], -item[1].nnz, item[1].lam))
     logger.info(
         "sparse head: λ=%.4g, %d non-zeros (budget %d), validation accuracy %.4f",

@@ -1,0 +1,209 @@
+"""Backbone fine-tuning as DDP on CPU: 2 Gloo processes (forked, bound to 127.0.0.1)."""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import socket
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import retrofit
+from retrofit.finetune import finetune_backbone
+from tests.tiny import SmallCNN, colour_coded_images
+
+BATCH = 8
+C = 4
+
+
+def _data(n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return colour_coded_images(BATCH * n_batches, 16, C, bright=3)
+
+
+def _batches(n_batches: int, size: int = BATCH):
+    images, labels = _data(n_batches)
+    return [(images[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
+
+
+def _weights(n_batches: int) -> torch.Tensor:
+    return torch.rand(BATCH * n_batches, generator=torch.Generator().manual_seed(5)) * 2
+
+
+def _trained(imodel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in imodel.state_dict().items()}
+
+
+def _portable(weights: dict[str, torch.Tensor]) -> dict:
+    """As numpy arrays: a tensor put on a queue would be shared with a process about to exit."""
+    return {k: v.numpy() for k, v in weights.items()}
+
+
+@pytest.fixture(scope="module")
+def imodel():
+    """A converted model (head fixed) whose backbone and bottleneck the tests fine-tune."""
+    torch.manual_seed(0)
+    images, labels = _data(8)
+    model = SmallCNN(n_classes=C).eval()
+    return retrofit.convert(
+        model,
+        list(zip(images.split(16), labels.split(16), strict=True)),
+        method="sparse",
+        n_features=4,
+        per_class=2,
+        finetune="none",
+        backbone_lr=0.01,
+        backbone_epochs=2,
+        progress=False,
+        threads=1,
+    )
+
+
+def _worker(rank, world, port, scenario, imodel, cache, queue) -> None:
+    torch.set_num_threads(1)
+    report: dict = {"rank": rank}
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=20),
+        )
+        if scenario == "convert":
+            torch.manual_seed(0)  # the same model on every rank (extraction checks it)
+            result = retrofit.convert(
+                SmallCNN(n_classes=C),
+                _batches(8),
+                cache_dir=cache,
+                method="dense",
+                n_features=4,
+                per_class=2,
+                finetune="backbone",
+                epochs=1,  # bottleneck epochs before the backbone's
+                backbone_lr=0.002,
+                progress=False,
+                threads=1,
+            )
+            report.update(
+                weights=_portable(_trained(result)), accuracy=result.stats["train"]["accuracy"]
+            )
+        else:
+            if scenario == "fail" and rank == 1:
+                calls = [0]
+
+                def explode(module, inputs):
+                    calls[0] += 1
+                    if calls[0] == 3:
+                        raise RuntimeError("out of memory on rank 1")
+
+                imodel.backbone.register_forward_pre_hook(explode)
+            if scenario == "even" and rank == 1:  # e.g. a MIP that stopped elsewhere on rank 1
+                with torch.no_grad():
+                    imodel.head.weight.mul_(2)
+                    imodel.bottleneck.mean.add_(1)
+            n_batches = 7 if scenario == "uneven" else 8
+            if scenario == "shorter" and rank == 1:  # e.g. a loader split by a sampler
+                n_batches = 6
+            weights = _weights(n_batches) if scenario == "uneven" else None
+            history = finetune_backbone(imodel, _batches(n_batches), torch.device("cpu"), weights)
+            report.update(weights=_portable(_trained(imodel)), loss=history["loss"])
+    except Exception as error:
+        report.update(error=type(error).__name__, message=str(error))
+    queue.put(report)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _launch(scenario: str, imodel=None, cache: str | None = None) -> dict[int, dict]:
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [
+        context.Process(target=_worker, args=(r, 2, port, scenario, imodel, cache, queue))
+        for r in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    reports = {}
+    for _ in procs:
+        report = queue.get(timeout=90)
+        if "weights" in report:
+            report["weights"] = {k: torch.from_numpy(v) for k, v in report["weights"].items()}
+        reports[report["rank"]] = report
+    for proc in procs:
+        proc.join(timeout=30)
+    return reports
+
+
+def _single_process(imodel, batches, weights=None) -> tuple[dict[str, torch.Tensor], list[float]]:
+    copied = copy.deepcopy(imodel)
+    history = finetune_backbone(copied, batches, torch.device("cpu"), weights)
+    return _trained(copied), history["loss"]
+
+
+def _assert_close(ours: dict, theirs: dict, exact: bool = False) -> None:
+    assert set(ours) == set(theirs)
+    for name, value in theirs.items():
+        if exact:
+            assert torch.equal(ours[name], value), name
+        else:
+            torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_two_ranks_equal_one_process_with_the_rounds_as_batches(imodel):
+    reports = _launch("even", imodel)  # rank 1 starts from another head: DDP takes rank 0's
+    assert "error" not in reports[0] and "error" not in reports[1], reports
+    _assert_close(reports[1]["weights"], reports[0]["weights"], exact=True)
+    # rounds of 2 batches of 8 == batches of 16 in one process, SGD momentum included
+    reference, loss = _single_process(imodel, _batches(8, size=2 * BATCH))
+    _assert_close(reports[0]["weights"], reference)
+    assert reports[0]["loss"] == pytest.approx(loss, rel=1e-5)
+    assert reports[0]["loss"][1] < reports[0]["loss"][0]
+    before = imodel.state_dict()
+    moved = max(float((reference[k] - before[k]).abs().max()) for k in before)
+    assert moved > 1e-3  # the comparison is about weights that actually trained
+
+
+def test_a_short_last_round_and_sample_weights_stay_exact(imodel):
+    reports = _launch("uneven", imodel)  # 7 batches: rank 1 has none in the last round
+    assert "error" not in reports[0] and "error" not in reports[1], reports
+    _assert_close(reports[1]["weights"], reports[0]["weights"], exact=True)
+    rounds = _batches(7, size=2 * BATCH)  # the last "round" is batch 6 alone
+    reference, loss = _single_process(imodel, rounds, _weights(7))
+    _assert_close(reports[0]["weights"], reference)
+    assert reports[1]["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_rank_that_fails_makes_every_rank_raise(imodel):
+    reports = _launch("fail", imodel)
+    assert reports[1]["error"] == "RuntimeError" and "out of memory" in reports[1]["message"]
+    assert reports[0]["error"] == "DistributedError", reports[0]
+    assert "Rank 1 failed during backbone fine-tuning" in reports[0]["message"]
+
+
+def test_ranks_that_read_other_batches_fail_on_every_rank(imodel):
+    reports = _launch("shorter", imodel)  # rank 1's loader ends a round early
+    for rank in (0, 1):
+        assert reports[rank]["error"] == "DistributedError", reports[rank]
+        assert "read different batches" in reports[rank]["message"]
+
+
+def test_convert_finetunes_the_backbone_as_ddp_with_identical_weights(tmp_path, imodel):
+    del imodel  # converted first: transformers is imported before forking
+    reports = _launch("convert", cache=str(tmp_path))
+    assert "error" not in reports[0] and "error" not in reports[1], reports
+    _assert_close(reports[1]["weights"], reports[0]["weights"], exact=True)
+    assert reports[0]["accuracy"] == reports[1]["accuracy"]
+
+
+def test_distributed_false_trains_alone(imodel):
+    opted_out = copy.deepcopy(imodel)
+    opted_out.config.distributed = False
+    alone, _ = _single_process(opted_out, _batches(8))
+    reference, _ = _single_process(imodel, _batches(8))
+    _assert_close(alone, reference, exact=True)
