@@ -80,14 +80,19 @@ def convert(
     model: nn.Module,
     train_loader: Iterable | Any,
     val_loader: Iterable | Any | None = None,
+    *,
+    masks: Any = None,
     **settings: Any,
 ) -> InterpretableModel:
     """Turn a trained classifier into an interpretable one; keyword arguments mirror RetrofitConfig.
 
     The backbone runs once over `train_loader` (features are cached when `cache_dir` is set);
-    the head, the assignment and the adapter are fitted on those cached features.
+    the head, the assignment and the adapter are fitted on those cached features. `masks`:
+    foregrounds of the training images in loader order, for reweight="consistency".
     """
     config = _config(settings)
+    if masks is not None and config.reweight != "consistency":
+        raise ConfigError("masks= are used only by reweight='consistency'; pass that too.")
     require_module(model)
     train = _features(model, train_loader, config)
     check_class_count(train.labels)
@@ -149,7 +154,9 @@ def convert(
             imodel, as_batches(train_loader, config.batch_size), device
         )
     if config.reweight == "consistency":
-        history["reweight"] = reweight_by_consistency(imodel, train_loader, train, config, device)
+        history["reweight"] = reweight_by_consistency(
+            imodel, train_loader, train, config, device, masks
+        )
     imodel.stats["history"] = history
     if config.concepts is not None:
         imodel.stats["concepts"] = apply_concepts(

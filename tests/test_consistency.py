@@ -3,6 +3,8 @@ every model family, and the check() / HTML wiring."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torchvision
@@ -353,3 +355,53 @@ def test_the_swap_needs_two_images_and_well_shaped_backgrounds(world) -> None:
         progress=False,
     )
     assert one.scores.shape == (1,)
+
+
+def test_a_rerun_with_a_cache_reuses_the_consistency_scores_and_a_change_recomputes(
+    world, tmp_path, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="retrofit.consistency_cache")
+    swap = {"perturbation": "swap", "batch_size": 24}
+    settings = {
+        "reweight": "consistency",
+        "reweight_rounds": 1,
+        "reweight_images": 24,
+        "cache_dir": str(tmp_path),
+        "epochs": 2,
+    }
+
+    def run(**changed) -> tuple[int, int, retrofit.InterpretableModel]:
+        caplog.clear()
+        imodel = retrofit_model(
+            world, "adapter", **{"reweight_consistency": swap, **settings, **changed}
+        )
+        messages = [r.getMessage() for r in caplog.records]
+        return sum("stored" in m for m in messages), sum("reused" in m for m in messages), imodel
+
+    stored, reused, first = run()
+    assert (stored, reused) == (2, 0), "one round and the final pass"
+    stored, reused, second = run()
+    assert (stored, reused) == (0, 2)
+    before, after = (m.stats["history"]["reweight"] for m in (first, second))
+    assert after["consistency_after"] == before["consistency_after"]
+    assert [r["consistency"] for r in after["rounds"]] == [
+        r["consistency"] for r in before["rounds"]
+    ]
+    stored, reused, _ = run(reweight_consistency={**swap, "quantile": 0.6})
+    assert (stored, reused) == (2, 0), "a changed setting recomputes"
+    masks = [world.mask(i) for i in range(len(world))]
+    caplog.clear()
+    masked = retrofit.convert(
+        load_spurious_classifier("spurious"),
+        DataLoader(world, batch_size=48),
+        method="dense",
+        progress=False,
+        masks=masks,
+        reweight_consistency=swap,
+        **settings,
+    )
+    assert masked.stats["history"]["reweight"]["background"] == "foreground masks"
+    assert sum("stored" in r.getMessage() for r in caplog.records) == 2
+    assert len(list((tmp_path / "consistency").glob("*.safetensors"))) == 6
+    with pytest.raises(ConfigError, match="masks= are used only by reweight='consistency'"):
+        retrofit.convert(load_spurious_classifier("spurious"), world, masks=masks, progress=False)

@@ -366,6 +366,11 @@ def _foreground(masks: Any, index: int, size: tuple[int, int]) -> torch.Tensor:
     return mask.bool()
 
 
+def foreground_masks(masks: Any, n: int, size: tuple[int, ...]) -> torch.Tensor:
+    """(n, H, W) bool foregrounds of the first n images from user masks (see `consistency`)."""
+    return torch.stack([_foreground(masks, i, tuple(size)) for i in range(n)])
+
+
 def take_images(loader: Any, n: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n (images, labels) the loader yields, in its order."""
     images, labels, seen = [], [], 0
@@ -455,11 +460,7 @@ def consistency(
     device = _device(model)
     images, labels = take_images(loader, settings.max_images, settings.batch_size)
     size = tuple(images.shape[2:])
-    foreground = (
-        torch.stack([_foreground(masks, i, size) for i in range(len(images))])
-        if masks is not None
-        else None
-    )
+    foreground = foreground_masks(masks, len(images), size) if masks is not None else None
     donors = (
         load_backgrounds(backgrounds, len(images), tuple(images.shape[1:]))
         if backgrounds is not None
