@@ -41,6 +41,7 @@ from benchmarks.common import RESULTS, machine, timed, write_result
 from retrofit.check.consistency import ConsistencySettings, consistency, heatmap_function
 from retrofit.datasets.spurious import SpuriousBackgroundDataset
 from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
+from retrofit.reweight import consistency_weights
 
 VARIANTS = (
     "original",
@@ -60,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reweight-images", type=int, default=400)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--part", choices=["pgd", "swap"], default="pgd")
+    p.add_argument("--part", choices=["pgd", "swap", "swap-weights"], default="pgd")
     p.add_argument("--result", default="consistency", help="results/RESULT.json to write")
     p.add_argument("--pgd-images", type=int, default=200, help="PGD images in --part swap")
     return p.parse_args()
@@ -315,6 +316,45 @@ def swap_main(args: argparse.Namespace) -> None:
     write_result(args.result, previous, pgd_machine)
 
 
+def swap_weights(args: argparse.Namespace) -> None:
+    """Why reweighting cannot help here: which training images v = 1 − E up-weights. The
+    shortcut can only be unlearned from the misaligned images (background of another class);
+    this reports their mean swap E and their share of the total weight (vs their share of
+    images), on the images reweighting measures, for the spurious CNN."""
+    model = load_spurious_classifier("spurious").eval()
+    world = spurious_world_settings()
+    out = {}
+    for seed in args.seeds:
+        train_set = SpuriousBackgroundDataset(
+            args.train_images,
+            n_classes=world["n_classes"],
+            image_size=world["image_size"],
+            seed=seed,
+            split="train",
+            background="spurious",
+        )
+        train, masks = rendered(train_set)
+        n = min(args.reweight_images, len(train_set))
+        result = consistency(
+            model, train, masks=masks, settings={**SWAP, "max_images": n}, progress=False
+        )
+        weights = consistency_weights(result.scores, clip=5.0, temperature=1.0)
+        misaligned = ~train_set.aligned[:n]
+        out[str(seed)] = {
+            "misaligned_share_of_images": float(misaligned.float().mean()),
+            "misaligned_share_of_weight": float(weights[misaligned].sum() / weights.sum()),
+            "swap_consistency_aligned": float(result.scores[~misaligned].mean()),
+            "swap_consistency_misaligned": float(result.scores[misaligned].mean()),
+            "flip_rate_aligned": float(result.flipped[~misaligned].float().mean()),
+            "flip_rate_misaligned": float(result.flipped[misaligned].float().mean()),
+        }
+        print(seed, out[str(seed)])
+    previous = _previous(args.result)
+    pgd_machine = previous.pop("machine", None)
+    previous.setdefault("swap", {})["training_weights_of_the_spurious_cnn"] = out
+    write_result(args.result, previous, pgd_machine)
+
+
 def _previous(name: str) -> dict[str, Any]:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -325,6 +365,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.part == "swap":
         swap_main(args)
+        return
+    if args.part == "swap-weights":
+        swap_weights(args)
         return
     measured_on = machine(["captum"])
     per_seed = {seed: run_seed(seed, args) for seed in args.seeds}

@@ -3,6 +3,7 @@ every model family, and the check() / HTML wiring."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -405,3 +406,21 @@ def test_a_rerun_with_a_cache_reuses_the_consistency_scores_and_a_change_recompu
     assert len(list((tmp_path / "consistency").glob("*.safetensors"))) == 6
     with pytest.raises(ConfigError, match="masks= are used only by reweight='consistency'"):
         retrofit.convert(load_spurious_classifier("spurious"), world, masks=masks, progress=False)
+
+
+def test_cli_converts_with_consistency_reweighting(tmp_path) -> None:
+    from retrofit.cli import main
+
+    out = tmp_path / "out"
+    convert = ["--quiet", "convert", "--model", "demo", "--train", "synthetic:train:60"]
+    convert += ["--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--method", "dense"]
+    convert += ["--finetune", "none", "--reweight", "consistency", "--reweight-rounds", "1"]
+    assert main([*convert, "--reweight-images", "12", "--consistency-perturbation", "swap"]) == 0
+    config = json.loads((out / "retrofit_config.json").read_text())["config"]
+    assert config["reweight"] == "consistency" and config["reweight_rounds"] == 1
+    assert config["reweight_consistency"] == {"perturbation": "swap"}
+    assert list((tmp_path / "cache" / "consistency").glob("*.safetensors")), "E was cached"
+    # check --consistency runs in tests/test_cli.py on the demo export (a check is slow)
+    check = ["--quiet", "check", str(out), "--data", "synthetic:test:8"]
+    assert main([*check, "--min-consistency", "0.5"]) == 2, "needs --consistency"
+    assert main([*convert[:-4], "--overwrite", "--reweight-rounds", "1"]) == 2, "needs --reweight"
