@@ -340,6 +340,8 @@ def test_the_swap_needs_two_images_and_well_shaped_backgrounds(world) -> None:
             consistency(model, world, settings=bad, progress=False)
     with pytest.raises(ConfigError, match="perturbation='swap'"):
         consistency(model, world, settings=FAST, backgrounds=torch.rand(4, 3, 32, 32))
+    with pytest.raises(DataError, match="masks cover 3 images but 48 are used"):
+        consistency(model, world, masks=torch.ones(3, 32, 32), settings=SWAP, progress=False)
     with pytest.raises(DataError, match="at least two images"):
         consistency(model, world, settings={**SWAP, "max_images": 1}, progress=False)
     with pytest.raises(DataError, match="backgrounds= images are \\(3, 16, 16\\)"):

@@ -368,6 +368,11 @@ def _foreground(masks: Any, index: int, size: tuple[int, int]) -> torch.Tensor:
 
 def foreground_masks(masks: Any, n: int, size: tuple[int, ...]) -> torch.Tensor:
     """(n, H, W) bool foregrounds of the first n images from user masks (see `consistency`)."""
+    if not callable(masks) and len(masks) < n:
+        raise DataError(
+            f"masks cover {len(masks)} images but {n} are used; give one foreground mask per "
+            "image, in loader order."
+        )
     return torch.stack([_foreground(masks, i, tuple(size)) for i in range(n)])
 
 
