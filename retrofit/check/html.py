@@ -826,8 +826,9 @@ def _consistency(report: Report) -> str:
     perturbation = next(iter(measured.values())).get("perturbation", "PGD")
     parts = [
         '<p class="muted">E = similarity of the predicted class\'s heatmap before and after a '
-        f"perturbation of the background only ({_esc(perturbation)}); 1 means the explanation "
-        "ignores the background. Flip rate: share of predictions the perturbation changed.</p>",
+        f"perturbation of the background only, here {_esc(perturbation)}; 1 means the "
+        "explanation ignores the background. Flip rate: share of predictions the perturbation "
+        "changed.</p>",
         _table(
             ["model", "E", "flip rate", "images", "heatmap", "least consistent classes"],
             rows,
