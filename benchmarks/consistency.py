@@ -15,11 +15,20 @@ test images with their true object masks:
 - accuracy on the shuffled test images and worst-group accuracy (groups: class x background
   aligned with the class or not);
 - the check's cost relative to one forward pass over the same images.
+
+`--part swap` (written to the "swap" section of the same JSON, the PGD part kept) measures the
+same models with both perturbations side by side: PGD (on the first `--pgd-images` test
+images, to keep the run short), the background swap with inpainted donors (each test image's
+object on the next image's background, that image's object filled in by diffusion), the swap
+with the world's true object-free renders as donors, and the swap with heat-quantile
+backgrounds (no masks: what a user without masks gets). Reweighting uses the swap E
+(v = 1 − E) on the training images, with their true masks and without (heat quantile).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from typing import Any
@@ -28,10 +37,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
-from benchmarks.common import machine, timed, write_result
+from benchmarks.common import RESULTS, machine, timed, write_result
 from retrofit.check.consistency import ConsistencySettings, consistency, heatmap_function
 from retrofit.datasets.spurious import SpuriousBackgroundDataset
 from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
+from retrofit.reweight import consistency_weights
 
 VARIANTS = (
     "original",
@@ -51,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reweight-images", type=int, default=400)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--part", choices=["pgd", "swap", "swap-weights"], default="pgd")
+    p.add_argument("--result", default="consistency", help="results/RESULT.json to write")
+    p.add_argument("--pgd-images", type=int, default=200, help="PGD images in --part swap")
     return p.parse_args()
 
 
@@ -174,9 +187,188 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+SWAP_VARIANTS = (
+    "original",
+    "control",
+    "converted",
+    "converted_reweight_swap",
+    "converted_reweight_swap_quantile",
+    "backbone",
+    "backbone_reweight_swap",
+)
+SWAP = {"perturbation": "swap", "batch_size": 100}
+
+
+def measure_both(model, test, test_set, masks, args) -> dict[str, Any]:
+    """E and flip rate under PGD and three kinds of swap, localisation, accuracy, cost."""
+    n = len(test_set)
+    clean = torch.stack([test_set.background_only((i + 1) % n) for i in range(n)])
+    loader = DataLoader(test, batch_size=100)
+    model.eval()
+    forward = timed(lambda: accuracy(model, test, test_set.aligned))
+    runs = {
+        "pgd": ({"max_images": args.pgd_images, "batch_size": 100}, masks, None),
+        "swap": ({**SWAP, "max_images": n}, masks, None),
+        "swap_clean": ({**SWAP, "max_images": n}, masks, clean),
+        "swap_quantile": ({**SWAP, "max_images": n}, None, None),
+    }
+    out: dict[str, Any] = {}
+    for name, (settings, foreground, backgrounds) in runs.items():
+        result = consistency(
+            model,
+            loader,
+            masks=foreground,
+            settings=settings,
+            backgrounds=backgrounds,
+            progress=False,
+        )
+        out[f"{name}_consistency"] = result.mean
+        out[f"{name}_flip_rate"] = result.summary["flip_rate"]
+        out[f"{name}_check_cost_vs_forward"] = (
+            result.summary["seconds"] / forward * n / result.summary["n_images"]
+        )
+    return {**out, **localisation(model, test, masks), **accuracy(model, test, test_set.aligned)}
+
+
+def run_swap_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    world = spurious_world_settings()
+    common = {"n_classes": world["n_classes"], "image_size": world["image_size"], "seed": seed}
+    train, train_masks = rendered(
+        SpuriousBackgroundDataset(args.train_images, split="train", background="spurious", **common)
+    )
+    test_set = SpuriousBackgroundDataset(
+        args.test_images, split="test", background="shuffled", **common
+    )
+    test, masks = rendered(test_set)
+    original = load_spurious_classifier("spurious")
+    reweight = {
+        "reweight": "consistency",
+        "reweight_rounds": args.rounds,
+        "reweight_images": args.reweight_images,
+        "reweight_consistency": SWAP,
+    }
+    backbone = {"finetune": "backbone", "backbone_epochs": 3, "backbone_lr": 0.01}
+    builders = {
+        "original": lambda: original,
+        "control": lambda: load_spurious_classifier("control"),
+        "converted": lambda: convert(original, train, seed),
+        "converted_reweight_swap": lambda: convert(
+            original, train, seed, masks=train_masks, **reweight
+        ),
+        "converted_reweight_swap_quantile": lambda: convert(original, train, seed, **reweight),
+        "backbone": lambda: convert(original, train, seed, **backbone),
+        "backbone_reweight_swap": lambda: convert(
+            original, train, seed, masks=train_masks, **backbone, **reweight
+        ),
+    }
+    out: dict[str, Any] = {}
+    for name in SWAP_VARIANTS:
+        start = time.perf_counter()
+        model = builders[name]()
+        out[name] = measure_both(model, test, test_set, masks, args)
+        out[name]["build_seconds"] = time.perf_counter() - start
+        history = getattr(model, "stats", {}).get("history", {}).get("reweight")
+        if history is not None:
+            out[name]["reweight"] = {
+                "images": history["images"],
+                "background": history["background"],
+                "train_consistency_per_round": [r["consistency"] for r in history["rounds"]],
+                "train_consistency_after": history["consistency_after"],
+                "seconds": history["seconds"],
+            }
+        print(seed, name, {k: round(v, 3) for k, v in out[name].items() if isinstance(v, float)})
+    return out
+
+
+def swap_main(args: argparse.Namespace) -> None:
+    measured_on = machine(["captum"])
+    per_seed = {seed: run_swap_seed(seed, args) for seed in args.seeds}
+    keys = [k for k, v in per_seed[args.seeds[0]]["original"].items() if isinstance(v, float)]
+    summary = {
+        name: {key: statistics.mean(per_seed[s][name][key] for s in args.seeds) for key in keys}
+        for name in SWAP_VARIANTS
+    }
+    helps = {
+        variant: {
+            key: all(per_seed[s][variant][key] > per_seed[s][base][key] for s in args.seeds)
+            for key in ("accuracy", "worst_group_accuracy", "energy_in_mask", "swap_consistency")
+        }
+        for variant, base in (
+            ("converted_reweight_swap", "converted"),
+            ("converted_reweight_swap_quantile", "converted"),
+            ("backbone_reweight_swap", "backbone"),
+        )
+    }
+    lower = {
+        key: all(per_seed[s]["original"][key] < per_seed[s]["control"][key] for s in args.seeds)
+        for key in ("pgd_consistency", "swap_consistency", "swap_clean_consistency")
+    }
+    previous = _previous(args.result)
+    pgd_machine = previous.pop("machine", None)
+    previous["swap"] = {
+        "machine": measured_on,
+        "settings": vars(args) | {"swap": SWAP, "pgd": ConsistencySettings().__dict__},
+        "summary": summary,
+        "spurious_E_below_control_on_every_seed": lower,
+        "reweighting_raises_on_every_seed": helps,
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+    }
+    write_result(args.result, previous, pgd_machine)
+
+
+def swap_weights(args: argparse.Namespace) -> None:
+    """Why reweighting cannot help here: which training images v = 1 − E up-weights. The
+    shortcut can only be unlearned from the misaligned images (background of another class);
+    this reports their mean swap E and their share of the total weight (vs their share of
+    images), on the images reweighting measures, for the spurious CNN."""
+    model = load_spurious_classifier("spurious").eval()
+    world = spurious_world_settings()
+    out = {}
+    for seed in args.seeds:
+        train_set = SpuriousBackgroundDataset(
+            args.train_images,
+            n_classes=world["n_classes"],
+            image_size=world["image_size"],
+            seed=seed,
+            split="train",
+            background="spurious",
+        )
+        train, masks = rendered(train_set)
+        n = min(args.reweight_images, len(train_set))
+        result = consistency(
+            model, train, masks=masks, settings={**SWAP, "max_images": n}, progress=False
+        )
+        weights = consistency_weights(result.scores, clip=5.0, temperature=1.0)
+        misaligned = ~train_set.aligned[:n]
+        out[str(seed)] = {
+            "misaligned_share_of_images": float(misaligned.float().mean()),
+            "misaligned_share_of_weight": float(weights[misaligned].sum() / weights.sum()),
+            "swap_consistency_aligned": float(result.scores[~misaligned].mean()),
+            "swap_consistency_misaligned": float(result.scores[misaligned].mean()),
+            "flip_rate_aligned": float(result.flipped[~misaligned].float().mean()),
+            "flip_rate_misaligned": float(result.flipped[misaligned].float().mean()),
+        }
+        print(seed, out[str(seed)])
+    previous = _previous(args.result)
+    pgd_machine = previous.pop("machine", None)
+    previous.setdefault("swap", {})["training_weights_of_the_spurious_cnn"] = out
+    write_result(args.result, previous, pgd_machine)
+
+
+def _previous(name: str) -> dict[str, Any]:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.part == "swap":
+        swap_main(args)
+        return
+    if args.part == "swap-weights":
+        swap_weights(args)
+        return
     measured_on = machine(["captum"])
     per_seed = {seed: run_seed(seed, args) for seed in args.seeds}
     keys = [k for k, v in per_seed[args.seeds[0]]["original"].items() if isinstance(v, float)]
@@ -200,13 +392,15 @@ def main() -> None:
         }
         for mode, base in (("head_and_bottleneck", "converted"), ("backbone", "backbone"))
     }
+    swap = _previous(args.result).get("swap")
     write_result(
-        "consistency",
+        args.result,
         {
             "settings": vars(args) | {"consistency": ConsistencySettings().__dict__},
             "summary": summary,
             "reweighting_raises_on_every_seed": helps,
             "per_seed": {str(s): v for s, v in per_seed.items()},
+            **({"swap": swap} if swap is not None else {}),
         },
         measured_on,
     )

@@ -98,6 +98,8 @@ def convert(
     train_loader: Iterable | Any,
     val_loader: Iterable | Any | None = None,
     config: RetrofitConfig | None = None,
+    *,
+    masks: Any = None,
     **settings: Any,
 ) -> InterpretableModel:
     """Turn a trained classifier into an interpretable one; keyword arguments mirror RetrofitConfig.
@@ -105,9 +107,12 @@ def convert(
     `config` is a RetrofitConfig; keyword settings given with it override its fields (the
     result is validated again), so `convert(m, data, config=saved, seed=1)` varies one setting.
     The backbone runs once over `train_loader` (features are cached when `cache_dir` is set);
-    the head, the assignment and the bottleneck are fitted on those cached features.
+    the head, the assignment and the bottleneck are fitted on those cached features. `masks`:
+    foregrounds of the training images in loader order, for reweight="consistency".
     """
     config = _config(settings, config)
+    if masks is not None and config.reweight != "consistency":
+        raise ConfigError("masks= are used only by reweight='consistency'; pass that too.")
     require_module(model)
     train = _features(model, train_loader, config)
     check_class_count(train.labels)
@@ -171,7 +176,9 @@ def convert(
             imodel, as_batches(train_loader, config.batch_size), device
         )
     if config.reweight == "consistency":
-        history["reweight"] = reweight_by_consistency(imodel, train_loader, train, config, device)
+        history["reweight"] = reweight_by_consistency(
+            imodel, train_loader, train, config, device, masks
+        )
     imodel.stats["history"] = history
     if config.concepts is not None:
         imodel.stats["concepts"] = apply_concepts(

@@ -125,6 +125,7 @@ def _run_check(
         min_accuracy=args.min_accuracy,
         max_pixel_images=args.max_pixel_images,
         progress=not args.quiet,
+        **_consistency_options(args),
     )
     report.meta["data"] = data_spec
     report.to_json(out / "report.json")
@@ -173,6 +174,7 @@ def _convert(args: argparse.Namespace) -> int:
     import retrofit
     from retrofit.data_specs import model_transform, open_data
 
+    reweight = _reweight_options(args)
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
     model, spec = _build_model(args.model, args.weights, args.num_classes)
@@ -195,6 +197,7 @@ def _convert(args: argparse.Namespace) -> int:
         concepts=args.concepts,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        **reweight,
     )
     imodel.save_pretrained(
         out,
@@ -427,11 +430,76 @@ def _head_names() -> list[str]:
     return available_heads()
 
 
+def _consistency_options(args: argparse.Namespace) -> dict[str, Any]:
+    """check() keywords for --consistency and its settings (none without the flag)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--consistency-perturbation", args.consistency_perturbation),
+            ("--consistency-images", args.consistency_images),
+            ("--min-consistency", args.min_consistency),
+            ("--max-consistency-flip-rate", args.max_consistency_flip_rate),
+        )
+        if value is not None
+    ]
+    if not args.consistency:
+        if given:
+            raise UsageError(f"{given[0]} needs --consistency (the check it sets up).")
+        return {}
+    settings = {"perturbation": args.consistency_perturbation or "pgd"}
+    if args.consistency_images is not None:
+        settings["max_images"] = args.consistency_images
+    return {
+        "consistency": settings,
+        "min_consistency": args.min_consistency,
+        "max_consistency_flip_rate": args.max_consistency_flip_rate,
+    }
+
+
+def _reweight_options(args: argparse.Namespace) -> dict[str, Any]:
+    """convert() keywords for --reweight consistency and its settings."""
+    if args.reweight is None:
+        given = [f for f, v in (("--reweight-rounds", args.reweight_rounds),
+                                ("--reweight-images", args.reweight_images),
+                                ("--consistency-perturbation", args.consistency_perturbation))
+                 if v is not None]  # fmt: skip
+        if given:
+            raise UsageError(f"{given[0]} needs --reweight consistency.")
+        return {}
+    options: dict[str, Any] = {
+        "reweight": args.reweight,
+        "reweight_consistency": {"perturbation": args.consistency_perturbation or "pgd"},
+    }
+    if args.reweight_rounds is not None:
+        options["reweight_rounds"] = args.reweight_rounds
+    if args.reweight_images is not None:
+        options["reweight_images"] = args.reweight_images
+    return options
+
+
+def _add_perturbation_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--consistency-perturbation",
+        choices=["pgd", "swap"],
+        help="background perturbation of the consistency score: adversarial (pgd, the "
+        "default) or a swap with another image's clean background",
+    )
+
+
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-fidelity", type=float)
     parser.add_argument("--min-accuracy", type=float)
     parser.add_argument("--max-pixel-images", type=_positive_int, default=16)
     parser.add_argument("--image-size", type=_positive_int)
+    parser.add_argument(
+        "--consistency",
+        action="store_true",
+        help="also check explanation consistency under background perturbation",
+    )
+    _add_perturbation_option(parser)
+    parser.add_argument("--consistency-images", type=_positive_int)
+    parser.add_argument("--min-consistency", type=float)
+    parser.add_argument("--max-consistency-flip-rate", type=float)
 
 
 def _add_trust_option(parser: argparse.ArgumentParser) -> None:
@@ -494,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--image-size", type=_positive_int, default=224)
     convert.add_argument("--include-backbone", action="store_true")
     convert.add_argument("--cache-dir", default=".retrofit_cache")
+    convert.add_argument(
+        "--reweight",
+        choices=["consistency"],
+        help="refit with more weight on images whose explanation changes with the background",
+    )
+    convert.add_argument("--reweight-rounds", type=_positive_int)
+    convert.add_argument("--reweight-images", type=_positive_int)
+    _add_perturbation_option(convert)
     convert.set_defaults(run=_convert)
 
     explain = commands.add_parser("explain", help="explain the predictions for images")

@@ -7,7 +7,9 @@ the subset keep weight 1) and then either refits the head and bottleneck on the 
 (the head on a v-weighted resample, since the head solvers take no weights; the bottleneck with
 v-weighted cross-entropy) or, with finetune="backbone", fine-tunes backbone and bottleneck from the
 images with v-weighted cross-entropy (the paper's own setting). A last pass measures E again,
-so the cost is K + 1 consistency passes over the subset plus K refits.
+so the cost is K + 1 consistency passes over the subset plus K refits. With a `cache_dir`,
+each pass's scores are stored keyed by the model's weights, the settings and the images, so a
+rerun (or a resumed run) reuses them.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from tqdm.auto import tqdm
 from retrofit.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
 from retrofit.check.consistency import (
     ConsistencySettings,
+    batch_slices,
     consistency_scores,
+    foreground_masks,
     heatmap_function,
     take_images,
 )
 from retrofit.config import RetrofitConfig
+from retrofit.consistency_cache import cached_scores, scores_key
 from retrofit.errors import DataError
 from retrofit.featureset import FeatureSet
 from retrofit.finetune import finetune_backbone
+from retrofit.fingerprint import batch_fingerprint
 from retrofit.heads import get_head
 from retrofit.loaders import as_batches
 from retrofit.model import InterpretableModel
@@ -51,20 +57,38 @@ def consistency_weights(scores: torch.Tensor, clip: float, temperature: float) -
 def _measure(
     imodel: InterpretableModel,
     images: torch.Tensor,
+    labels: torch.Tensor,
+    foreground: torch.Tensor | None,
     settings: ConsistencySettings,
+    config: RetrofitConfig,
     device: torch.device,
-    progress: bool,
     desc: str,
 ) -> torch.Tensor:
     imodel.eval()
-    heatmaps, _ = heatmap_function(imodel, images[:2].to(device))
-    step = settings.batch_size
-    scores = []
-    for s in tqdm(range(0, len(images), step), desc=desc, unit="batch", disable=not progress):
-        scores.append(
-            consistency_scores(imodel, images[s : s + step].to(device), settings, heatmaps)[0]
+
+    def compute() -> torch.Tensor:
+        heatmaps, _ = heatmap_function(imodel, images[:2].to(device))
+        parts = batch_slices(len(images), settings)
+        return torch.cat(
+            [
+                consistency_scores(
+                    imodel,
+                    images[part].to(device),
+                    settings,
+                    heatmaps,
+                    foreground[part].to(device) if foreground is not None else None,
+                )[0]
+                for part in tqdm(parts, desc=desc, unit="batch", disable=not config.progress)
+            ]
         )
-    return torch.cat(scores)
+
+    if config.cache_dir is None:
+        return compute()
+    masked = {
+        "foreground": batch_fingerprint(foreground, labels) if foreground is not None else None
+    }
+    key = scores_key(imodel, {**asdict(settings), **masked}, images, labels)
+    return cached_scores(config.cache_dir, key, len(images), compute)
 
 
 def _refit_head(
@@ -109,8 +133,10 @@ def reweight_by_consistency(
     train: FeatureSet,
     config: RetrofitConfig,
     device: torch.device,
+    masks: Any = None,
 ) -> dict[str, Any]:
-    """Run the K reweighting rounds in place on `imodel`; returns what each round measured."""
+    """Run the K reweighting rounds in place on `imodel`; returns what each round measured.
+    `masks`: the training images' foregrounds in loader order (else the heat quantile)."""
     settings = ConsistencySettings.parse(dict(config.reweight_consistency))
     n = len(train.labels)
     images, subset_labels = take_images(
@@ -122,6 +148,9 @@ def reweight_by_consistency(
             "training loader yielded a different order on a second pass; pass a loader with "
             "shuffle=False (or a Dataset)."
         )
+    foreground = (
+        foreground_masks(masks, len(images), images.shape[2:]) if masks is not None else None
+    )
     generator = torch.Generator().manual_seed(config.seed)
     features = train.features.to(device)
     labels = train.labels.to(device)
@@ -130,7 +159,14 @@ def reweight_by_consistency(
     for k in range(config.reweight_rounds):
         round_start = time.perf_counter()
         scores = _measure(
-            imodel, images, settings, device, config.progress, f"consistency round {k + 1}"
+            imodel,
+            images,
+            subset_labels,
+            foreground,
+            settings,
+            config,
+            device,
+            f"consistency round {k + 1}",
         )
         weights = torch.ones(n)
         weights[: len(scores)] = consistency_weights(
@@ -155,10 +191,13 @@ def reweight_by_consistency(
             }
         )
         logger.info("reweight round %d: mean consistency %.4f", k + 1, rounds[-1]["consistency"])
-    final = _measure(imodel, images, settings, device, config.progress, "consistency after")
+    final = _measure(
+        imodel, images, subset_labels, foreground, settings, config, device, "consistency after"
+    )
     imodel.eval()
     return {
         "images": len(images),
+        "background": "foreground masks" if foreground is not None else "heat quantile",
         "rounds": rounds,
         "consistency_after": float(final.mean()),
         "seconds": time.perf_counter() - start,

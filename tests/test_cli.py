@@ -90,10 +90,14 @@ def test_check_passes_fails_on_thresholds_and_report_rebuilds(demo_export: Path)
                 "--min-accuracy",
                 "1.01",
                 *common,
+                *["--consistency", "--consistency-perturbation", "swap"],
+                *["--consistency-images", "8", "--max-consistency-flip-rate", "1"],
             ]
         )
         == 1
     )
+    consistency = json.loads((demo_export / "report.json").read_text())["consistency"]
+    assert consistency["interpretable"]["perturbation"] == "background swap (diffuse-filled)"
     (demo_export / "report.html").unlink()
     assert main(["--quiet", "report", str(demo_export), *common]) == 0
     assert (demo_export / "report.html").is_file()

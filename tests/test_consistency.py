@@ -3,6 +3,9 @@ every model family, and the check() / HTML wiring."""
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 import torch
 import torchvision
@@ -12,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
 from retrofit.check import check
+from retrofit.check.background_swap import fill_foreground, swap_background
 from retrofit.check.consistency import (
     SIMILARITIES,
     ConsistencySettings,
@@ -272,3 +276,153 @@ def test_reweighting_needs_a_loader_in_a_fixed_order_and_valid_settings(world) -
     ):
         with pytest.raises(ConfigError, match=match):
             retrofit.RetrofitConfig(**bad)
+
+
+# -- the background swap -----------------------------------------------------------------------
+
+SWAP = {"perturbation": "swap", "max_images": 48, "batch_size": 24}
+
+
+@pytest.mark.parametrize("fill", ["diffuse", "mean"])
+def test_a_donor_loses_its_object_and_the_swap_keeps_the_foreground(fill: str) -> None:
+    images = torch.rand(3, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    colours = torch.tensor([[0.2, 0.4, 0.6], [0.9, 0.1, 0.3], [0.5, 0.5, 0.0]])
+    images[:] = colours[:, :, None, None]
+    background = torch.ones(3, 10, 10, dtype=torch.bool)
+    background[:, 2:7, 3:9] = False
+    images[:, :, 2:7, 3:9] = 1.0  # a white object on each flat background
+    donors = fill_foreground(images, background, fill)
+    assert torch.allclose(donors, colours[:, :, None, None].expand_as(images), atol=1e-6)
+    swapped = swap_background(images, background, donors.roll(-1, dims=0))
+    foreground = ~background[:, None].expand_as(images)
+    assert torch.equal(swapped[foreground], images[foreground])
+    assert torch.allclose(swapped[0, :, 0, 0], colours[1]) and torch.allclose(
+        swapped[2, :, 0, 0], colours[0]
+    )
+
+
+def test_on_the_spurious_world_a_background_swap_moves_the_shortcut_models_heatmap_more(
+    world,
+) -> None:
+    """The paper's direction, measured with a non-adversarial perturbation: the object pasted
+    on another image's clean background. The shortcut model's heatmap (and prediction) follows
+    the new background; the control's stays on the object. Donors inpainted from the batch
+    score like the true object-free renders."""
+    masks = torch.stack([world.mask(i) for i in range(len(world))])
+    clean = torch.stack([world.background_only((i + 1) % len(world)) for i in range(len(world))])
+    scores = {}
+    for kind in ("spurious", "control"):
+        model = load_spurious_classifier(kind)
+        scores[kind] = consistency(model, world, masks=masks, settings=SWAP, progress=False)
+        given = consistency(
+            model, world, masks=masks, settings=SWAP, backgrounds=clean, progress=False
+        )
+        assert abs(given.mean - scores[kind].mean) < 0.05
+        assert given.summary["perturbation"] == "background swap (given object-free backgrounds)"
+    spurious, control = scores["spurious"], scores["control"]
+    assert spurious.mean < control.mean - 0.15
+    assert spurious.summary["flip_rate"] > control.summary["flip_rate"] + 0.3
+    assert control.summary["perturbation"] == "background swap (diffuse-filled)"
+    assert (world.background_only(0) - world[0][0])[:, ~world.mask(0)].abs().max() == 0
+
+
+def test_the_swap_needs_two_images_and_well_shaped_backgrounds(world) -> None:
+    model = load_spurious_classifier("control")
+    odd = consistency(
+        model, world, settings={**SWAP, "max_images": 17, "batch_size": 16}, progress=False
+    )
+    assert odd.scores.shape == (17,), "a last batch of one image joins the one before"
+    for bad, match in (
+        ({"perturbation": "fgsm"}, "perturbation='fgsm' is not supported"),
+        ({"perturbation": "swap", "swap_fill": "zero"}, "swap_fill='zero' is not supported"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            consistency(model, world, settings=bad, progress=False)
+    with pytest.raises(ConfigError, match="perturbation='swap'"):
+        consistency(model, world, settings=FAST, backgrounds=torch.rand(4, 3, 32, 32))
+    with pytest.raises(DataError, match="masks cover 3 images but 48 are used"):
+        consistency(model, world, masks=torch.ones(3, 32, 32), settings=SWAP, progress=False)
+    with pytest.raises(DataError, match="at least two images"):
+        consistency(model, world, settings={**SWAP, "max_images": 1}, progress=False)
+    with pytest.raises(DataError, match="backgrounds= images are \\(3, 16, 16\\)"):
+        consistency(model, world, settings=SWAP, backgrounds=torch.rand(4, 3, 16, 16))
+    with pytest.raises(DataError, match="donor backgrounds must have the images' shape"):
+        swap_background(
+            torch.rand(2, 3, 8, 8), torch.ones(2, 8, 8, dtype=torch.bool), torch.rand(1, 3, 8, 8)
+        )
+    one = consistency(
+        model,
+        world,
+        settings={**SWAP, "max_images": 1},
+        backgrounds=[(world.background_only(1), 0)],
+        progress=False,
+    )
+    assert one.scores.shape == (1,)
+
+
+def test_a_rerun_with_a_cache_reuses_the_consistency_scores_and_a_change_recomputes(
+    world, tmp_path, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="retrofit.consistency_cache")
+    swap = {"perturbation": "swap", "batch_size": 24}
+    settings = {
+        "reweight": "consistency",
+        "reweight_rounds": 1,
+        "reweight_images": 24,
+        "cache_dir": str(tmp_path),
+        "epochs": 2,
+    }
+
+    def run(**changed) -> tuple[int, int, retrofit.InterpretableModel]:
+        caplog.clear()
+        imodel = retrofit_model(
+            world, "adapter", **{"reweight_consistency": swap, **settings, **changed}
+        )
+        messages = [r.getMessage() for r in caplog.records]
+        return sum("stored" in m for m in messages), sum("reused" in m for m in messages), imodel
+
+    stored, reused, first = run()
+    assert (stored, reused) == (2, 0), "one round and the final pass"
+    stored, reused, second = run()
+    assert (stored, reused) == (0, 2)
+    before, after = (m.stats["history"]["reweight"] for m in (first, second))
+    assert after["consistency_after"] == before["consistency_after"]
+    assert [r["consistency"] for r in after["rounds"]] == [
+        r["consistency"] for r in before["rounds"]
+    ]
+    stored, reused, _ = run(reweight_consistency={**swap, "quantile": 0.6})
+    assert (stored, reused) == (2, 0), "a changed setting recomputes"
+    masks = [world.mask(i) for i in range(len(world))]
+    caplog.clear()
+    masked = retrofit.convert(
+        load_spurious_classifier("spurious"),
+        DataLoader(world, batch_size=48),
+        method="dense",
+        progress=False,
+        masks=masks,
+        reweight_consistency=swap,
+        **settings,
+    )
+    assert masked.stats["history"]["reweight"]["background"] == "foreground masks"
+    assert sum("stored" in r.getMessage() for r in caplog.records) == 2
+    assert len(list((tmp_path / "consistency").glob("*.safetensors"))) == 6
+    with pytest.raises(ConfigError, match="masks= are used only by reweight='consistency'"):
+        retrofit.convert(load_spurious_classifier("spurious"), world, masks=masks, progress=False)
+
+
+def test_cli_converts_with_consistency_reweighting(tmp_path) -> None:
+    from retrofit.cli import main
+
+    out = tmp_path / "out"
+    convert = ["--quiet", "convert", "--model", "demo", "--train", "synthetic:train:60"]
+    convert += ["--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--method", "dense"]
+    convert += ["--finetune", "none", "--reweight", "consistency", "--reweight-rounds", "1"]
+    assert main([*convert, "--reweight-images", "12", "--consistency-perturbation", "swap"]) == 0
+    config = json.loads((out / "retrofit_config.json").read_text())["config"]
+    assert config["reweight"] == "consistency" and config["reweight_rounds"] == 1
+    assert config["reweight_consistency"] == {"perturbation": "swap"}
+    assert list((tmp_path / "cache" / "consistency").glob("*.safetensors")), "E was cached"
+    # check --consistency runs in tests/test_cli.py on the demo export (a check is slow)
+    check = ["--quiet", "check", str(out), "--data", "synthetic:test:8"]
+    assert main([*check, "--min-consistency", "0.5"]) == 2, "needs --consistency"
+    assert main([*convert[:-4], "--overwrite", "--reweight-rounds", "1"]) == 2, "needs --reweight"

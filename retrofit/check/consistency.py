@@ -5,8 +5,10 @@ For each image x with prediction ŷ: H = the heatmap of ŷ (the exact CAM Σ_k w
 for retrofit's linear head when the spatial maps pool to the features it reads, else Grad-CAM
 on the last spatial layer), positive part at input resolution. The background B is the q share
 of pixels with the lowest H (or the complement of a given foreground mask); x̂ is x after PGD
-(Captum, L∞ ball of radius ε, `mask=B`) away from ŷ, so the object is untouched. The score
-E = similarity(H, Ĥ), with Ĥ the heatmap of the same class ŷ on x̂, and the prediction flip rate.
+(Captum, L∞ ball of radius ε, `mask=B`) away from ŷ, so the object is untouched; or, with
+perturbation="swap", x with B replaced by a clean background of another image (background_swap).
+The score E = similarity(H, Ĥ), with Ĥ the heatmap of the same class ŷ on x̂, and the
+prediction flip rate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from captum.robust import PGD
 from torch import nn
 from tqdm.auto import tqdm
 
+from retrofit.check.background_swap import (
+    FILLS,
+    inpainted_donors,
+    load_backgrounds,
+    swap_background,
+)
 from retrofit.check.pixel import gradcam, gradcam_layer
 from retrofit.errors import ConfigError, DataError, LayerNotFoundError
 from retrofit.hooks import FeatureCapture, LayerSpec, detect_layers
@@ -35,6 +43,7 @@ from retrofit.outputs import logits_of
 logger = logging.getLogger(__name__)
 
 SIMILARITIES: tuple[str, ...] = ("l1", "cosine", "pearson", "iou")
+PERTURBATIONS: tuple[str, ...] = ("pgd", "swap")
 _POOL_TOLERANCE = 1e-4  # relative: the maps "pool to the features" when their mean is this close
 
 HeatmapFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,7 +55,10 @@ class ConsistencySettings:
 
     `epsilon` and `step_size` are in input units (8/255 assumes images in [0, 1]); `bounds`
     clamps the perturbed images (None: the batch's own minimum and maximum). `top_k` is the
-    share of pixels compared by the "iou" similarity.
+    share of pixels compared by the "iou" similarity. `perturbation` is "pgd" (adversarial,
+    within ε: the explanation's robustness) or "swap" (the background replaced by another
+    image's clean background: background reliance; `swap_fill` says how a donor's own object
+    is removed when no object-free `backgrounds=` are given; ε and the PGD steps are unused).
     """
 
     epsilon: float = 8 / 255
@@ -60,8 +72,19 @@ class ConsistencySettings:
     batch_size: int = 32
     worst_classes: int = 5
     examples: int = 4
+    perturbation: str = "pgd"
+    swap_fill: str = "diffuse"
 
     def __post_init__(self) -> None:
+        if self.perturbation not in PERTURBATIONS:
+            raise ConfigError(
+                f"perturbation={self.perturbation!r} is not supported; choose one of "
+                f"{list(PERTURBATIONS)} (adversarial PGD within ε, or a swap of backgrounds)."
+            )
+        if self.swap_fill not in FILLS:
+            raise ConfigError(
+                f"swap_fill={self.swap_fill!r} is not supported; choose one of {list(FILLS)}."
+            )
         if not _is_number(self.epsilon) or not self.epsilon > 0:
             raise ConfigError(
                 f"epsilon must be a positive number (the L∞ radius in input units, e.g. 8/255 for "
@@ -343,6 +366,16 @@ def _foreground(masks: Any, index: int, size: tuple[int, int]) -> torch.Tensor:
     return mask.bool()
 
 
+def foreground_masks(masks: Any, n: int, size: tuple[int, ...]) -> torch.Tensor:
+    """(n, H, W) bool foregrounds of the first n images from user masks (see `consistency`)."""
+    if not callable(masks) and len(masks) < n:
+        raise DataError(
+            f"masks cover {len(masks)} images but {n} are used; give one foreground mask per "
+            "image, in loader order."
+        )
+    return torch.stack([_foreground(masks, i, tuple(size)) for i in range(n)])
+
+
 def take_images(loader: Any, n: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n (images, labels) the loader yields, in its order."""
     images, labels, seen = [], [], 0
@@ -369,14 +402,21 @@ def consistency_scores(
     heatmaps: HeatmapFn,
     foreground: torch.Tensor | None = None,
     keep: int = 0,
+    donors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """(E, flipped, predicted, the first `keep` before/after examples) for one batch on the
-    model's device."""
+    model's device. `donors`: object-free images to swap in (swap only; default: the batch's
+    next image with its foreground filled in)."""
     with torch.no_grad():
         predicted = logits_of(model(images)).argmax(dim=1)
     heat = heatmaps(images, predicted)
     background = ~foreground if foreground is not None else background_mask(heat, settings.quantile)
-    perturbed = perturb_background(model, images, predicted, background, settings)
+    if settings.perturbation == "swap":
+        if donors is None:
+            donors = inpainted_donors(images, background, settings.swap_fill)
+        perturbed = swap_background(images, background, donors)
+    else:
+        perturbed = perturb_background(model, images, predicted, background, settings)
     with torch.no_grad():
         flipped = logits_of(model(perturbed)).argmax(dim=1) != predicted
     heat_after = heatmaps(perturbed, predicted)
@@ -405,21 +445,30 @@ def consistency(
     class_names: Sequence[str] | None = None,
     settings: ConsistencySettings | dict[str, Any] | None = None,
     progress: bool = True,
+    backgrounds: Any = None,
 ) -> ConsistencyResult:
     """Explanation consistency of any classifier (an nn.Module or an InterpretableModel) on the
     first `settings.max_images` images of `loader`.
 
     `masks` (per image, in loader order: a tensor, a list or a callable index -> mask) gives the
     foreground; without it the background is the `quantile` share of lowest heat. `layer` names
-    the spatial layer for Grad-CAM when it cannot be found automatically.
+    the spatial layer for Grad-CAM when it cannot be found automatically. `backgrounds`
+    (perturbation="swap" only): object-free images (a tensor, Dataset or loader) whose pixels
+    replace the backgrounds, image i taking background i (reused in turn when fewer).
     """
     settings = ConsistencySettings.parse(settings if settings is not None else True)
+    if backgrounds is not None and settings.perturbation != "swap":
+        raise ConfigError(
+            "backgrounds= are swapped in only by perturbation='swap'; pass that setting too "
+            f"(the perturbation is {settings.perturbation!r})."
+        )
     device = _device(model)
     images, labels = take_images(loader, settings.max_images, settings.batch_size)
     size = tuple(images.shape[2:])
-    foreground = (
-        torch.stack([_foreground(masks, i, size) for i in range(len(images))])
-        if masks is not None
+    foreground = foreground_masks(masks, len(images), size) if masks is not None else None
+    donors = (
+        load_backgrounds(backgrounds, len(images), tuple(images.shape[1:]))
+        if backgrounds is not None
         else None
     )
     was_training = model.training
@@ -429,18 +478,20 @@ def consistency(
         heatmaps, method = heatmap_function(model, images[:2].to(device), layer)
         parts: list[tuple[torch.Tensor, ...]] = []
         examples: list[dict[str, Any]] = []
-        step = settings.batch_size
-        for s in tqdm(
-            range(0, len(images), step), desc="consistency", unit="batch", disable=not progress
+        for part in tqdm(
+            batch_slices(len(images), settings, donors is not None),
+            desc="consistency",
+            unit="batch",
+            disable=not progress,
         ):
-            fg = foreground[s : s + step].to(device) if foreground is not None else None
             scores, flipped, predicted, kept = consistency_scores(
                 model,
-                images[s : s + step].to(device),
+                images[part].to(device),
                 settings,
                 heatmaps,
-                fg,
+                foreground[part].to(device) if foreground is not None else None,
                 keep=settings.examples - len(examples),
+                donors=donors[part].to(device) if donors is not None else None,
             )
             parts.append((scores, flipped, predicted))
             examples.extend(kept)
@@ -456,6 +507,7 @@ def consistency(
             "background": "foreground masks"
             if masks is not None
             else f"quantile {settings.quantile}",
+            "perturbation": _describe(settings, donors is not None),
             "seconds": seconds,
             "settings": asdict(settings),
         }
@@ -463,6 +515,29 @@ def consistency(
     for example, c in zip(examples, predicted.tolist()):
         example["predicted"] = _name(names, c)
     return ConsistencyResult(scores, flipped, predicted, labels, summary, examples)
+
+
+def batch_slices(n: int, settings: ConsistencySettings, given_donors: bool = False) -> list[slice]:
+    """Batches of `settings.batch_size`; a swap without given donors takes each donor from its
+    own batch, so a last batch of one image joins the one before (one image alone: DataError)."""
+    step = settings.batch_size
+    starts = list(range(0, n, step))
+    if settings.perturbation == "swap" and not given_donors:
+        if n < 2:
+            raise DataError(
+                "the background swap needs at least two images (each takes another's "
+                "background); pass more images or object-free images as backgrounds=."
+            )
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()
+    return [slice(s, e) for s, e in zip(starts, [*starts[1:], n])]
+
+
+def _describe(settings: ConsistencySettings, given_donors: bool) -> str:
+    if settings.perturbation == "pgd":
+        return f"PGD, ε = {settings.epsilon:.4g}, {settings.steps} steps"
+    donors = "given object-free backgrounds" if given_donors else f"{settings.swap_fill}-filled"
+    return f"background swap ({donors})"
 
 
 def _class_names(model: nn.Module, loader: Any) -> list[str] | None:

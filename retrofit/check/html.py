@@ -823,10 +823,12 @@ def _consistency(report: Report) -> str:
         ]
         for name, entry in measured.items()
     ]
+    perturbation = next(iter(measured.values())).get("perturbation", "PGD")
     parts = [
-        '<p class="muted">E = similarity of the predicted class\'s heatmap before and after an '
-        "adversarial perturbation (PGD) of the background only; 1 means the explanation ignores "
-        "the background. Flip rate: share of predictions the perturbation changed.</p>",
+        '<p class="muted">E = similarity of the predicted class\'s heatmap before and after a '
+        f"perturbation of the background only, here {_esc(perturbation)}; 1 means the "
+        "explanation ignores the background. Flip rate: share of predictions the perturbation "
+        "changed.</p>",
         _table(
             ["model", "E", "flip rate", "images", "heatmap", "least consistent classes"],
             rows,

@@ -152,9 +152,9 @@ class SpuriousBackgroundDataset(Dataset):
     def _index(self, index: int) -> int:
         return checked_index(index, self.n_images)
 
-    def _render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _render(self, index: int, with_object: bool = True) -> tuple[np.ndarray, np.ndarray]:
         objects, image, bg = self._scenes[self._index(index)]
-        img, owner = self._renderer.render(objects, image)
+        img, owner = self._renderer.render(objects if with_object else objects[:0], image)
         if bg >= len(BACKGROUNDS):
             tint = np.asarray(TINTED[bg - len(BACKGROUNDS)][0], dtype=np.float32)[:, None, None]
             grey = img.mean(axis=0, keepdims=True)
@@ -165,6 +165,11 @@ class SpuriousBackgroundDataset(Dataset):
     def mask(self, index: int) -> torch.Tensor:
         """The object's visible pixels (H x W bool): the foreground."""
         return torch.from_numpy(self._render(index)[1])
+
+    def background_only(self, index: int) -> torch.Tensor:
+        """Image `index` without its object (3 x H x W): a clean background to swap in."""
+        image = torch.from_numpy(self._render(index, with_object=False)[0])
+        return self.transform(image) if self.transform is not None else image
 
     def masks(self, index: int) -> torch.Tensor:
         """(1, H, W) bool object masks, the shape `retrofit.check(masks=...)` accepts."""
