@@ -376,7 +376,7 @@ def test_a_rerun_with_a_cache_reuses_the_consistency_scores_and_a_change_recompu
     def run(**changed) -> tuple[int, int, retrofit.InterpretableModel]:
         caplog.clear()
         imodel = retrofit_model(
-            world, "adapter", **{"reweight_consistency": swap, **settings, **changed}
+            world, "bottleneck", **{"reweight_consistency": swap, **settings, **changed}
         )
         messages = [r.getMessage() for r in caplog.records]
         return sum("stored" in m for m in messages), sum("reused" in m for m in messages), imodel
