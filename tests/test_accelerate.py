@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 import retrofit
+from tests.gloo import free_port
 
 pytest.importorskip("accelerate", reason="accelerate is not installed (pip install .[test])")
 from tests import accelerate_extract as script  # noqa: E402  (it imports accelerate)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _store(cache: Path) -> dict[str, torch.Tensor]:
@@ -57,7 +51,7 @@ def test_accelerate_launch_shards_extraction_into_the_single_process_cache(tmp_p
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
         "-m", "tests.accelerate_extract", str(cache), str(out),
     ]  # fmt: skip
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)

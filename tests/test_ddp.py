@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
-import socket
-from datetime import timedelta
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ import torch.distributed as dist
 
 import retrofit
 from retrofit.finetune import finetune_backbone
+from tests.gloo import free_port, join_gloo
 from tests.tiny import SmallCNN, colour_coded_images
 
 BATCH = 8
@@ -65,13 +64,7 @@ def _worker(rank, world, port, scenario, imodel, cache, queue) -> None:
     torch.set_num_threads(1)
     report: dict = {"rank": rank}
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=20),
-        )
+        join_gloo(rank, world, port)
         if scenario == "convert":
             torch.manual_seed(0)  # the same model on every rank (extraction checks it)
             result = retrofit.convert(
@@ -120,9 +113,7 @@ def _worker(rank, world, port, scenario, imodel, cache, queue) -> None:
 def _launch(scenario: str, imodel=None, cache: str | None = None) -> dict[int, dict]:
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     procs = [
         context.Process(target=_worker, args=(r, 2, port, scenario, imodel, cache, queue))
         for r in range(2)

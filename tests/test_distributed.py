@@ -6,8 +6,6 @@ import multiprocessing
 import os
 import resource
 import signal
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import retrofit
 from retrofit.adapters import adapter_for
 from retrofit.errors import ConfigError
 from retrofit.features import extract
+from tests.gloo import free_port, join_gloo
 from tests.test_convert import SmallCNN
 from tests.tiny import colour_coded_images
 
@@ -55,13 +54,7 @@ def _worker(rank: int, world: int, port: int, scenario: str, cache: str, queue) 
     torch.set_num_threads(1)
     report: dict = {"rank": rank}
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=20),
-        )
+        join_gloo(rank, world, port)
         model = _model(seed=1 if scenario == "other_model" and rank == 1 else 0)
         counter = _count_batches(model)
         kwargs: dict = {"cache_dir": cache, "progress": False}
@@ -98,16 +91,10 @@ def _worker(rank: int, world: int, port: int, scenario: str, cache: str, queue) 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(scenario: str, cache: Path, world: int = 2) -> dict[int, dict]:
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         context.Process(target=_worker, args=(r, world, port, scenario, str(cache), queue))
         for r in range(world)
