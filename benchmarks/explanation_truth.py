@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="explanation_truth", help="results/NAME.json")
     parser.add_argument("--worlds", nargs="+", default=["demo", "world2"])
     parser.add_argument("--cache-dir", help="reuse extracted features between runs")
+    parser.add_argument(
+        "--methods", nargs="+", help="only these heads, default variant (e.g. flint)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     measured_on = machine()
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = [("qpm", name) for name in VARIANTS] + [("qsenn", "default"), ("sparse", "default")]
     if args.quick:
         runs = [("qpm", "default")]
+    if args.methods:
+        runs = [(method, "default") for method in args.methods]
     with tempfile.TemporaryDirectory() as scratch:
         cache = args.cache_dir or scratch
         for world_name, (model, world) in worlds().items():

@@ -63,6 +63,10 @@ def main() -> None:
     parser.add_argument("--method", default="qpm", choices=["qpm", "qsenn", "sparse"])
     parser.add_argument("--n-features", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument(
+        "--epochs", type=int, help="bottleneck epochs (default: enough for 1,500 minibatches)"
+    )
+    parser.add_argument("--time-limit", type=float, help="seconds for the QPM head stage")
     parser.add_argument("--tiny", choices=["resnet", "vit"], help="offline: a small random model")
     parser.add_argument(
         "--include-backbone", action="store_true", help="store the backbone weights too"
@@ -76,6 +80,7 @@ def main() -> None:
             synthetic_image_folder(workdir / "train", n_images=120, n_classes=TINY_CLASSES)
         )
         args.n_features, args.per_class = 8, 2
+        args.epochs, args.time_limit = args.epochs or 10, args.time_limit or 5
     elif args.train is None:
         parser.error("--train is required (or use --tiny)")
 
@@ -95,6 +100,8 @@ def main() -> None:
         method=args.method,
         n_features=args.n_features,
         per_class=args.per_class,
+        epochs=args.epochs,
+        time_limit=args.time_limit,
         class_names=class_names,
         base_model=f"hf:{args.model}",
         cache_dir=str(workdir / "cache"),

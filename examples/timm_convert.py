@@ -34,6 +34,10 @@ def main() -> None:
     parser.add_argument("--n-features", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=5)
     parser.add_argument(
+        "--epochs", type=int, help="bottleneck epochs (default: enough for 1,500 minibatches)"
+    )
+    parser.add_argument("--time-limit", type=float, help="seconds for the QPM head stage")
+    parser.add_argument(
         "--tiny", action="store_true", help="offline: a random resnet18 on synthetic images"
     )
     parser.add_argument(
@@ -45,6 +49,7 @@ def main() -> None:
     if args.tiny:
         args.train = str(synthetic_image_folder(workdir / "train", n_images=120, n_classes=10))
         args.model, args.num_classes, args.n_features, args.per_class = "resnet18", 10, 8, 2
+        args.epochs, args.time_limit = args.epochs or 10, args.time_limit or 5
         model = timm.create_model("resnet18", pretrained=False, num_classes=10)
     elif args.train is None:
         parser.error("--train is required (or use --tiny)")
@@ -67,6 +72,8 @@ def main() -> None:
         method=args.method,
         n_features=args.n_features,
         per_class=args.per_class,
+        epochs=args.epochs,
+        time_limit=args.time_limit,
         class_names=train.classes if args.tiny or args.checkpoint else None,
         base_model=f"timm:{args.model}",
         cache_dir=str(workdir / "cache"),

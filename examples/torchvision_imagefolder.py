@@ -36,6 +36,10 @@ def main() -> None:
     parser.add_argument("--n-features", type=int, default=50)
     parser.add_argument("--per-class", type=int, default=5)
     parser.add_argument(
+        "--epochs", type=int, help="bottleneck epochs (default: enough for 1,500 minibatches)"
+    )
+    parser.add_argument("--time-limit", type=float, help="seconds for the QPM head stage")
+    parser.add_argument(
         "--tiny", action="store_true", help="offline: random ResNet-18 on synthetic images"
     )
     parser.add_argument(
@@ -49,6 +53,7 @@ def main() -> None:
             synthetic_image_folder(Path(workdir) / "train", n_images=120, n_classes=10)
         )
         args.n_features, args.per_class = 8, 2
+        args.epochs, args.time_limit = args.epochs or 10, args.time_limit or 5
         model = torchvision.models.resnet18(num_classes=10)
         spec = "torchvision:resnet18"
         transform = transforms.ToTensor()
@@ -74,6 +79,8 @@ def main() -> None:
         method=args.method,
         n_features=args.n_features,
         per_class=args.per_class,
+        epochs=args.epochs,
+        time_limit=args.time_limit,
         class_names=train.classes if args.tiny or args.weights else None,
         base_model=spec,
         cache_dir=str(Path(workdir) / "cache"),

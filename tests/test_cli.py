@@ -127,6 +127,8 @@ def test_convert_a_torchvision_model_on_an_image_folder(tmp_path: Path) -> None:
         "2",
         "--finetune",
         "none",
+        "--time-limit",
+        "5",
         "--include-backbone",
         "--cache-dir",
         str(tmp_path / "cache"),
