@@ -38,7 +38,8 @@ class ModelAdapter:
     the CLI applies to images (None: resize only); `without_backbone` says why an export without
     backbone.safetensors cannot be rebuilt from the spec alone (None: it can);
     `preprocessing(model, spec)` is the record an export keeps of how the model reads an image
-    (JSON data tagged with `source`, read back by `image_transform`; None: nothing recorded).
+    (JSON data tagged with `source`, read back by `image_transform`; None: nothing recorded);
+    `class_names(model)` the names the model itself carries for its classes (None: none).
     """
 
     name: str
@@ -59,6 +60,7 @@ class ModelAdapter:
     classifier_width: Callable[[nn.Module], int | None] | None = None
     data_transform: Callable[[nn.Module, ModelSpec], Callable | None] | None = None
     preprocessing: Callable[[nn.Module, ModelSpec | None], dict[str, Any] | None] | None = None
+    class_names: Callable[[nn.Module], list[str] | None] | None = None
     without_backbone: str | None = None
 
 

@@ -156,6 +156,17 @@ def hf_preprocessing(model: nn.Module, spec: ModelSpec | None) -> dict[str, Any]
     return {"source": "transformers", **json.loads(Path(path).read_text())}
 
 
+def hf_class_names(model: nn.Module) -> list[str] | None:
+    """config.id2label in class order, unless it holds only transformers' LABEL_i placeholders."""
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    names = [id2label.get(i, id2label.get(str(i))) for i in range(len(id2label))]
+    if not names or any(not isinstance(n, str) for n in names):
+        return None
+    if all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
+
+
 TRANSFORMERS = register_adapter(
     ModelAdapter(
         name="transformers",
@@ -175,5 +186,6 @@ TRANSFORMERS = register_adapter(
         classifier_width=lambda model: int(model.config.num_labels),
         data_transform=hf_transform,
         preprocessing=hf_preprocessing,
+        class_names=hf_class_names,
     )
 )

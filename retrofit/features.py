@@ -187,6 +187,9 @@ def extract(
         )
         width = probe_logits.shape[1]
         _check_classes(width, num_classes, class_names)
+        if class_names is None and family.class_names is not None:
+            carried = family.class_names(model)  # e.g. a transformers model's id2label
+            class_names = carried if carried is not None and len(carried) == width else None
         extractor = Extractor(model, spec, device, with_maps, autocast, channels_last)
         extractor.feature_dtype = FEATURE_DTYPES[feature_dtype]
         cache = None

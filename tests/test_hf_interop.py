@@ -91,6 +91,18 @@ def test_every_family_has_a_device_and_keeps_plain_logits(data) -> None:
     assert imodel(pixel_values=data[0][:2]).logits.shape == (2, C)
 
 
+def test_a_transformers_models_own_labels_become_the_class_names(data) -> None:
+    torch.manual_seed(0)
+    labelled = transformers.ViTConfig(**TINY_VIT, id2label=dict(enumerate(CLASSES)))
+    model = transformers.ViTForImageClassification(labelled).eval()
+    assert _convert(model, data).class_names == CLASSES
+    assert _convert(model, data, class_names=["a", "b", "c"]).class_names == ["a", "b", "c"]
+    placeholders = transformers.ViTForImageClassification(
+        transformers.ViTConfig(**TINY_VIT, num_labels=C)
+    ).eval()  # LABEL_0, LABEL_1, ... name nothing
+    assert _convert(placeholders, data).class_names == [f"class_{c}" for c in range(C)]
+
+
 def test_pipeline_gives_the_converted_models_top_classes(vit, capfd, tmp_path) -> None:
     imodel, processor, _ = vit
     with torch.no_grad():
