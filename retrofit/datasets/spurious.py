@@ -32,6 +32,7 @@ from retrofit.datasets.synthetic import (
     _Renderer,
     _uniform,
     checked_index,
+    object_row,
 )
 from retrofit.errors import ConfigError
 
@@ -115,26 +116,8 @@ class SpuriousBackgroundDataset(Dataset):
             bg = _randint(rng, self.n_classes)
         r = _uniform(rng, 0.22, 0.32)
         ((cx, cy, r),) = _place(rng, [r])
-        row = np.array(
-            [
-                [
-                    label,
-                    _randint(rng, len(COLOURS)),
-                    _randint(rng, len(TEXTURES)),
-                    cx,
-                    cy,
-                    r,
-                    _uniform(rng, -np.pi / 9, np.pi / 9),
-                    rng.random(),
-                    rng.random(),
-                    _uniform(rng, -0.05, 0.05),
-                    _uniform(rng, -0.05, 0.05),
-                    _uniform(rng, -0.05, 0.05),
-                    _uniform(rng, 0.85, 1.05),
-                ]
-            ],
-            dtype=np.float32,
-        )
+        colour, pattern = _randint(rng, len(COLOURS)), _randint(rng, len(TEXTURES))
+        row = np.array([object_row(rng, label, colour, pattern, (cx, cy, r))], dtype=np.float32)
         texture = bg if bg < len(BACKGROUNDS) else bg - len(BACKGROUNDS) + 1
         image = np.array(
             (texture, rng.random(), rng.random(), rng.random(), rng.random(), 1.0),

@@ -297,21 +297,7 @@ class ConceptWorld:
         centres = _place(rng, radii)
         rows = np.empty((n, len(_OBJ_COLS)), dtype=np.float32)
         for i, ((shape, colour, texture), (cx, cy, r)) in enumerate(zip(objects, centres)):
-            rows[i] = (
-                shape,
-                colour,
-                texture,
-                cx,
-                cy,
-                r,
-                _uniform(rng, -math.pi / 9, math.pi / 9),
-                rng.random(),
-                rng.random(),
-                _uniform(rng, -0.05, 0.05),
-                _uniform(rng, -0.05, 0.05),
-                _uniform(rng, -0.05, 0.05),
-                _uniform(rng, 0.85, 1.05),
-            )
+            rows[i] = object_row(rng, shape, colour, texture, (cx, cy, r))
         image = np.array(
             (bg, rng.random(), rng.random(), rng.random(), rng.random(), _uniform(rng, 0.9, 1.1)),
             dtype=np.float32,
@@ -336,6 +322,25 @@ class ConceptWorld:
             phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
         )
         return f"{listed} on a {BACKGROUNDS[background]}"
+
+
+def object_row(
+    rng: random.Random, shape: int, colour: int, texture: int, place: tuple[float, float, float]
+) -> tuple[float, ...]:
+    """One object's `_OBJ_COLS`: what it is, where, and its random pose and shading."""
+    return (
+        shape,
+        colour,
+        texture,
+        *place,
+        _uniform(rng, -math.pi / 9, math.pi / 9),
+        rng.random(),
+        rng.random(),
+        _uniform(rng, -0.05, 0.05),
+        _uniform(rng, -0.05, 0.05),
+        _uniform(rng, -0.05, 0.05),
+        _uniform(rng, 0.85, 1.05),
+    )
 
 
 def _place(rng: random.Random, radii: list[float]) -> list[tuple[float, float, float]]:
