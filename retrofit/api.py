@@ -144,7 +144,9 @@ def convert(
     bottleneck = result.bottleneck or build_bottleneck(
         result, config, in_features=head_features.shape[1]
     )
+    retain = None
     if basis is not None:
+        retain = bottleneck.selected.cpu() >= (train.dim if channels else 0)
         bottleneck = fold_bottleneck(bottleneck, basis, train.dim, channels)
     if attributes is not None:
         bottleneck = read_attributes(bottleneck, attributes)
@@ -153,7 +155,7 @@ def convert(
     history: dict[str, Any] = {}
     if config.finetune != "none" and result.bottleneck is None:
         history["bottleneck"] = finetune_bottleneck(
-            bottleneck, head, features, labels, config, train.logits, train.maps
+            bottleneck, head, features, labels, config, train.logits, train.maps, retain=retain
         )
     backbone = copy.deepcopy(model) if config.finetune == "backbone" else model
     imodel = InterpretableModel(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would 
 
 logger = logging.getLogger(__name__)
 
+CONCEPT_RETENTION = 0.0  # ρ of the retention term (off); config.extra['concept_retention']
 _EVAL_ROWS = 8192  # rows per no-grad pass over the cache
 MIN_BOTTLENECK_EPOCHS = 20
 # Small caches need more passes: below ~1,500 Adam steps the linear mix is still far from
@@ -176,6 +177,7 @@ def finetune_bottleneck(
     lr: float | None = None,
     epochs: int | None = None,
     sample_weights: torch.Tensor | None = None,
+    retain: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
     """Train the bottleneck with the head fixed, on cached features (Adam, seeded minibatches).
 
@@ -184,7 +186,11 @@ def finetune_bottleneck(
     bottleneck has a linear mix (β from config.extra["diversity_beta"], default 0.196; without a
     mix the maps do not depend on any trainable parameter, so the loss would be a constant and
     is skipped). `sample_weights` (N,) weight each sample's cross-entropy (consistency
-    reweighting). Runs on the device of `features`;
+    reweighting). `retain` (n_f,) bool marks features that must keep meaning what they meant
+    before training (concept features): + ρ · mean over them of 1 − corr(z_j, z_j before) per
+    minibatch (ρ = config.extra["concept_retention"], default CONCEPT_RETENTION), because
+    cross-entropy alone moves a concept's feature onto whatever separates the classes best.
+    Runs on the device of `features`;
     `maps` may stay on the CPU and are moved per batch. Returns per-epoch mean loss and
     training accuracy, plus the accuracy before training.
     """
@@ -223,6 +229,9 @@ def finetune_bottleneck(
     params = [p for p in bottleneck.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return history
+    anchor = _anchor(bottleneck, features, retain)
+    retain = retain.to(device) if retain is not None else None
+    rho = float(config.extra.get("concept_retention", CONCEPT_RETENTION))
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(config.seed)
     batch = config.batch_size
@@ -239,7 +248,8 @@ def finetune_bottleneck(
         for start in range(0, n, batch):
             index = order[start : start + batch]
             index_dev = index.to(device)
-            out = head(bottleneck(features[index_dev]))
+            z = bottleneck(features[index_dev])
+            out = head(z)
             if sample_weights is None:
                 loss = F.cross_entropy(out, labels[index_dev])
             else:
@@ -257,6 +267,8 @@ def finetune_bottleneck(
                 loss = loss + feature_diversity_loss(
                     local, head.weight, out.argmax(dim=1).detach(), beta
                 )
+            if anchor is not None and rho > 0:
+                loss = loss + rho * retention_loss(z[:, retain], anchor[index_dev])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -270,6 +282,29 @@ def finetune_bottleneck(
         )
     bottleneck.train(was_training)
     return history
+
+
+def retention_loss(z: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Mean over features of 1 − Pearson correlation (over the minibatch) with their values
+    before training: 0 while every feature still orders the images as it did."""
+    a = z - z.mean(dim=0)
+    b = before - before.mean(dim=0)
+    corr = (a * b).sum(dim=0) / (a.norm(dim=0) * b.norm(dim=0)).clamp_min(1e-8)
+    return (1 - corr).mean()
+
+
+@torch.no_grad()
+def _anchor(
+    bottleneck: Bottleneck, features: torch.Tensor, retain: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The retained features' values before training, (N, retained)."""
+    if retain is None or not bool(retain.any()):
+        return None
+    rows = [
+        bottleneck(features[s : s + _EVAL_ROWS])[:, retain.to(features.device)].detach()
+        for s in range(0, len(features), _EVAL_ROWS)
+    ]
+    return torch.cat(rows)
 
 
 @torch.no_grad()

@@ -85,6 +85,30 @@ def test_finetuning_is_deterministic_and_distillation_changes_it():
     assert runs[2][1]["loss"][0] > runs[0][1]["loss"][0]  # the KL term is part of the loss
 
 
+def test_retention_keeps_marked_features_ordering_the_images_as_before():
+    """Cross-entropy pulls every mixed feature towards the class signal; with retain= the
+    marked feature stays correlated with its starting values, the others move freely."""
+    x, y, result = problem()
+    x[:, 0] = torch.randn(len(y), generator=torch.Generator().manual_seed(3))  # not the class
+    correlations = []
+    for rho in (0.0, 5.0):
+        bottleneck = build_bottleneck(result, cfg(linear_mix=True))
+        start = bottleneck(x).detach()
+        finetune_bottleneck(
+            bottleneck, FixedHead.from_result(result), x, y,
+            cfg(linear_mix=True, extra={"concept_retention": rho}),
+            retain=torch.tensor([True, False, False]),
+        )  # fmt: skip
+        after = bottleneck(x).detach()
+        correlations.append(
+            [float(torch.corrcoef(torch.stack([start[:, j], after[:, j]]))[0, 1]) for j in range(C)]
+        )
+    free, kept = correlations
+    assert free[0] < 0.9  # without retention feature 0 is rebuilt from the class signal
+    assert kept[0] > 0.97 and kept[0] > free[0] + 0.05
+    assert kept[1] < 0.999 or kept[2] < 0.999  # unmarked features still train
+
+
 def test_diversity_loss_prefers_features_that_look_at_different_places():
     weight = torch.ones(1, 2)
     same = torch.zeros(1, 2, 4, 4)

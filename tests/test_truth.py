@@ -176,6 +176,22 @@ def test_concept_basis_detects_planted_concepts_and_folds_exactly() -> None:
     assert int(folded.selected.max()) < 12
 
 
+def test_a_probe_of_a_word_the_images_never_show_is_dropped_as_a_proxy() -> None:
+    """Pseudo-presence that is a real concept plus noise (CLIP's "horn" on dark backgrounds)
+    trains a probe of the real concept; it must not enter the basis as a second copy."""
+    g = torch.Generator().manual_seed(1)
+    presence = torch.rand(800, 4, generator=g) < 0.4
+    mixing = torch.randn(4, 12, generator=g)
+    features = presence.float() @ mixing + 0.1 * torch.randn(800, 12, generator=g)
+    noise = torch.rand(800, generator=g) < 0.25
+    presence[:, 3] = presence[:, 0] | noise  # "proxy": concept 0, plus noise the features lack
+    basis = fit_concept_basis(features, presence, CONCEPTS)
+    assert CONCEPTS[3] not in basis.names
+    assert basis.proxies == {CONCEPTS[3]: CONCEPTS[0]}
+    assert basis.names == CONCEPTS[:3]
+    assert basis.summary()["proxies"] == {CONCEPTS[3]: CONCEPTS[0]}
+
+
 def test_truth_check_on_the_synthetic_world() -> None:
     """check() reads the world's concept labels itself and reports pair and global truth;
     without ground truth it says why it skipped."""

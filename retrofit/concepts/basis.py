@@ -9,6 +9,12 @@ similarity thresholded per concept). Probes that really detect their concept on 
 then selects and assigns among channels and concept features alike, and a class whose
 concepts the backbone encodes is explained by features that mean one thing each.
 
+A probe can pass that bar for a concept the images never show: CLIP's pseudo-presence of such
+a word ("horn", "ceramic") is noise correlated with a real concept ("dark background"), and the
+probe learns the real one. Such a probe is a second copy of another concept's feature under a
+wrong name. So probes are accepted in order of held-out AUC, and a probe that separates an
+already accepted concept's presence at least as well as its own is dropped (`proxies`).
+
 The extension is linear, so a head fitted on the extended features folds back exactly into an
 bottleneck with a linear mix over the D backbone features (`fold_bottleneck`): nothing changes
 downstream — export, explain and check see an ordinary bottleneck.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,6 +57,7 @@ class ConceptBasis:
     bias: torch.Tensor  # (V,)
     names: list[str]
     auc: torch.Tensor  # (V,) held-out AUC of each kept probe
+    proxies: dict[str, str] = field(default_factory=dict)  # dropped probe -> concept it detects
 
     @property
     def size(self) -> int:
@@ -75,6 +82,7 @@ class ConceptBasis:
         return {
             "concepts": list(self.names),
             "held_out_auc": [round(float(a), 4) for a in self.auc],
+            "proxies": dict(self.proxies),
         }
 
 
@@ -121,17 +129,48 @@ def fit_concept_basis(
             loss.backward()
             optimiser.step()
     with torch.no_grad():
-        held_logits = z[held] @ weight.T + bias
-        auc = torch.diagonal(auc_matrix(held_logits.cpu(), presence[held.cpu()].bool()))
-        keep = torch.nonzero(torch.nan_to_num(auc, nan=0.0) >= min_auc).flatten()
+        held_logits = (z[held] @ weight.T + bias).cpu()
+        separation = torch.nan_to_num(
+            auc_matrix(held_logits, presence[held.cpu()].bool()), nan=0.0
+        )  # (V probes, V concepts)
+        auc = torch.diagonal(separation)
+        detectable = torch.nonzero(auc >= min_auc).flatten()
+        keep, proxies = _drop_proxies(separation, detectable, names)
         # back to raw features: u = ((x - mean) / std) @ w.T + b
         raw_weight = (weight / std[None]).detach()[keep]
         raw_bias = (bias - (weight * (mean / std)[None]).sum(dim=1)).detach()[keep]
     kept = [names[int(k)] for k in keep]
     logger.info(
-        "concept basis: %d of %d concepts detectable (AUC >= %.2f)", len(kept), len(names), min_auc
+        "concept basis: %d of %d concepts detectable (AUC >= %.2f), %d of them proxies of another",
+        len(detectable),
+        len(names),
+        min_auc,
+        len(proxies),
     )
-    return ConceptBasis(raw_weight.cpu(), raw_bias.cpu(), kept, auc[keep].cpu())
+    return ConceptBasis(raw_weight.cpu(), raw_bias.cpu(), kept, auc[keep].cpu(), proxies)
+
+
+def _drop_proxies(
+    separation: torch.Tensor,
+    detectable: torch.Tensor,
+    names: Sequence[str],
+) -> tuple[torch.Tensor, dict[str, str]]:
+    """Probes kept, best first, unless one separates an accepted concept's presence at least as
+    well as its own (`separation[v, u]`: held-out AUC of probe v against concept u's presence):
+    then it is a copy of that concept's feature."""
+    auc = torch.diagonal(separation)
+    order = detectable[torch.argsort(auc[detectable], descending=True, stable=True)]
+    accepted: list[int] = []
+    proxies: dict[str, str] = {}
+    for v in order.tolist():
+        if accepted:
+            scores = separation[v, accepted]
+            best = int(scores.argmax())
+            if float(scores[best]) >= float(auc[v]):
+                proxies[names[v]] = names[accepted[best]]
+                continue
+        accepted.append(v)
+    return torch.tensor(sorted(accepted), dtype=torch.long), proxies
 
 
 def fold_bottleneck(

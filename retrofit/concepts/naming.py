@@ -367,6 +367,7 @@ def name_features(
         else:
             presence = presence_from_similarity(signal)
             keep = distinct_concepts(presence, separability(signal, presence))
+        keep = _without_proxies(keep, names, imodel)
         pair_names = name_pairs(
             activations,
             probe_labels,
@@ -389,6 +390,14 @@ def name_features(
         align=alignment(scores) if method == "delta" else None,
         pairs=pair_names,
     )
+
+
+def _without_proxies(keep: torch.Tensor, names: list[str], imodel: Any) -> torch.Tensor:
+    """Concepts a pair may be named by, less those the concept basis found to be another
+    concept's proxy (their pseudo-presence is that concept plus noise: naming by them is wrong)."""
+    basis = (getattr(imodel, "stats", None) or {}).get("concept_basis") or {}
+    proxies = set(basis.get("proxies") or ())
+    return keep[torch.tensor([names[int(k)] not in proxies for k in keep], dtype=torch.bool)]
 
 
 @dataclass
