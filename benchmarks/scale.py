@@ -322,6 +322,161 @@ def run_distributed(rows: int, cache: str, world: int) -> dict[str, Any]:
     return {"world": world, "wall_s": wall, "rank_s": per_rank, "store": str(store)}
 
 
+SPLIT_SIZE = 256  # encoded JPEG side; decoded, then resized to 128 like a crop pipeline
+SPLIT_BATCH = 64
+
+
+def encode_images(rows: int, path: str) -> None:
+    """`rows` smooth random RGB images as JPEG bytes (8 KB each), labels index mod 10."""
+    import io
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(rows):
+        small = (rng.random((8, 8, 3)) * 255).astype(np.uint8)
+        image = Image.fromarray(small).resize((SPLIT_SIZE, SPLIT_SIZE), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        blobs.append(buffer.getvalue())
+    Path(path).write_bytes(pickle.dumps(blobs))
+
+
+class JpegImages(torch.utils.data.Dataset):
+    """Decodes each JPEG (PIL) and resizes it when read: the work a real image loader does."""
+
+    def __init__(self, path: str) -> None:
+        import pickle
+
+        self.blobs = pickle.loads(Path(path).read_bytes())
+        self.decoded = 0
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        self.decoded += 1
+        image = Image.open(io.BytesIO(self.blobs[index])).convert("RGB")
+        array = np.asarray(image.resize((128, 128), Image.BILINEAR), dtype=np.float32) / 255
+        return torch.from_numpy(array).permute(2, 0, 1), index % 10
+
+
+def small_cnn() -> nn.Module:
+    """A cheap backbone, so that decoding dominates as it does in front of a GPU."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 5, stride=4, padding=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
+
+
+def _split_rank(rank: int, world: int, port: int, blobs: str, cache: str, split: bool, queue):
+    import torch.distributed as dist
+
+    from retrofit.features import extract
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(minutes=30),
+        )
+    dataset = JpegImages(blobs)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=SPLIT_BATCH)
+    began = time.perf_counter()
+    # a generator over the same DataLoader cannot be split: every rank reads everything
+    extract(small_cnn(), loader if split else iter(loader), cache_dir=cache, progress=False)
+    queue.put((rank, time.perf_counter() - began, dataset.decoded))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def run_split(blobs: str, cache: str, world: int, split: bool) -> dict[str, Any]:
+    """Extraction of JPEG images by `world` Gloo processes, each reading only its own batches
+    (split) or every batch (the loader as a generator)."""
+    from retrofit.adapters import adapter_for
+
+    adapter_for(small_cnn())  # import the model-family checks once, before forking
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    began = time.perf_counter()
+    procs = [
+        context.Process(target=_split_rank, args=(r, world, port, blobs, cache, split, queue))
+        for r in range(world)
+    ]
+    for proc in procs:
+        proc.start()
+    reports = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    wall = time.perf_counter() - began
+    (store,) = Path(cache).glob("*/store")
+    return {
+        "world": world,
+        "split": split,
+        "wall_s": wall,
+        "rank_s": {r: seconds for r, seconds, _ in reports},
+        "images_decoded_per_rank": {r: count for r, _, count in reports},
+        "store": str(store),
+    }
+
+
+def measure_split_alone(args: argparse.Namespace) -> None:
+    """`--parts split`: measure split loading and add it to results/scale.json, keeping every
+    other key (and the machine they were measured on) as it is."""
+    path = RESULTS / "scale.json"
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    measured_on = payload.pop("machine", None)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retrofit-scale-"))
+    measure_split(args, workdir, payload)
+    payload["split_loading"]["machine"] = machine()
+    write_result("scale", payload, measured_on)
+
+
+def measure_split(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:
+    """JPEG extraction by 1 process, by 2 reading only their batches and by 2 reading all."""
+    blobs = str(workdir / f"jpeg-{args.split_rows}.pkl")
+    encode_images(args.split_rows, blobs)
+    runs = {
+        name: _worker(["split", blobs, str(workdir / f"split-{name}"), str(world), str(split)])
+        for name, world, split in (
+            ("one_process", 1, True),
+            ("two_split", 2, True),
+            ("two_read_all", 2, False),
+        )
+    }
+    stores = [run.pop("store") for run in runs.values()]
+    payload["split_loading"] = {
+        "rows": args.split_rows,
+        "image": f"JPEG {SPLIT_SIZE}x{SPLIT_SIZE} decoded with PIL, resized to 128x128",
+        "batch": SPLIT_BATCH,
+        **runs,
+        "time_ratio_two_split_over_one": runs["two_split"]["wall_s"]
+        / runs["one_process"]["wall_s"],
+        "time_ratio_two_read_all_over_one": runs["two_read_all"]["wall_s"]
+        / runs["one_process"]["wall_s"],
+        "bit_identical": all(_same_store(stores[0], other) for other in stores[1:]),
+    }
+    print(f"split loading: {payload['split_loading']}", flush=True)
+
+
 def _worker(args: list[str]) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its JSON report is the last stdout line."""
     out = subprocess.run(
@@ -358,6 +513,7 @@ def main() -> None:
     parser.add_argument("--dist-rows", type=int, default=20_000)
     parser.add_argument("--half-rows", type=int, default=30_000)
     parser.add_argument("--check-rows", type=int, nargs="*", default=[10_000, 50_000])
+    parser.add_argument("--split-rows", type=int, default=4_000)
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workdir", default=None)
@@ -381,9 +537,14 @@ def main() -> None:
             report = run_convert(int(rest[0]), rest[1], rest[2], float(rest[3]))
         elif kind == "check":
             report = run_check(rest[0], int(rest[1]))
+        elif kind == "split":
+            report = run_split(rest[0], rest[1], int(rest[2]), rest[3] == "True")
         else:
             report = run_distributed(int(rest[0]), rest[1], int(rest[2]))
         print(json.dumps(report))
+        return
+    if args.parts == ["split"]:
+        measure_split_alone(args)
         return
     measured_on = machine(["mip"])
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retrofit-scale-"))
@@ -442,6 +603,9 @@ def main() -> None:
         save()
     if "check" in args.parts:
         measure_check(args, workdir, payload)
+        save()
+    if "split" in args.parts:
+        measure_split(args, workdir, payload)
         save()
     if "qsenn" in args.parts:
         for rows in sorted(args.qsenn_rows):  # last: by far the slowest

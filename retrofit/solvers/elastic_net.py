@@ -419,7 +419,7 @@ class _Problem:
     ) -> tuple[torch.Tensor, float]:
         """Per-column size of the loss gradient (max over classes, or L2 norm) and the loss."""
         cols = w.ne(0).any(dim=0).nonzero().squeeze(1)
-        xs = self.x[:, cols]
+        xs = self.x if cols.numel() == self.d else self.x[:, cols]  # all columns: no copy
         if self.tables:
             z = torch.empty(self.n, self.c, device=self.x.device)
             self.forward(xs, w[:, cols], b, z)
