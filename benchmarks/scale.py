@@ -438,16 +438,17 @@ def run_split(blobs: str, cache: str, world: int, split: bool) -> dict[str, Any]
     }
 
 
-def measure_split_alone(args: argparse.Namespace) -> None:
-    """`--parts split`: measure split loading and add it to results/scale.json, keeping every
-    other key (and the machine they were measured on) as it is."""
+def measure_alone(args: argparse.Namespace) -> None:
+    """`--parts split dense` (either or both): measure them and add their keys to
+    results/scale.json, keeping every other key (and its machine) as it is."""
     path = RESULTS / "scale.json"
-    payload = json.loads(path.read_text()) if path.exists() else {}
-    measured_on = payload.pop("machine", None)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retrofit-scale-"))
-    measure_split(args, workdir, payload)
-    payload["split_loading"]["machine"] = machine()
-    write_result("scale", payload, measured_on)
+    for part, measure in (("split", measure_split), ("dense", measure_dense)):
+        if part in args.parts:
+            payload = json.loads(path.read_text()) if path.exists() else {}
+            measured_on = payload.pop("machine", None)
+            measure(args, workdir, payload)
+            write_result("scale", payload, measured_on)
 
 
 def measure_split(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:
@@ -473,8 +474,89 @@ def measure_split(args: argparse.Namespace, workdir: Path, payload: dict[str, An
         "time_ratio_two_read_all_over_one": runs["two_read_all"]["wall_s"]
         / runs["one_process"]["wall_s"],
         "bit_identical": all(_same_store(stores[0], other) for other in stores[1:]),
+        "machine": machine(),
+        "load_average": os.getloadavg(),
     }
     print(f"split loading: {payload['split_loading']}", flush=True)
+
+
+DENSE_CLASSES = 10  # few classes: the N x D design, not the N x C logits, is what is measured
+
+
+def write_dense_features(rows: int, path: str) -> None:
+    """rows x 2,048 float32 features with class structure, as the cache stores them."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, DENSE_CLASSES, (rows,), generator=g)
+    centres = torch.randn(DENSE_CLASSES, DIM, generator=g) * 0.3
+    features = torch.randn(rows, DIM, generator=g) * torch.linspace(0.5, 3, DIM) + 1
+    features += centres[labels]
+    save_file({"features": features, "labels": labels}, path)
+
+
+def run_dense(path: str, variant: str, l2: float) -> dict[str, Any]:
+    """The dense head on memory-mapped features: streamed (fit_dense now) or on an in-memory
+    standardised copy (how the head fitted before)."""
+    from retrofit.cache import open_pooled
+    from retrofit.config import RetrofitConfig
+    from retrofit.heads.dense import fit_dense
+    from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net
+    from retrofit.solvers.stats import standardise
+
+    tensors = open_pooled(Path(path))
+    features, labels = tensors["features"], tensors["labels"]
+    config = RetrofitConfig(method="dense", progress=False, threads=1, extra={"dense_l2": l2})
+    with MemoryWatch() as watch:
+        began = time.perf_counter()
+        if variant == "streamed":
+            result = fit_dense(features, labels, config)
+            weight, iterations = result.weight, result.stats["iterations"]
+        else:
+            x, y, c = check_inputs(features, labels, None)
+            z, _, _ = standardise(x)
+            point = fit_elastic_net(z, y, l2, alpha=0.0, num_classes=c, max_iter=2000)
+            weight, iterations = point.weight, point.iterations
+        seconds = time.perf_counter() - began
+    return {
+        "variant": variant,
+        "head_s": seconds,
+        "iterations": iterations,
+        "weight": weight.flatten()[:: max(1, weight.numel() // 4096)].tolist(),
+        "features_mb": features.numel() * features.element_size() / 2**20,
+        **watch.report(),
+    }
+
+
+def measure_dense(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:
+    """Peak memory of the dense head at N x 2,048, streamed against the standardised copy."""
+    by_rows: dict[str, Any] = {}
+    for rows in sorted(args.dense_rows):
+        path = workdir / f"dense-{rows}.safetensors"
+        write_dense_features(rows, str(path))
+        runs = {
+            variant: _worker(["dense", str(path), variant, str(args.dense_l2)])
+            for variant in ("in_memory_copy", "streamed")
+        }
+        path.unlink()
+        a, b = (torch.tensor(runs[v].pop("weight")) for v in ("in_memory_copy", "streamed"))
+        by_rows[str(rows)] = {
+            **runs,
+            "stage_anon_ratio_streamed_over_copy": runs["streamed"]["stage_anon_mb"]
+            / runs["in_memory_copy"]["stage_anon_mb"],
+            "time_ratio_streamed_over_copy": runs["streamed"]["head_s"]
+            / runs["in_memory_copy"]["head_s"],
+            "max_weight_difference_sampled": float((a - b).abs().max()),
+        }
+        print(f"dense {rows}: {by_rows[str(rows)]}", flush=True)
+    payload["dense_out_of_core"] = {
+        "features": DIM,
+        "classes": DENSE_CLASSES,
+        "l2": args.dense_l2,
+        "rows": by_rows,
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+    }
 
 
 def _worker(args: list[str]) -> dict[str, Any]:
@@ -514,6 +596,8 @@ def main() -> None:
     parser.add_argument("--half-rows", type=int, default=30_000)
     parser.add_argument("--check-rows", type=int, nargs="*", default=[10_000, 50_000])
     parser.add_argument("--split-rows", type=int, default=4_000)
+    parser.add_argument("--dense-rows", type=int, nargs="+", default=[30_000, 60_000])
+    parser.add_argument("--dense-l2", type=float, default=1e-2)
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workdir", default=None)
@@ -537,14 +621,16 @@ def main() -> None:
             report = run_convert(int(rest[0]), rest[1], rest[2], float(rest[3]))
         elif kind == "check":
             report = run_check(rest[0], int(rest[1]))
+        elif kind == "dense":
+            report = run_dense(rest[0], rest[1], float(rest[2]))
         elif kind == "split":
             report = run_split(rest[0], rest[1], int(rest[2]), rest[3] == "True")
         else:
             report = run_distributed(int(rest[0]), rest[1], int(rest[2]))
         print(json.dumps(report))
         return
-    if args.parts == ["split"]:
-        measure_split_alone(args)
+    if set(args.parts) <= {"split", "dense"}:
+        measure_alone(args)
         return
     measured_on = machine(["mip"])
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retrofit-scale-"))

@@ -148,7 +148,8 @@ def extract(
     the pooled features in half precision; every fitting stage converts chunk by chunk.
     Under torch.distributed (`distributed=None`: whenever a process group of several ranks is
     initialised) every rank passes the same loader and extracts its shard into the shared
-    `cache_dir`; see retrofit.distributed.
+    `cache_dir`; see retrofit.distributed (each rank decodes only its own batches of a
+    DataLoader that retrofit.rank_batches can split).
     `pooled_layers` (FLINT's flint_layers): modules whose outputs, pooled per image, follow the
     penultimate features in this order (retrofit.pooled_layers); they are part of the cache key.
     """

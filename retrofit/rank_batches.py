@@ -33,6 +33,7 @@ from retrofit.errors import DistributedError
 from retrofit.fingerprint import settings_fingerprint
 
 logger = logging.getLogger(__name__)
+_told: set[str] = set()  # reasons already logged by this process
 
 # samplers that draw another order on every pass, or give each rank other indices already
 UNSPLITTABLE_SAMPLERS = (
@@ -67,7 +68,7 @@ class RankBatches:
 
     loader: Any
     shard: Shard
-    index_lists: list[list[int]] | None = None
+    index_lists: list[list[Any]] | None = None
 
     @property
     def split(self) -> bool:
@@ -125,7 +126,7 @@ class RankBatches:
         return [merged[i] for i in range(self.count)]
 
 
-def loader_over(loader: DataLoader, index_lists: list[list[int]]) -> DataLoader:
+def loader_over(loader: DataLoader, index_lists: list[list[Any]]) -> DataLoader:
     """`loader`'s dataset, collate_fn, workers and memory settings over these batches only."""
     settings: dict[str, Any] = {
         "num_workers": loader.num_workers,
@@ -156,7 +157,7 @@ def plan(loader: Any, shard: Shard) -> RankBatches:
     lists = None
     if reason is None:
         try:
-            lists = [[int(i) for i in batch] for batch in loader.batch_sampler]
+            lists = [list(batch) for batch in loader.batch_sampler]
         except Exception as error:  # the full read below meets it again and reports it
             reason = f"listing its batches failed ({type(error).__name__}: {error})"
     digest = None if lists is None else settings_fingerprint({"batches": lists})
@@ -165,13 +166,15 @@ def plan(loader: Any, shard: Shard) -> RankBatches:
     reasons = [(rank, theirs[0]) for rank, theirs in enumerate(everyone) if theirs and theirs[0]]
     if reasons:
         rank, why = reasons[0]
-        logger.info(
-            "Every rank reads the whole loader (rank %d's loader cannot be split: %s); "
-            "pass a DataLoader over a map-style dataset without shuffling so that each rank "
-            "decodes only its own batches.",
-            rank,
-            why,
-        )
+        if why not in _told:  # once per reason, not at every fine-tuning round
+            _told.add(why)
+            logger.info(
+                "Every rank reads the whole loader (rank %d's loader cannot be split: %s); "
+                "pass a DataLoader over a map-style dataset without shuffling so that each "
+                "rank decodes only its own batches.",
+                rank,
+                why,
+            )
         return RankBatches(loader, shard)
     for rank, theirs in enumerate(everyone):
         if theirs is not None and theirs[1] != digest:
