@@ -172,17 +172,17 @@ def extract(
     rank_batches = plan(raw, shard) if shard is not None else None
     if rank_batches is None:
         batches = _prepared(enumerate(iterate(raw)), policy, with_maps)
-    else:
+        first, probe_only = next(batches, None), False
+    else:  # the ranks read different first batches: one that fails must not leave the others
         batches = _prepared(
             zip(rank_batches.indices(), iterate(rank_batches.batches())), policy, with_maps
         )
-    first = next(batches, None)
-    probe_only = False
-    if first is None and rank_batches is not None and rank_batches.count:
-        # this rank owns no batch (fewer batches than ranks): it probes on batch 0's first images
-        probe_only = True
-        images = iterate(rank_batches.probe(PROBE_IMAGES))
-        first = next(_prepared(enumerate(images), policy, with_maps))
+        failure = None
+        try:
+            first, probe_only = _first_of_rank(batches, rank_batches, policy, with_maps)
+        except Exception as error:
+            failure = error
+        collect_failures(rank_batches.shard, failure)
     if first is None:
         raise DataError("The loader yielded no batches. Check that the dataset is not empty.")
     device = resolve_device(model, device)
@@ -268,6 +268,21 @@ def _prepared(
                 f"{tuple(images.shape[2:])}, the first had {size}. Resize the images to one size."
             )
         yield index, images, labels
+
+
+def _first_of_rank(
+    batches: Iterator[tuple[int, torch.Tensor, torch.Tensor]],
+    rank_batches: RankBatches,
+    policy: InputPolicy,
+    with_maps: bool,
+) -> tuple[tuple[int, torch.Tensor, torch.Tensor] | None, bool]:
+    """(this rank's first batch, probe_only): a rank that owns no batch (fewer batches than
+    ranks) gets batch 0's first images to probe the model with, and extracts nothing."""
+    first = next(batches, None)
+    if first is not None or not rank_batches.count:
+        return first, False
+    images = iterate(rank_batches.probe(PROBE_IMAGES))
+    return next(_prepared(enumerate(images), policy, with_maps)), True
 
 
 def _warn_if_shuffled(loader: Any) -> None:

@@ -45,9 +45,15 @@ def _batches(die_before: int | None = None):
 class CountingDataset(Dataset):
     """The colour-coded images, one per item; each process logs the indices it decoded."""
 
-    def __init__(self, log_dir: str, n: int = BATCH * N_BATCHES, die_at: int | None = None):
+    def __init__(
+        self,
+        log_dir: str,
+        n: int = BATCH * N_BATCHES,
+        die_at: int | None = None,
+        fail_at: int | None = None,
+    ):
         self.images, self.labels = colour_coded_images(BATCH * N_BATCHES, 16, 4, bright=3)
-        self.n, self.log_dir, self.die_at = n, Path(log_dir), die_at
+        self.n, self.log_dir, self.die_at, self.fail_at = n, Path(log_dir), die_at, fail_at
 
     def __len__(self) -> int:
         return self.n
@@ -55,6 +61,8 @@ class CountingDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if index == self.die_at:
             os._exit(3)  # a rank killed mid-extraction
+        if index == self.fail_at:
+            raise ValueError(f"image {index} is truncated")
         rank = dist.get_rank() if dist.is_initialized() else 0
         with open(self.log_dir / f"decoded-{rank}.txt", "a") as log:
             log.write(f"{index}\n")
@@ -102,7 +110,8 @@ def _worker(rank: int, world: int, port: int, scenario: str, cache: str, queue) 
             n = BATCH * (N_BATCHES - 1) if scenario == "split_shorter" and rank == 1 else None
             n = BATCH if scenario == "split_one" else n
             die_at = 5 * BATCH if scenario == "split_kill" and rank == 1 else None
-            dataset = CountingDataset(cache, n or BATCH * N_BATCHES, die_at)
+            fail_at = BATCH + 3 if scenario == "split_bad_first" and rank == 1 else None
+            dataset = CountingDataset(cache, n or BATCH * N_BATCHES, die_at, fail_at)
             data = DataLoader(dataset, batch_size=BATCH)
         if scenario == "list":
             data = list(_batches())
@@ -268,6 +277,13 @@ def test_ranks_whose_loaders_list_other_batches_fail_before_decoding(tmp_path):
         assert "read different batches" in reports[rank]["message"]
         assert reports[rank]["decoded"] == []
     assert not list(tmp_path.glob("*/store"))
+
+
+def test_a_rank_whose_first_batch_fails_stops_every_rank(tmp_path):
+    reports = _launch("split_bad_first", tmp_path)  # rank 1's first batch is batch 1
+    assert reports[1]["error"] == "ValueError" and "truncated" in reports[1]["message"]
+    assert reports[0]["error"] == "DistributedError", reports[0]
+    assert "Rank 1 failed" in reports[0]["message"]
 
 
 def test_a_rank_without_a_batch_probes_on_batch_0(tmp_path):
