@@ -104,14 +104,17 @@ class Standardised:
             out[r] = (self._read(r)[:, cols].float() - mean).div_(std)
         return out
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """x @ v, chunk by chunk."""
+    def normal_matvec(
+        self, v: torch.Tensor, shift: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x.T @ u, u) with u = x @ v + shift, chunk by chunk: each chunk is standardised
+        once for both products (the solver's power iteration needs exactly these)."""
         rows = chunk_rows(int(self.shape[1]))
-        return torch.cat([self[r] @ v for r in row_slices(len(self), rows)])
-
-    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
-        """x.T @ u, chunk by chunk."""
         out = torch.zeros(int(self.shape[1]), device=self.device)
-        for r in row_slices(len(self), chunk_rows(int(self.shape[1]))):
-            out += self[r].T @ u[r]
-        return out
+        parts = []
+        for r in row_slices(len(self), rows):
+            chunk = self[r]
+            part = chunk @ v + shift
+            out += chunk.T @ part
+            parts.append(part)
+        return out, torch.cat(parts)

@@ -109,7 +109,9 @@ def test_streamed_standardisation_matches_the_in_memory_one():
     torch.testing.assert_close(lazy[10:20], z[10:20])
     torch.testing.assert_close(lazy[:, torch.tensor([6, 0])], z[:, [6, 0]])
     v = torch.randn(7, generator=g)
-    torch.testing.assert_close(lazy.matvec(v), z @ v, rtol=1e-4, atol=1e-4)
+    xtu, u = lazy.normal_matvec(v, 0.5)
+    torch.testing.assert_close(u, z @ v + 0.5, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xtu, z.T @ (z @ v + 0.5), rtol=1e-4, atol=1e-3)
     rows = torch.tensor([3, 17, 18, 250, 299])  # a split's rows, read as a view
     view = Standardised(x, s_mean, s_std, rows=rows)
     assert view.shape == (5, 7)

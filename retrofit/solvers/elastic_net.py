@@ -436,8 +436,12 @@ class _Problem:
         lazy = isinstance(xs, Standardised)
         for _ in range(30):
             v = v / v.norm().clamp_min(1e-30)
-            u = (xs.matvec(v[:-1]) if lazy else xs @ v[:-1]) + v[-1]
-            v = torch.cat([xs.rmatvec(u) if lazy else xs.T @ u, u.sum().reshape(1)]) / self.n
+            if lazy:  # one pass over the chunks for both products
+                xtu, u = xs.normal_matvec(v[:-1], v[-1])
+            else:
+                u = xs @ v[:-1] + v[-1]
+                xtu = xs.T @ u
+            v = torch.cat([xtu, u.sum().reshape(1)]) / self.n
             est = float(v.norm().item())
         return 0.5 * est
 
