@@ -37,14 +37,13 @@ from retrofit.rank_batches import RankBatches
 class Round:
     """The batches of one optimiser step and where the first one starts in the epoch.
 
-    With a split loader (`split`) a rank holds only its own batch; the others are None.
+    With a split loader a rank holds only its own batch; the others are None.
     """
 
     batches: list[tuple[torch.Tensor, torch.Tensor] | None]
     offset: int
     sizes: list[int]
     checksum: int
-    split: bool = False
 
     @property
     def size(self) -> int:
@@ -88,13 +87,13 @@ def split_rounds(rank_batches: RankBatches) -> Iterator[Round]:
     """The rounds of a split loader: this rank reads only its own batch of each round (in a
     short last round without one, rank 0's)."""
     shard, sizes = rank_batches.shard, rank_batches.sizes
-    own = iter(zip(rank_batches.indices(), iterate(rank_batches.batches())))
+    own = iterate(rank_batches.batches())
     offset = 0
     for start in range(0, rank_batches.count, shard.world):
         round_sizes = sizes[start : start + shard.world]
         batches: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(round_sizes)
         if shard.rank < len(round_sizes):
-            _, batch = next(own, (None, None))
+            batch = next(own, None)
             if batch is None or len(batch[1]) != round_sizes[shard.rank]:
                 raise DataError(
                     f"Batch {start + shard.rank} of the loader does not hold the "
@@ -104,7 +103,7 @@ def split_rounds(rank_batches: RankBatches) -> Iterator[Round]:
             batches[shard.rank] = batch
         else:  # rank 0's batch, run with weight zero: read here, no rank sends it
             batches[0] = next(iterate(rank_batches.loader_of([start])))
-        yield Round(batches, offset, round_sizes, start, split=True)
+        yield Round(batches, offset, round_sizes, checksum=start)
         offset += sum(round_sizes)
 
 

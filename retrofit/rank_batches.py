@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch.distributed as dist
@@ -79,7 +80,7 @@ class RankBatches:
         """Number of batches of the whole loader (split loaders only)."""
         return len(self.index_lists or [])
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
         """Images per batch of the whole loader, in order (split loaders only)."""
         return [len(indices) for indices in self.index_lists or []]
