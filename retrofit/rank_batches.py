@@ -181,9 +181,9 @@ def plan(loader: Any, shard: Shard) -> RankBatches:
         if theirs is not None and theirs[1] != digest:
             raise DistributedError(
                 f"The ranks read different batches: rank {rank}'s loader lists {theirs[2]} "
-                f"batches, rank {shard.rank}'s {len(lists or [])}, or other images in them. Give "
-                "every rank the same loader in the same order (no DistributedSampler, no "
-                "unseeded shuffling; retrofit shards it itself)."
+                f"batches against rank {shard.rank}'s {len(lists or [])}, or other dataset "
+                "indices in them. Give every rank the same loader in the same order (no "
+                "DistributedSampler, no unseeded shuffling; retrofit shards it itself)."
             )
     return RankBatches(loader, shard, lists)
 
