@@ -322,6 +322,243 @@ def run_distributed(rows: int, cache: str, world: int) -> dict[str, Any]:
     return {"world": world, "wall_s": wall, "rank_s": per_rank, "store": str(store)}
 
 
+SPLIT_SIZE = 256  # encoded JPEG side; decoded, then resized to 128 like a crop pipeline
+SPLIT_BATCH = 64
+
+
+def encode_images(rows: int, path: str) -> None:
+    """`rows` smooth random RGB images as JPEG bytes (8 KB each), labels index mod 10."""
+    import io
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(rows):
+        small = (rng.random((8, 8, 3)) * 255).astype(np.uint8)
+        image = Image.fromarray(small).resize((SPLIT_SIZE, SPLIT_SIZE), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        blobs.append(buffer.getvalue())
+    Path(path).write_bytes(pickle.dumps(blobs))
+
+
+class JpegImages(torch.utils.data.Dataset):
+    """Decodes each JPEG (PIL) and resizes it when read: the work a real image loader does."""
+
+    def __init__(self, path: str) -> None:
+        import pickle
+
+        self.blobs = pickle.loads(Path(path).read_bytes())
+        self.decoded = 0
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        self.decoded += 1
+        image = Image.open(io.BytesIO(self.blobs[index])).convert("RGB")
+        array = np.asarray(image.resize((128, 128), Image.BILINEAR), dtype=np.float32) / 255
+        return torch.from_numpy(array).permute(2, 0, 1), index % 10
+
+
+def small_cnn() -> nn.Module:
+    """A cheap backbone, so that decoding dominates as it does in front of a GPU."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 5, stride=4, padding=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
+
+
+def _split_rank(rank: int, world: int, port: int, blobs: str, cache: str, split: bool, queue):
+    import torch.distributed as dist
+
+    from retrofit.features import extract
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(minutes=30),
+        )
+    dataset = JpegImages(blobs)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=SPLIT_BATCH)
+    began = time.perf_counter()
+    # a generator over the same DataLoader cannot be split: every rank reads everything
+    extract(small_cnn(), loader if split else iter(loader), cache_dir=cache, progress=False)
+    queue.put((rank, time.perf_counter() - began, dataset.decoded))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def run_split(blobs: str, cache: str, world: int, split: bool) -> dict[str, Any]:
+    """Extraction of JPEG images by `world` Gloo processes, each reading only its own batches
+    (split) or every batch (the loader as a generator)."""
+    from retrofit.adapters import adapter_for
+
+    adapter_for(small_cnn())  # import the model-family checks once, before forking
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    began = time.perf_counter()
+    procs = [
+        context.Process(target=_split_rank, args=(r, world, port, blobs, cache, split, queue))
+        for r in range(world)
+    ]
+    for proc in procs:
+        proc.start()
+    reports = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    wall = time.perf_counter() - began
+    (store,) = Path(cache).glob("*/store")
+    return {
+        "world": world,
+        "split": split,
+        "wall_s": wall,
+        "rank_s": {r: seconds for r, seconds, _ in reports},
+        "images_decoded_per_rank": {r: count for r, _, count in reports},
+        "store": str(store),
+    }
+
+
+def measure_alone(args: argparse.Namespace) -> None:
+    """`--parts split dense` (either or both): measure them and add their keys to
+    results/scale.json, keeping every other key (and its machine) as it is."""
+    path = RESULTS / "scale.json"
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retrofit-scale-"))
+    for part, measure in (("split", measure_split), ("dense", measure_dense)):
+        if part in args.parts:
+            payload = json.loads(path.read_text()) if path.exists() else {}
+            measured_on = payload.pop("machine", None)
+            measure(args, workdir, payload)
+            write_result("scale", payload, measured_on)
+
+
+def measure_split(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:
+    """JPEG extraction by 1 process, by 2 reading only their batches and by 2 reading all."""
+    blobs = str(workdir / f"jpeg-{args.split_rows}.pkl")
+    encode_images(args.split_rows, blobs)
+    runs = {
+        name: _worker(["split", blobs, str(workdir / f"split-{name}"), str(world), str(split)])
+        for name, world, split in (
+            ("one_process", 1, True),
+            ("two_split", 2, True),
+            ("two_read_all", 2, False),
+        )
+    }
+    stores = [run.pop("store") for run in runs.values()]
+    payload["split_loading"] = {
+        "rows": args.split_rows,
+        "image": f"JPEG {SPLIT_SIZE}x{SPLIT_SIZE} decoded with PIL, resized to 128x128",
+        "batch": SPLIT_BATCH,
+        **runs,
+        "time_ratio_two_split_over_one": runs["two_split"]["wall_s"]
+        / runs["one_process"]["wall_s"],
+        "time_ratio_two_read_all_over_one": runs["two_read_all"]["wall_s"]
+        / runs["one_process"]["wall_s"],
+        "bit_identical": all(_same_store(stores[0], other) for other in stores[1:]),
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+    }
+    print(f"split loading: {payload['split_loading']}", flush=True)
+
+
+DENSE_CLASSES = 10  # few classes: the N x D design, not the N x C logits, is what is measured
+
+
+def write_dense_features(rows: int, path: str) -> None:
+    """rows x 2,048 float32 features with class structure, as the cache stores them."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, DENSE_CLASSES, (rows,), generator=g)
+    centres = torch.randn(DENSE_CLASSES, DIM, generator=g) * 0.3
+    features = torch.randn(rows, DIM, generator=g) * torch.linspace(0.5, 3, DIM) + 1
+    features += centres[labels]
+    save_file({"features": features, "labels": labels}, path)
+
+
+def run_dense(path: str, variant: str, l2: float) -> dict[str, Any]:
+    """The dense head on memory-mapped features: streamed (fit_dense now) or on an in-memory
+    standardised copy (how the head fitted before)."""
+    from retrofit.cache import open_pooled
+    from retrofit.config import RetrofitConfig
+    from retrofit.heads.dense import fit_dense
+    from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net
+    from retrofit.solvers.stats import standardise
+
+    tensors = open_pooled(Path(path))
+    features, labels = tensors["features"], tensors["labels"]
+    config = RetrofitConfig(method="dense", progress=False, threads=1, extra={"dense_l2": l2})
+    with MemoryWatch() as watch:
+        began = time.perf_counter()
+        if variant == "streamed":
+            result = fit_dense(features, labels, config)
+            weight, iterations = result.weight, result.stats["iterations"]
+        else:
+            x, y, c = check_inputs(features, labels, None)
+            z, _, _ = standardise(x)
+            point = fit_elastic_net(z, y, l2, alpha=0.0, num_classes=c, max_iter=2000)
+            weight, iterations = point.weight, point.iterations
+        seconds = time.perf_counter() - began
+    return {
+        "variant": variant,
+        "head_s": seconds,
+        "iterations": iterations,
+        "weight": weight.flatten()[:: max(1, weight.numel() // 4096)].tolist(),
+        "features_mb": features.numel() * features.element_size() / 2**20,
+        **watch.report(),
+    }
+
+
+def measure_dense(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:
+    """Peak memory of the dense head at N x 2,048, streamed against the standardised copy."""
+    by_rows: dict[str, Any] = {}
+    for rows in sorted(args.dense_rows):
+        path = workdir / f"dense-{rows}.safetensors"
+        write_dense_features(rows, str(path))
+        runs = {
+            variant: _worker(["dense", str(path), variant, str(args.dense_l2)])
+            for variant in ("in_memory_copy", "streamed")
+        }
+        path.unlink()
+        a, b = (torch.tensor(runs[v].pop("weight")) for v in ("in_memory_copy", "streamed"))
+        by_rows[str(rows)] = {
+            **runs,
+            "stage_anon_ratio_streamed_over_copy": runs["streamed"]["stage_anon_mb"]
+            / runs["in_memory_copy"]["stage_anon_mb"],
+            "time_ratio_streamed_over_copy": runs["streamed"]["head_s"]
+            / runs["in_memory_copy"]["head_s"],
+            "max_weight_difference_sampled": float((a - b).abs().max()),
+        }
+        print(f"dense {rows}: {by_rows[str(rows)]}", flush=True)
+    payload["dense_out_of_core"] = {
+        "features": DIM,
+        "classes": DENSE_CLASSES,
+        "l2": args.dense_l2,
+        "rows": by_rows,
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+    }
+
+
 def _worker(args: list[str]) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its JSON report is the last stdout line."""
     out = subprocess.run(
@@ -358,6 +595,9 @@ def main() -> None:
     parser.add_argument("--dist-rows", type=int, default=20_000)
     parser.add_argument("--half-rows", type=int, default=30_000)
     parser.add_argument("--check-rows", type=int, nargs="*", default=[10_000, 50_000])
+    parser.add_argument("--split-rows", type=int, default=4_000)
+    parser.add_argument("--dense-rows", type=int, nargs="+", default=[30_000, 60_000])
+    parser.add_argument("--dense-l2", type=float, default=1e-2)
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workdir", default=None)
@@ -381,9 +621,16 @@ def main() -> None:
             report = run_convert(int(rest[0]), rest[1], rest[2], float(rest[3]))
         elif kind == "check":
             report = run_check(rest[0], int(rest[1]))
+        elif kind == "dense":
+            report = run_dense(rest[0], rest[1], float(rest[2]))
+        elif kind == "split":
+            report = run_split(rest[0], rest[1], int(rest[2]), rest[3] == "True")
         else:
             report = run_distributed(int(rest[0]), rest[1], int(rest[2]))
         print(json.dumps(report))
+        return
+    if set(args.parts) <= {"split", "dense"}:
+        measure_alone(args)
         return
     measured_on = machine(["mip"])
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="retrofit-scale-"))
@@ -442,6 +689,9 @@ def main() -> None:
         save()
     if "check" in args.parts:
         measure_check(args, workdir, payload)
+        save()
+    if "split" in args.parts:
+        measure_split(args, workdir, payload)
         save()
     if "qsenn" in args.parts:
         for rows in sorted(args.qsenn_rows):  # last: by far the slowest

@@ -1,17 +1,21 @@
 """Backbone fine-tuning shared by the ranks of a torch.distributed job, as DDP.
 
-Every rank iterates the same loader, as in distributed extraction, and takes the same shard:
-batch i belongs to rank i mod world. The batches are consumed in rounds of `world`
-consecutive ones, one optimiser step per round. Each rank scales its summed loss by
+Batch i belongs to rank i mod world, as in distributed extraction; with a DataLoader that
+retrofit.rank_batches can split, each rank loads and decodes only its own batches, else every
+rank iterates the whole loader and keeps its own. The batches are consumed in rounds of
+`world` consecutive ones, one optimiser step per round. Each rank scales its summed loss by
 world / (images in the round), so DDP's gradient average is exactly the gradient of the
 round's mean loss: a 2-rank run equals one process whose batches are the rounds. In a last,
 short round the ranks without a batch run rank 0's batch with zero weight (DDP needs every
-rank in every all-reduce; rank 0 always has a batch, so its buffers are the ones kept).
+rank in every all-reduce; rank 0 always has a batch, so its buffers are the ones kept); with a
+split loader such a rank reads that batch itself (one batch per epoch, and only then): its
+weight is zero, so its content cannot change the gradient, and no collective is added.
 
 Twice per step the ranks exchange one small tensor — a failure flag and the round's size and
-label checksum: after reading the round (before DDP's forward, which may run collectives of
-its own) and after computing the loss (before the backward's all-reduce). A rank that failed
-or read other data makes every rank raise instead of leaving the others in a collective.
+a checksum (of its labels, or with a split loader of its position) — after reading the round
+(before DDP's forward, which may run collectives of its own) and after computing the loss
+(before the backward's all-reduce). A rank that failed or read other data makes every rank
+raise instead of leaving the others in a collective.
 """
 
 from __future__ import annotations
@@ -24,49 +28,83 @@ import torch.distributed as dist
 from torch import nn
 
 from retrofit.distributed import Shard, collect_failures
-from retrofit.errors import DistributedError
+from retrofit.errors import DataError, DistributedError
+from retrofit.loaders import iterate
+from retrofit.rank_batches import RankBatches
 
 
 @dataclass
 class Round:
-    """The batches of one optimiser step and where the first one starts in the epoch."""
+    """The batches of one optimiser step and where the first one starts in the epoch.
 
-    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    With a split loader a rank holds only its own batch; the others are None.
+    """
+
+    batches: list[tuple[torch.Tensor, torch.Tensor] | None]
     offset: int
+    sizes: list[int]
+    checksum: int
 
     @property
     def size(self) -> int:
-        return sum(len(labels) for _, labels in self.batches)
+        return sum(self.sizes)
 
     def signature(self) -> list[int]:
-        """What every rank must agree on: the round's image count and a label checksum."""
-        labels = torch.cat([labels for _, labels in self.batches]).long()
-        positions = torch.arange(1, len(labels) + 1)
-        return [len(self.batches), self.size, int((labels * positions).sum())]
+        """What every rank must agree on: the round's batch and image counts and a checksum."""
+        return [len(self.sizes), self.size, self.checksum]
 
     def part(self, shard: Shard | None) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
         """(images, labels, offset in the epoch, own) of this rank; own=False: weight zero."""
         rank = 0 if shard is None else shard.rank
-        if rank >= len(self.batches):
-            images, labels = self.batches[0]
+        if rank >= len(self.sizes):
+            images, labels = self.batches[0]  # type: ignore[misc]
             return images, labels, self.offset, False
-        before = sum(len(labels) for _, labels in self.batches[:rank])
-        images, labels = self.batches[rank]
-        return images, labels, self.offset + before, True
+        images, labels = self.batches[rank]  # type: ignore[misc]
+        return images, labels, self.offset + sum(self.sizes[:rank]), True
 
 
 def rounds(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], world: int) -> Iterator[Round]:
-    """Consecutive groups of `world` batches (the last may be shorter)."""
-    group: list[tuple[torch.Tensor, torch.Tensor]] = []
+    """Consecutive groups of `world` batches (the last may be shorter), every rank reading all."""
+    group: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     offset = 0
     for batch in batches:
         group.append(batch)
         if len(group) == world:
-            yield Round(group, offset)
-            offset += sum(len(labels) for _, labels in group)
+            yield _full_round(group, offset)
+            offset += sum(len(labels) for _, labels in group)  # type: ignore[misc]
             group = []
     if group:
-        yield Round(group, offset)
+        yield _full_round(group, offset)
+
+
+def _full_round(group: list, offset: int) -> Round:
+    labels = torch.cat([labels for _, labels in group]).long()
+    checksum = int((labels * torch.arange(1, len(labels) + 1)).sum())
+    return Round(group, offset, [len(labels) for _, labels in group], checksum)
+
+
+def split_rounds(rank_batches: RankBatches) -> Iterator[Round]:
+    """The rounds of a split loader: this rank reads only its own batch of each round (in a
+    short last round without one, rank 0's)."""
+    shard, sizes = rank_batches.shard, rank_batches.sizes
+    own = iterate(rank_batches.batches())
+    offset = 0
+    for start in range(0, rank_batches.count, shard.world):
+        round_sizes = sizes[start : start + shard.world]
+        batches: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(round_sizes)
+        if shard.rank < len(round_sizes):
+            batch = next(own, None)
+            if batch is None or len(batch[1]) != round_sizes[shard.rank]:
+                raise DataError(
+                    f"Batch {start + shard.rank} of the loader does not hold the "
+                    f"{round_sizes[shard.rank]} images its sampler listed; its dataset or "
+                    "collate_fn changes the batches between passes."
+                )
+            batches[shard.rank] = batch
+        else:  # rank 0's batch, run with weight zero: read here, no rank sends it
+            batches[0] = next(iterate(rank_batches.loader_of([start])))
+        yield Round(batches, offset, round_sizes, checksum=start)
+        offset += sum(round_sizes)
 
 
 def wrap(module: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:

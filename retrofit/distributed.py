@@ -1,8 +1,11 @@
 """Extraction shared by the processes of a torch.distributed job (torchrun, Accelerate).
 
-Every rank iterates the same loader and fingerprints every batch, but runs the backbone only
-on its shard (batch i belongs to rank i mod world_size) and writes those chunks into the one
-shared cache; rank 0 then merges the chunks into the store that every rank reads. Because a
+Every rank passes the same loader; batch i belongs to rank i mod world_size. Each rank runs
+the backbone only on its shard and writes those chunks into the one shared cache; rank 0 then
+merges the chunks into the store that every rank reads. A DataLoader that
+retrofit.rank_batches can split is read only in part by each rank (its own batches, which it
+fingerprints; the ranks then exchange the fingerprints); any other loader is iterated in full
+by every rank, which fingerprints every batch. Because a
 batch's rows depend only on its pixels, the store is bit-identical to a single-process run
 on the same hardware, and a killed run resumes from every chunk any rank finished.
 """

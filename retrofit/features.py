@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retrofit.cache import Batch, FeatureCache
-from retrofit.distributed import Shard, agree, collect_failures, current_shard
+from retrofit.distributed import agree, collect_failures, current_shard
 from retrofit.errors import CacheError, ConfigError, DataError, FeatureError, ModelError
 from retrofit.featureset import FeatureSet
 from retrofit.fingerprint import batch_fingerprint, model_fingerprint, settings_fingerprint
@@ -23,6 +23,7 @@ from retrofit.hooks import FeatureCapture, LayerSpec, detect_layers
 from retrofit.inputs import InputPolicy
 from retrofit.loaders import as_batches, dataset_length, iterate
 from retrofit.outputs import logits_of
+from retrofit.rank_batches import RankBatches, from_rank0, plan
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ def extract(
     the pooled features in half precision; every fitting stage converts chunk by chunk.
     Under torch.distributed (`distributed=None`: whenever a process group of several ranks is
     initialised) every rank passes the same loader and extracts its shard into the shared
-    `cache_dir`; see retrofit.distributed.
+    `cache_dir`; see retrofit.distributed (each rank decodes only its own batches of a
+    DataLoader that retrofit.rank_batches can split).
     `pooled_layers` (FLINT's flint_layers): modules whose outputs, pooled per image, follow the
     penultimate features in this order (retrofit.pooled_layers); they are part of the cache key.
     """
@@ -166,12 +168,21 @@ def extract(
     policy = InputPolicy.of(model)
     if cache_dir is not None:
         _warn_if_shuffled(loader)
-    batches = _prepared(
-        iterate(as_batches(loader, batch_size=batch_size, workers=workers, transform=transform)),
-        policy,
-        with_maps,
-    )
-    first = next(batches, None)
+    raw = as_batches(loader, batch_size=batch_size, workers=workers, transform=transform)
+    rank_batches = plan(raw, shard) if shard is not None else None
+    if rank_batches is None:
+        batches = _prepared(enumerate(iterate(raw)), policy, with_maps)
+        first, probe_only = next(batches, None), False
+    else:  # the ranks read different first batches: one that fails must not leave the others
+        batches = _prepared(
+            zip(rank_batches.indices(), iterate(rank_batches.batches())), policy, with_maps
+        )
+        failure = None
+        try:
+            first, probe_only = _first_of_rank(batches, rank_batches, policy, with_maps)
+        except Exception as error:
+            failure = error
+        collect_failures(rank_batches.shard, failure)
     if first is None:
         raise DataError("The loader yielded no batches. Check that the dataset is not empty.")
     device = resolve_device(model, device)
@@ -181,7 +192,7 @@ def extract(
         model.to(memory_format=torch.channels_last)
     try:
         family = adapter_for(model)
-        probe = first[0][:PROBE_IMAGES].to(device)
+        probe = first[1][:PROBE_IMAGES].to(device)
         spec, probe_logits = detect_layers(
             model, probe, feature_layer, family.preferred_heads(model), pooled_layers
         )
@@ -200,21 +211,27 @@ def extract(
                 "maps": with_maps,
                 "autocast": str(autocast),
                 "channels_last": channels_last,
-                "first_batch": batch_fingerprint(*first),
+                "first_batch": batch_fingerprint(*first[1:]),
             }
             if feature_dtype != "float32":  # float32 caches keep the keys they always had
                 settings["feature_dtype"] = feature_dtype
+            if rank_batches is not None and rank_batches.split:  # the key is batch 0's
+                settings["first_batch"] = from_rank0(shard, settings["first_batch"])
             if shard is not None:
                 agree(shard, {**settings, "cache_dir": os.path.abspath(cache_dir)})
             cache = FeatureCache(cache_dir, settings_fingerprint(settings))
+        if rank_batches is not None and rank_batches.split:
+            total = sum(rank_batches.sizes[i] for i in rank_batches.own)
+        else:
+            total = dataset_length(loader)
         result = _run(
             extractor,
-            itertools.chain([first], batches),
+            batches if probe_only else itertools.chain([first], batches),
             width,
             cache,
-            dataset_length(loader),
+            total,
             progress,
-            shard,
+            rank_batches,
         )
     finally:
         model.train(was_training)
@@ -229,17 +246,20 @@ def extract(
         meta={
             "layer_spec": spec.to_dict(),
             "family": family.name,
-            "input_size": list(first[0].shape[2:]),
+            "input_size": list(first[1].shape[2:]),
         },
     )
 
 
 def _prepared(
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], policy: InputPolicy, with_maps: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches adapted to the model (retrofit.inputs); with maps, all of one spatial size."""
+    batches: Iterable[tuple[int, tuple[torch.Tensor, torch.Tensor]]],
+    policy: InputPolicy,
+    with_maps: bool,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(global index, images, labels) adapted to the model (retrofit.inputs); with maps, all
+    of one spatial size."""
     size = None
-    for index, (images, labels) in enumerate(batches):
+    for index, (images, labels) in batches:
         images = policy(images)
         size = size or tuple(images.shape[2:])
         if with_maps and tuple(images.shape[2:]) != size:
@@ -247,7 +267,22 @@ def _prepared(
                 f"With maps on, every batch must have one image size: batch {index} has "
                 f"{tuple(images.shape[2:])}, the first had {size}. Resize the images to one size."
             )
-        yield images, labels
+        yield index, images, labels
+
+
+def _first_of_rank(
+    batches: Iterator[tuple[int, torch.Tensor, torch.Tensor]],
+    rank_batches: RankBatches,
+    policy: InputPolicy,
+    with_maps: bool,
+) -> tuple[tuple[int, torch.Tensor, torch.Tensor] | None, bool]:
+    """(this rank's first batch, probe_only): a rank that owns no batch (fewer batches than
+    ranks) gets batch 0's first images to probe the model with, and extracts nothing."""
+    first = next(batches, None)
+    if first is not None or not rank_batches.count:
+        return first, False
+    images = iterate(rank_batches.probe(PROBE_IMAGES))
+    return next(_prepared(enumerate(images), policy, with_maps)), True
 
 
 def _warn_if_shuffled(loader: Any) -> None:
@@ -268,21 +303,21 @@ def _warn_if_shuffled(loader: Any) -> None:
 
 def _run(
     extractor: Extractor,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
     width: int,
     cache: FeatureCache | None,
     total: int | None,
     progress: bool,
-    shard: Shard | None = None,
+    rank_batches: RankBatches | None = None,
 ) -> Batch:
     """Extract every batch, reusing cached rows whose data fingerprint matches."""
-    if shard is not None:
-        return _run_sharded(extractor, batches, width, cache, total, progress, shard)
+    if rank_batches is not None:
+        return _run_sharded(extractor, batches, width, cache, total, progress, rank_batches)
     store = cache.store() if cache is not None else None
     sources: list[Batch | None] = []
     hashes: list[str] = []
     with tqdm(total=total, unit="img", desc="extract", disable=not progress) as bar:
-        for index, (images, labels) in enumerate(batches):
+        for index, images, labels in batches:
             _check_labels(labels, width)
             if cache is None:
                 sources.append(_compute(extractor, images, labels, width))
@@ -311,28 +346,33 @@ def _run(
 
 def _run_sharded(
     extractor: Extractor,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
     width: int,
     cache: FeatureCache,
     total: int | None,
     progress: bool,
-    shard: Shard,
+    rank_batches: RankBatches,
 ) -> Batch:
-    """This rank's shard into the shared cache; rank 0 merges; every rank reads the store."""
+    """This rank's shard into the shared cache; rank 0 merges; every rank reads the store.
+
+    With a split loader this rank reads only its batches and fingerprints them; the ranks
+    then exchange the fingerprints, so every rank holds the full list in global order.
+    """
+    shard = rank_batches.shard
     store = cache.store()
-    sources: list[Batch | None] = []
-    hashes: list[str] = []
+    sources: dict[int, Batch | None] = {}
+    own_hashes: dict[int, str] = {}
     failure: BaseException | None = None
     try:
         with tqdm(
             total=total, unit="img", desc=f"extract rank {shard.rank}", disable=not progress
         ) as bar:
-            for index, (images, labels) in enumerate(batches):
+            for index, images, labels in batches:
                 _check_labels(labels, width)
                 fingerprint = batch_fingerprint(images, labels)
-                hashes.append(fingerprint)
+                own_hashes[index] = fingerprint
                 batch = store.batch(index, fingerprint) if store is not None else None
-                sources.append(batch)
+                sources[index] = batch
                 if shard.owns(index) and batch is None and not cache.has_chunk(index, fingerprint):
                     cache.write_chunk(
                         index, fingerprint, _compute(extractor, images, labels, width)
@@ -341,17 +381,21 @@ def _run_sharded(
     except Exception as error:  # every rank must reach the collective below
         failure = error
     collect_failures(shard, failure)
-    agree(shard, {"batches": settings_fingerprint({"hashes": hashes})})
-    reuse = (
-        store is not None
-        and all(s is not None for s in sources)
-        and hashes == store.meta["batch_hashes"]
-    )
+    if rank_batches.split:
+        hashes = rank_batches.gather_hashes(own_hashes)
+    else:
+        hashes = [own_hashes[i] for i in range(len(own_hashes))]
+        agree(shard, {"batches": settings_fingerprint({"hashes": hashes})})
+    reuse = store is not None and hashes == store.meta["batch_hashes"]
     if not reuse:
         failure = None
         if shard.rank == 0:
             try:
-                cache.finalize(sources, hashes, extra={"layer": extractor.spec.to_dict()})
+                cache.finalize(
+                    [sources.get(i) for i in range(len(hashes))],
+                    hashes,
+                    extra={"layer": extractor.spec.to_dict()},
+                )
             except Exception as error:
                 failure = error
         collect_failures(shard, failure)

@@ -1,8 +1,8 @@
 """finetune="backbone": train the backbone and bottleneck from images with the head fixed.
 
 Inside an initialised torch.distributed group of several ranks (unless distributed=False)
-the model trains as DistributedDataParallel, each rank on its shard of the batches; see
-retrofit.data_parallel.
+the model trains as DistributedDataParallel, each rank on its shard of the batches (reading
+only those when retrofit.rank_batches can split the loader); see retrofit.data_parallel.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from retrofit.distributed import Shard, agree, current_shard
 from retrofit.errors import FeatureError
 from retrofit.loaders import iterate
 from retrofit.model import InterpretableModel
+from retrofit.rank_batches import RankBatches, plan
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def finetune_backbone(
                 "trainable parameters": [tuple(p.shape) for p in params],
             },
         )
+    rank_batches = plan(batches, shard) if shard is not None else None
     trainer = imodel if shard is None else data_parallel.wrap(imodel, device)
     optimiser = torch.optim.SGD(params, lr=config.backbone_lr, momentum=0.95, weight_decay=5e-4)
     history: dict[str, list[float]] = {"loss": []}
@@ -59,7 +61,13 @@ def finetune_backbone(
         for _ in tqdm(range(config.backbone_epochs), desc="backbone fine-tuning", disable=not show):
             history["loss"].append(
                 _epoch(
-                    trainer, optimiser, batches, device, shard, sample_weights, config.backbone_lr
+                    trainer,
+                    optimiser,
+                    batches,
+                    device,
+                    rank_batches,
+                    sample_weights,
+                    config.backbone_lr,
                 )
             )
             logger.info("backbone epoch loss %.4f", history["loss"][-1])
@@ -76,7 +84,7 @@ def _epoch(
     optimiser: torch.optim.Optimizer,
     batches: Iterable,
     device: torch.device,
-    shard: Shard | None,
+    rank_batches: RankBatches | None,
     sample_weights: torch.Tensor | None,
     lr: float,
 ) -> float:
@@ -86,9 +94,13 @@ def _epoch(
     (so that all of them enter DDP's forward, which may hold collectives of its own) and once
     after computing the loss; a failure in either phase on any rank raises on every rank.
     """
+    shard = None if rank_batches is None else rank_batches.shard
     world = 1 if shard is None else shard.world
     total, count = 0.0, 0
-    steps = data_parallel.rounds(iterate(batches), world)
+    if rank_batches is not None and rank_batches.split:
+        steps = data_parallel.split_rounds(rank_batches)
+    else:
+        steps = data_parallel.rounds(iterate(batches), world)
     while True:
         step, inputs, signature = None, None, []
         try:

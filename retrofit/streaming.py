@@ -45,8 +45,8 @@ def column_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise FeatureError("features contain NaN or infinite values; check the feature extraction.")
     squares = torch.zeros(dim, dtype=torch.float64)
     for r in row_slices(n, rows):
-        centred = features[r].to(torch.float64) - mean
-        squares += (centred * centred).sum(dim=0)
+        centred = features[r].to(torch.float64, copy=True)  # the chunk's one float64 copy
+        squares += centred.sub_(mean).square_().sum(dim=0)
     std = (squares / n).sqrt().clamp_min(MIN_STD)
     return mean.float(), std.float()
 
@@ -93,7 +93,7 @@ class Standardised:
 
     def __getitem__(self, index: slice | tuple) -> torch.Tensor:
         if isinstance(index, slice):
-            return (self._read(index).float() - self.mean) / self.std
+            return (self._read(index).float() - self.mean).div_(self.std)
         rows, cols = index
         if rows != slice(None):
             raise TypeError("Standardised supports x[slice] and x[:, columns] only.")
@@ -101,17 +101,20 @@ class Standardised:
         out = torch.empty(len(self), cols.numel(), device=self.device)
         mean, std = self.mean[cols], self.std[cols]
         for r in row_slices(len(self), chunk_rows(int(self.shape[1]))):
-            out[r] = (self._read(r)[:, cols].float() - mean) / std
+            out[r] = (self._read(r)[:, cols].float() - mean).div_(std)
         return out
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """x @ v, chunk by chunk."""
+    def normal_matvec(
+        self, v: torch.Tensor, shift: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x.T @ u, u) with u = x @ v + shift, chunk by chunk: each chunk is standardised
+        once for both products (the solver's power iteration needs exactly these)."""
         rows = chunk_rows(int(self.shape[1]))
-        return torch.cat([self[r] @ v for r in row_slices(len(self), rows)])
-
-    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
-        """x.T @ u, chunk by chunk."""
         out = torch.zeros(int(self.shape[1]), device=self.device)
-        for r in row_slices(len(self), chunk_rows(int(self.shape[1]))):
-            out += self[r].T @ u[r]
-        return out
+        parts = []
+        for r in row_slices(len(self), rows):
+            chunk = self[r]
+            part = chunk @ v + shift
+            out += chunk.T @ part
+            parts.append(part)
+        return out, torch.cat(parts)

@@ -8,10 +8,12 @@ import multiprocessing
 import pytest
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 import retrofit
 from retrofit.finetune import finetune_backbone
 from tests.gloo import free_port, join_gloo
+from tests.test_distributed import CountingDataset, batches_of, decoded
 from tests.tiny import SmallCNN, colour_coded_images
 
 BATCH = 8
@@ -60,16 +62,23 @@ def imodel():
     )
 
 
+def _loader(n_batches: int, log_dir: str) -> DataLoader:
+    """The same batches as `_batches`, from a dataset that logs which items each rank decoded."""
+    return DataLoader(CountingDataset(log_dir, BATCH * n_batches), batch_size=BATCH)
+
+
 def _worker(rank, world, port, scenario, imodel, cache, queue) -> None:
     torch.set_num_threads(1)
     report: dict = {"rank": rank}
+    split = scenario.endswith("_loader")  # a DataLoader each rank reads only its part of
+    scenario = scenario.removesuffix("_loader")
     try:
         join_gloo(rank, world, port)
         if scenario == "convert":
             torch.manual_seed(0)  # the same model on every rank (extraction checks it)
             result = retrofit.convert(
                 SmallCNN(n_classes=C),
-                _batches(8),
+                _loader(8, cache) if split else _batches(8),
                 cache_dir=cache,
                 method="dense",
                 n_features=4,
@@ -101,7 +110,8 @@ def _worker(rank, world, port, scenario, imodel, cache, queue) -> None:
             if scenario == "shorter" and rank == 1:  # e.g. a loader split by a sampler
                 n_batches = 6
             weights = _weights(n_batches) if scenario == "uneven" else None
-            history = finetune_backbone(imodel, _batches(n_batches), torch.device("cpu"), weights)
+            data = _loader(n_batches, cache) if split else _batches(n_batches)
+            history = finetune_backbone(imodel, data, torch.device("cpu"), weights)
             report.update(weights=_portable(_trained(imodel)), loss=history["loss"])
     except Exception as error:
         report.update(error=type(error).__name__, message=str(error))
@@ -128,6 +138,8 @@ def _launch(scenario: str, imodel=None, cache: str | None = None) -> dict[int, d
         reports[report["rank"]] = report
     for proc in procs:
         proc.join(timeout=30)
+    for rank, report in reports.items():
+        report["decoded"] = decoded(cache, rank) if cache else []
     return reports
 
 
@@ -146,8 +158,10 @@ def _assert_close(ours: dict, theirs: dict, exact: bool = False) -> None:
             torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_two_ranks_equal_one_process_with_the_rounds_as_batches(imodel):
-    reports = _launch("even", imodel)  # rank 1 starts from another head: DDP takes rank 0's
+@pytest.mark.parametrize("loader", ["", "_loader"])
+def test_two_ranks_equal_one_process_with_the_rounds_as_batches(imodel, tmp_path, loader):
+    # rank 1 starts from another head: DDP takes rank 0's
+    reports = _launch("even" + loader, imodel, str(tmp_path))
     assert "error" not in reports[0] and "error" not in reports[1], reports
     _assert_close(reports[1]["weights"], reports[0]["weights"], exact=True)
     # rounds of 2 batches of 8 == batches of 16 in one process, SGD momentum included
@@ -158,16 +172,25 @@ def test_two_ranks_equal_one_process_with_the_rounds_as_batches(imodel):
     before = imodel.state_dict()
     moved = max(float((reference[k] - before[k]).abs().max()) for k in before)
     assert moved > 1e-3  # the comparison is about weights that actually trained
+    if loader:  # each rank decoded its own batches, once per epoch, and nothing else
+        for rank in (0, 1):
+            assert reports[rank]["decoded"] == batches_of(rank) * 2
 
 
-def test_a_short_last_round_and_sample_weights_stay_exact(imodel):
-    reports = _launch("uneven", imodel)  # 7 batches: rank 1 has none in the last round
+@pytest.mark.parametrize("loader", ["", "_loader"])
+def test_a_short_last_round_and_sample_weights_stay_exact(imodel, tmp_path, loader):
+    # 7 batches: rank 1 has none in the last round
+    reports = _launch("uneven" + loader, imodel, str(tmp_path))
     assert "error" not in reports[0] and "error" not in reports[1], reports
     _assert_close(reports[1]["weights"], reports[0]["weights"], exact=True)
     rounds = _batches(7, size=2 * BATCH)  # the last "round" is batch 6 alone
     reference, loss = _single_process(imodel, rounds, _weights(7))
     _assert_close(reports[0]["weights"], reference)
     assert reports[1]["loss"] == pytest.approx(loss, rel=1e-5)
+    if loader:  # rank 1 also reads rank 0's batch 6, which it runs with weight zero
+        batch_6 = list(range(6 * BATCH, 7 * BATCH))
+        assert reports[0]["decoded"] == batches_of(0, n_batches=7) * 2
+        assert reports[1]["decoded"] == (batches_of(1, n_batches=7) + batch_6) * 2
 
 
 def test_a_rank_that_fails_makes_every_rank_raise(imodel):
@@ -184,12 +207,17 @@ def test_ranks_that_read_other_batches_fail_on_every_rank(imodel):
         assert "read different batches" in reports[rank]["message"]
 
 
-def test_convert_finetunes_the_backbone_as_ddp_with_identical_weights(tmp_path, imodel):
+@pytest.mark.parametrize("loader", ["", "_loader"])
+def test_convert_finetunes_the_backbone_as_ddp_with_identical_weights(tmp_path, imodel, loader):
     del imodel  # converted first: transformers is imported before forking
-    reports = _launch("convert", cache=str(tmp_path))
+    reports = _launch("convert" + loader, cache=str(tmp_path))
     assert "error" not in reports[0] and "error" not in reports[1], reports
     _assert_close(reports[1]["weights"], reports[0]["weights"], exact=True)
     assert reports[0]["accuracy"] == reports[1]["accuracy"]
+    if loader:  # extraction, fine-tuning and re-extraction: only each rank's own batches
+        for rank in (0, 1):
+            assert set(reports[rank]["decoded"]) == set(batches_of(rank)), rank
+            assert len(reports[rank]["decoded"]) % len(batches_of(rank)) == 0
 
 
 def test_distributed_false_trains_alone(imodel):

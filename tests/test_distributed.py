@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import resource
@@ -13,11 +14,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 import retrofit
 from retrofit.adapters import adapter_for
 from retrofit.errors import ConfigError
-from retrofit.features import extract
+from retrofit.features import PROBE_IMAGES, extract
+from retrofit.rank_batches import loader_over, unsplittable_reason
 from tests.gloo import free_port, join_gloo
 from tests.test_convert import SmallCNN
 from tests.tiny import colour_coded_images
@@ -37,6 +40,48 @@ def _batches(die_before: int | None = None):
         if i == die_before:
             os._exit(3)  # a rank killed mid-extraction: no cleanup, no goodbye
         yield images[i * BATCH : (i + 1) * BATCH], labels[i * BATCH : (i + 1) * BATCH]
+
+
+class CountingDataset(Dataset):
+    """The colour-coded images, one per item; each process logs the indices it decoded."""
+
+    def __init__(
+        self,
+        log_dir: str,
+        n: int = BATCH * N_BATCHES,
+        die_at: int | None = None,
+        fail_at: int | None = None,
+    ):
+        self.images, self.labels = colour_coded_images(BATCH * N_BATCHES, 16, 4, bright=3)
+        self.n, self.log_dir, self.die_at, self.fail_at = n, Path(log_dir), die_at, fail_at
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == self.die_at:
+            os._exit(3)  # a rank killed mid-extraction
+        if index == self.fail_at:
+            raise ValueError(f"image {index} is truncated")
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        with open(self.log_dir / f"decoded-{rank}.txt", "a") as log:
+            log.write(f"{index}\n")
+        return self.images[index], int(self.labels[index])
+
+
+def decoded(log_dir: Path, rank: int) -> list[int]:
+    """The dataset indices rank `rank` decoded, in order (cleared once read)."""
+    path = Path(log_dir) / f"decoded-{rank}.txt"
+    if not path.exists():
+        return []
+    indices = [int(line) for line in path.read_text().split()]
+    path.unlink()
+    return indices
+
+
+def batches_of(rank: int, world: int = 2, n_batches: int = N_BATCHES) -> list[int]:
+    """Dataset indices of the batches i ≡ rank (mod world) of a sequential loader."""
+    return [j for b in range(rank, n_batches, world) for j in range(b * BATCH, (b + 1) * BATCH)]
 
 
 def _count_batches(model: nn.Module) -> list[int]:
@@ -61,6 +106,21 @@ def _worker(rank: int, world: int, port: int, scenario: str, cache: str, queue) 
         data = _batches()
         if scenario == "kill" and rank == 1:
             data = _batches(die_before=4)  # rank 1 finished batches 1 and 3
+        if scenario.startswith("split"):  # a DataLoader each rank reads only its part of
+            n = BATCH * (N_BATCHES - 1) if scenario == "split_shorter" and rank == 1 else None
+            n = BATCH if scenario == "split_one" else n
+            die_at = 5 * BATCH if scenario == "split_kill" and rank == 1 else None
+            fail_at = BATCH + 3 if scenario == "split_bad_first" and rank == 1 else None
+            dataset = CountingDataset(cache, n or BATCH * N_BATCHES, die_at, fail_at)
+            data = DataLoader(dataset, batch_size=BATCH)
+        if scenario == "list":
+            data = list(_batches())
+            messages: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: messages.append(record.getMessage())
+            logging.getLogger("retrofit.rank_batches").addHandler(handler)
+            logging.getLogger("retrofit.rank_batches").setLevel(logging.INFO)
+            report["log"] = messages
         if scenario == "world_size":
             kwargs["world_size"] = 3
         if scenario == "disk_full" and rank == 1:
@@ -109,6 +169,7 @@ def _launch(scenario: str, cache: Path, world: int = 2) -> dict[int, dict]:
     while not queue.empty():
         report = queue.get()
         reports[report["rank"]] = report
+        report["decoded"] = decoded(cache, report["rank"])
     return reports
 
 
@@ -182,3 +243,79 @@ def test_distributed_needs_a_process_group_and_a_cache():
     with pytest.raises(ConfigError, match="torchrun"):
         extract(_model(), _batches(), distributed=True, progress=False)
     assert retrofit.RetrofitConfig().cache_dtype == "float32"
+
+
+def test_each_rank_decodes_only_its_batches_of_a_dataloader(tmp_path, reference):
+    reports = _launch("split", tmp_path)
+    assert all(reports[r]["ok"] for r in (0, 1)), reports
+    assert [reports[r]["computed"] for r in (0, 1)] == [N_BATCHES // 2] * 2
+    for rank in (0, 1):  # every image once, by the rank that owns its batch
+        assert reports[rank]["decoded"] == batches_of(rank), rank
+        assert reports[rank]["n"] == BATCH * N_BATCHES
+    _assert_same_store(tmp_path, reference)
+    again = _launch("split", tmp_path)  # reused: the exchanged fingerprints match the store
+    assert [again[r]["computed"] for r in (0, 1)] == [0, 0]
+    assert [again[r]["decoded"] for r in (0, 1)] == [batches_of(0), batches_of(1)]
+
+
+def test_a_killed_rank_resumes_with_split_loading(tmp_path, reference):
+    killed = _launch("split_kill", tmp_path)  # rank 1 dies decoding batch 5
+    assert 1 not in killed and not killed[0]["ok"], killed
+    assert decoded(tmp_path, 1) == batches_of(1)[: 2 * BATCH]  # batches 1 and 3, then died
+    assert not list(tmp_path.glob("*/store"))
+    resumed = _launch("split", tmp_path)
+    assert all(resumed[r]["ok"] for r in (0, 1)), resumed
+    assert [resumed[r]["computed"] for r in (0, 1)] == [0, 2]  # batches 5 and 7 were left
+    assert resumed[1]["decoded"] == batches_of(1)
+    _assert_same_store(tmp_path, reference)
+
+
+def test_ranks_whose_loaders_list_other_batches_fail_before_decoding(tmp_path):
+    reports = _launch("split_shorter", tmp_path)  # rank 1's dataset lacks the last batch
+    for rank in (0, 1):
+        assert reports[rank]["error"] == "DistributedError", reports
+        assert "read different batches" in reports[rank]["message"]
+        assert reports[rank]["decoded"] == []
+    assert not list(tmp_path.glob("*/store"))
+
+
+def test_a_rank_whose_first_batch_fails_stops_every_rank(tmp_path):
+    reports = _launch("split_bad_first", tmp_path)  # rank 1's first batch is batch 1
+    assert reports[1]["error"] == "ValueError" and "truncated" in reports[1]["message"]
+    assert reports[0]["error"] == "DistributedError", reports[0]
+    assert "Rank 1 failed" in reports[0]["message"]
+
+
+def test_a_rank_without_a_batch_probes_on_batch_0(tmp_path):
+    reports = _launch("split_one", tmp_path)  # one batch for two ranks
+    assert all(reports[r]["ok"] for r in (0, 1)), reports
+    assert [reports[r]["computed"] for r in (0, 1)] == [1, 0]
+    assert [reports[r]["n"] for r in (0, 1)] == [BATCH, BATCH]
+    assert reports[1]["decoded"] == list(range(PROBE_IMAGES))  # the layer probe's images only
+
+
+def test_a_list_of_batches_is_read_in_full_by_every_rank(tmp_path, reference):
+    reports = _launch("list", tmp_path)
+    assert all(reports[r]["ok"] for r in (0, 1)), reports
+    assert [reports[r]["computed"] for r in (0, 1)] == [N_BATCHES // 2] * 2
+    assert any("cannot be split: it is a list" in m for m in reports[0]["log"]), reports[0]
+    _assert_same_store(tmp_path, reference)
+
+
+def test_which_loaders_split_and_the_split_loader_keeps_their_settings(tmp_path):
+    dataset = CountingDataset(str(tmp_path))
+    plain = DataLoader(dataset, batch_size=BATCH, num_workers=2, prefetch_factor=3)
+    assert unsplittable_reason(plain) is None
+    assert "RandomSampler" in unsplittable_reason(DataLoader(dataset, shuffle=True))
+    assert "not a torch DataLoader" in unsplittable_reason(list(_batches()))
+    assert "batch_size=None" in unsplittable_reason(DataLoader(dataset, batch_size=None))
+    custom = DataLoader(dataset, batch_sampler=[[0, 1], [2, 3]])
+    assert "custom list" in unsplittable_reason(custom)
+    assert isinstance(plain.sampler, torch.utils.data.SequentialSampler)
+    assert not isinstance(plain.sampler, RandomSampler)
+    part = loader_over(plain, [[8, 9, 10], [24]])
+    for name in ("num_workers", "prefetch_factor", "collate_fn", "pin_memory", "timeout"):
+        assert getattr(part, name) == getattr(plain, name), name
+    assert part.dataset is dataset and len(part) == 2
+    assert [labels.tolist() for _, labels in part] == [[0, 1, 2], [0]]
+    assert sorted(decoded(tmp_path, 0)) == [8, 9, 10, 24]  # in the workers, nothing else

@@ -58,7 +58,7 @@ def _convert(cache_dir, method: str, **kw) -> retrofit.InterpretableModel:
     )
 
 
-@pytest.mark.parametrize("method", ["qpm", "qsenn", "sparse"])
+@pytest.mark.parametrize("method", ["qpm", "qsenn", "sparse", "dense"])
 def test_out_of_core_fit_gives_the_same_model_as_in_memory(tmp_path, method):
     in_memory = _convert(None, method)
     mapped = _convert(str(tmp_path), method)
@@ -109,7 +109,9 @@ def test_streamed_standardisation_matches_the_in_memory_one():
     torch.testing.assert_close(lazy[10:20], z[10:20])
     torch.testing.assert_close(lazy[:, torch.tensor([6, 0])], z[:, [6, 0]])
     v = torch.randn(7, generator=g)
-    torch.testing.assert_close(lazy.matvec(v), z @ v, rtol=1e-4, atol=1e-4)
+    xtu, u = lazy.normal_matvec(v, 0.5)
+    torch.testing.assert_close(u, z @ v + 0.5, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xtu, z.T @ (z @ v + 0.5), rtol=1e-4, atol=1e-3)
     rows = torch.tensor([3, 17, 18, 250, 299])  # a split's rows, read as a view
     view = Standardised(x, s_mean, s_std, rows=rows)
     assert view.shape == (5, 7)
@@ -162,3 +164,24 @@ def test_the_elastic_net_without_logit_tables_matches_the_one_with(monkeypatch):
     for a, b in zip(with_tables[1], without[1]):
         torch.testing.assert_close(b.weight, a.weight, rtol=1e-3, atol=1e-4)
         assert abs(a.objective - b.objective) < 1e-4 * max(1.0, abs(a.objective))
+
+
+def test_the_streamed_dense_head_matches_a_fit_on_the_standardised_copy():
+    from retrofit.heads.dense import DENSE_L2, fit_dense
+    from retrofit.solvers.elastic_net import fit_elastic_net
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(240) % 5
+    x = torch.randn(240, 20, generator=g) * torch.linspace(0.5, 4, 20) + 2
+    x[:, :5] += 1.5 * torch.nn.functional.one_hot(labels, 5).float()
+    streamed = fit_dense(x, labels, retrofit.RetrofitConfig(progress=False))
+    z, mean, std = standardise(x)  # the N x D copy the head no longer makes
+    reference = fit_elastic_net(z, labels, DENSE_L2, alpha=0.0, num_classes=5, max_iter=2000)
+    torch.testing.assert_close(streamed.mean, mean)
+    torch.testing.assert_close(streamed.std, std)
+    torch.testing.assert_close(streamed.weight, reference.weight, rtol=1e-2, atol=2e-3)
+    accuracy = (torch.addmm(reference.bias, z, reference.weight.T).argmax(1) == labels).float()
+    assert streamed.stats["train_accuracy"] == pytest.approx(float(accuracy.mean()), abs=1e-2)
+    assert streamed.stats["train_accuracy"] > 0.5
+    half = fit_dense(x.half(), labels, retrofit.RetrofitConfig(progress=False))  # read as is
+    torch.testing.assert_close(half.weight, streamed.weight, rtol=0.05, atol=5e-3)

@@ -6,8 +6,8 @@ import torch
 
 from retrofit.config import RetrofitConfig
 from retrofit.heads.base import HeadResult, register_head
-from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net
-from retrofit.solvers.stats import standardise
+from retrofit.solvers.elastic_net import PathPoint, check_inputs, fit_elastic_net
+from retrofit.streaming import Standardised, chunk_rows, column_stats, row_slices
 
 DENSE_L2 = 1e-4  # ridge strength λ of ½λ‖W‖²; config.extra["dense_l2"] overrides it
 
@@ -23,15 +23,19 @@ def fit_dense(
     """L2-regularised multinomial logistic regression on every feature (selected = all D).
 
     Fitted with the elastic-net solver at α = 0 (pure ridge, smooth, so FISTA converges fast).
-    Not interpretable; it measures what a linear head on these features can reach.
+    Not interpretable; it measures what a linear head on these features can reach. The
+    features are only read in row chunks, standardised on the fly (retrofit.streaming), so
+    memory is one chunk plus O(D·C) (and the solver's N×C logit tables below
+    MAX_TABLE_ELEMENTS), never an N×D copy of a memory-mapped cache.
     """
+    mean, std = column_stats(features)
     x, y, c = check_inputs(
-        features, labels, len(config.class_names) if config.class_names else None
+        Standardised(features, mean, std),
+        labels,
+        len(config.class_names) if config.class_names else None,
     )
-    z, mean, std = standardise(x)
     lam = float(config.extra.get("dense_l2", DENSE_L2))
-    point = fit_elastic_net(z, y, lam, alpha=0.0, num_classes=c, max_iter=2000)
-    accuracy = float((torch.addmm(point.bias, z, point.weight.T).argmax(dim=1) == y).float().mean())
+    point = fit_elastic_net(x, y, lam, alpha=0.0, num_classes=c, max_iter=2000)
     return HeadResult(
         selected=torch.arange(x.shape[1], device=x.device),
         weight=point.weight,
@@ -44,7 +48,17 @@ def fit_dense(
             "objective": point.objective,
             "iterations": point.iterations,
             "converged": point.converged,
-            "train_accuracy": accuracy,
+            "train_accuracy": _accuracy(point, x, y),
             "in_features": x.shape[1],
         },
     )
+
+
+def _accuracy(point: PathPoint, x: Standardised, y: torch.Tensor) -> float:
+    """Training accuracy of the fitted point, one row chunk of logits at a time."""
+    rows = chunk_rows(max(int(x.shape[1]), point.weight.shape[0]))
+    correct = sum(
+        int((torch.addmm(point.bias, x[r], point.weight.T).argmax(dim=1) == y[r]).sum())
+        for r in row_slices(len(x), rows)
+    )
+    return correct / len(x)

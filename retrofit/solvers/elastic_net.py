@@ -419,7 +419,7 @@ class _Problem:
     ) -> tuple[torch.Tensor, float]:
         """Per-column size of the loss gradient (max over classes, or L2 norm) and the loss."""
         cols = w.ne(0).any(dim=0).nonzero().squeeze(1)
-        xs = self.x[:, cols]
+        xs = self.x if cols.numel() == self.d else self.x[:, cols]  # all columns: no copy
         if self.tables:
             z = torch.empty(self.n, self.c, device=self.x.device)
             self.forward(xs, w[:, cols], b, z)
@@ -436,8 +436,12 @@ class _Problem:
         lazy = isinstance(xs, Standardised)
         for _ in range(30):
             v = v / v.norm().clamp_min(1e-30)
-            u = (xs.matvec(v[:-1]) if lazy else xs @ v[:-1]) + v[-1]
-            v = torch.cat([xs.rmatvec(u) if lazy else xs.T @ u, u.sum().reshape(1)]) / self.n
+            if lazy:  # one pass over the chunks for both products
+                xtu, u = xs.normal_matvec(v[:-1], v[-1])
+            else:
+                u = xs @ v[:-1] + v[-1]
+                xtu = xs.T @ u
+            v = torch.cat([xtu, u.sum().reshape(1)]) / self.n
             est = float(v.norm().item())
         return 0.5 * est
 
