@@ -1,9 +1,10 @@
 """check(): measure how faithful and how interpretable a converted model is — orchestration only.
 
 One pass over the loader runs the backbone once per batch and keeps what every later part
-needs: the bottleneck outputs, both models' logits, the per-image Diversity@5 / SID@5 (so the
-spatial maps are never stored), the first `max_pixel_images` images for Captum and the
-top-activating images of each feature for the report.
+needs: the bottleneck outputs, both models' top-1 classes and fidelity@k hits (never an (N, C)
+tensor: the logits are reduced per batch, see reference_pass), the per-image Diversity@5 /
+SID@5 (so the spatial maps are never stored), the first `max_pixel_images` images for Captum
+and the top-activating images of each feature for the report.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from retrofit.check.am_pi import am_pi
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.config import CheckConfig
 from retrofit.check.consistency import ConsistencySettings, consistency_report
-from retrofit.check.fidelity import fidelity
+from retrofit.check.fidelity import fidelity_of_predictions
 from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
 from retrofit.check.pixel import (
     PixelSettings,
@@ -33,10 +34,11 @@ from retrofit.check.pixel import (
     has_spatial_layer,
     pixel_faithfulness,
 )
-from retrofit.check.registry import MetricInputs, run_metrics
+from retrofit.check.reference_pass import MB, ReferenceTally
+from retrofit.check.registry import MetricInputs, registered_metrics, run_metrics
 from retrofit.check.report import Report, evaluate_thresholds
 from retrofit.check.truth import truth_check
-from retrofit.errors import ConfigError, DataError, ModelError
+from retrofit.errors import ConfigError, DataError
 from retrofit.hooks import FeatureCapture
 from retrofit.loaders import as_batches, dataset_length, iterate
 from retrofit.model import InterpretableModel
@@ -51,8 +53,8 @@ _NEEDS_REFERENCE = ("min_fidelity", "max_accuracy_drop", "min_mistake_agreement"
 @dataclass
 class _Collected:
     z: list[torch.Tensor] = field(default_factory=list)
-    logits: list[torch.Tensor] = field(default_factory=list)
-    reference_logits: list[torch.Tensor] = field(default_factory=list)
+    predicted: list[torch.Tensor] = field(default_factory=list)
+    reference: ReferenceTally | None = None
     labels: list[torch.Tensor] = field(default_factory=list)
     loc: list[torch.Tensor] = field(default_factory=list)
     sid: list[torch.Tensor] = field(default_factory=list)
@@ -123,13 +125,14 @@ def _collect(
     top_images: int,
     batch_size: int,
     progress: bool,
+    reference_tally: ReferenceTally | None = None,
 ) -> _Collected:
     device = imodel.head.weight.device
     reference_device = _device_of(reference, device) if reference is not None else device
     weight = imodel.head.weight
     spatial = has_spatial_layer(imodel)
     capture = FeatureCapture(imodel.backbone, imodel.spec, with_maps=spatial)
-    state = _Collected()
+    state = _Collected(reference=reference_tally)
     batches = iterate(as_batches(loader, batch_size=batch_size))
     bar = tqdm(total=dataset_length(loader), unit="img", desc="check", disable=not progress)
     with bar, capture.attached():
@@ -146,11 +149,10 @@ def _collect(
                     f"{logits.shape[1]} classes; remap them to the classes the model was converted with."
                 )
             if reference is imodel.backbone:
-                state.reference_logits.append(logits_of(output).float().cpu())
+                state.reference.add(logits.float().cpu(), logits_of(output).float().cpu())
             elif reference is not None:
-                state.reference_logits.append(
-                    logits_of(reference(images.to(reference_device))).float().cpu()
-                )
+                reference_logits = logits_of(reference(images.to(reference_device)))
+                state.reference.add(logits.float().cpu(), reference_logits.float().cpu())
             if maps is not None:
                 projected = imodel.bottleneck.project_maps(maps)
                 predicted = logits.argmax(dim=1)
@@ -164,7 +166,7 @@ def _collect(
             if top_images:
                 _update_top(state, z, images, top_images)
             state.z.append(z.float().cpu())
-            state.logits.append(logits.float().cpu())
+            state.predicted.append(logits.float().cpu().argmax(dim=1))
             state.labels.append(labels.cpu())
             state.seen += len(labels)
             bar.update(len(labels))
@@ -398,28 +400,30 @@ def _check(
             plan.top_images,
             plan.settings.batch_size,
             plan.progress,
+            _reference_tally(reference, plan.config or CheckConfig()),
         ),
     )
-    z, logits, labels = torch.cat(state.z), torch.cat(state.logits), torch.cat(state.labels)
-    reference_logits = torch.cat(state.reference_logits) if state.reference_logits else None
-    if reference_logits is not None and reference_logits.shape != logits.shape:
-        raise ModelError(
-            f"The reference outputs {reference_logits.shape[1]} classes but the interpretable "
-            f"model {logits.shape[1]}; pass the model it was converted from."
-        )
-    predicted = logits.argmax(dim=1)
+    z, labels, predicted = torch.cat(state.z), torch.cat(state.labels), torch.cat(state.predicted)
+    state.z.clear()
+    tally = state.reference
+    reference_predicted = tally.reference_predicted() if tally is not None else None
+    deletion_images = (plan.config or CheckConfig()).deletion_images
     results: dict[str, Any] = {
-        "fidelity": _timed(timings, "fidelity", lambda: fidelity(logits, labels, reference_logits)),
+        "fidelity": _timed(
+            timings,
+            "fidelity",
+            lambda: fidelity_of_predictions(predicted, labels, reference_predicted),
+        ),
         "concept_deletion": _timed(
             timings,
             "concept_deletion",
-            lambda: concept_deletion(z, weight.cpu(), bias.cpu(), seed=plan.seed),
+            lambda: concept_deletion(
+                z, weight.cpu(), bias.cpu(), seed=plan.seed, max_images=deletion_images
+            ),
         ),
     }
-    if reference_logits is not None:
-        results["fidelity"].update(
-            {f"fidelity@{k}": AM.fidelity_at_k(logits, reference_logits, k) for k in AM.FIDELITY_KS}
-        )
+    if tally is not None:
+        results["fidelity"].update(tally.fidelity_at_k())
 
     pixel_images = torch.cat(state.pixel_images) if state.pixel_images else torch.zeros(0)
     n_pixel = len(pixel_images)
@@ -498,12 +502,14 @@ def _check(
                 loader,
                 reference,
                 z,
-                logits,
-                reference_logits,
+                None,
+                tally.kept_logits() if tally is not None else None,
                 labels,
                 predicted,
                 plan.config or CheckConfig(),
                 results,
+                reference_predicted=reference_predicted,
+                reference_logits_note=_reference_note(tally),
             ),
             timings,
         )
@@ -526,6 +532,8 @@ def _check(
         "seed": plan.seed,
         "device": str(device),
         "reference": reference is not None,
+        "deletion_images": results["concept_deletion"]["n_images"],
+        "deletion_images_cap": deletion_images,
         "timings": timings,
     }
     visuals = {
@@ -541,7 +549,7 @@ def _check(
             z[:n_pixel],
             labels[:n_pixel],
             pixel_predicted,
-            reference_logits[:n_pixel].argmax(dim=1) if reference_logits is not None else None,
+            reference_predicted[:n_pixel] if reference_predicted is not None else None,
             relevance.get(("class", "gradcam")),
             (rows, features, feature_maps),
             plan.max_explanations,
@@ -580,6 +588,21 @@ def _check(
     if plan.raise_on_failure:
         report.raise_for_thresholds()
     return report
+
+
+def _reference_tally(reference: nn.Module | None, config: CheckConfig) -> ReferenceTally | None:
+    """Per-batch bookkeeping of the reference's logits; full ones only for registered metrics."""
+    if reference is None:
+        return None
+    wanted = bool(registered_metrics(config.metrics))
+    return ReferenceTally(wanted, config.reference_logits_budget_mb * MB)
+
+
+def _reference_note(tally: ReferenceTally | None) -> str | None:
+    """Why MetricInputs.reference_logits is None, when it is."""
+    if tally is None:
+        return "reference_logits: no reference model was given to check()"
+    return tally.note
 
 
 def _metrics(
