@@ -52,6 +52,7 @@ def removal_curves(
         )
     z, weight, bias = z.float(), weight.float().to(z.device), bias.float().to(z.device)
     order, target = order.to(z.device), target.to(z.device)
+    columns = weight.T.contiguous()
     curves = []
     for start in range(0, n, _CHUNK):
         zc, oc, tc = (
@@ -59,9 +60,15 @@ def removal_curves(
             order[start : start + _CHUNK],
             target[start : start + _CHUNK],
         )
-        ordered = (zc.gather(1, oc)[:, :, None] * weight.T[oc]).cumsum(dim=1)  # (B, n_f, C)
-        steps = torch.cat([torch.zeros_like(ordered[:, :1]), ordered], dim=1)
-        logits = bias + (steps if insertion else (zc @ weight.T)[:, None] - steps)
+        # in place on (B, n_f + 1, C): half the time of fresh tensors per step, same numbers
+        terms = columns[oc].mul_(zc.gather(1, oc)[:, :, None])
+        logits = torch.zeros(len(zc), n_f + 1, weight.shape[0], device=z.device)
+        torch.cumsum(terms, dim=1, out=logits[:, 1:])
+        del terms
+        if insertion:
+            logits.add_(bias)
+        else:
+            logits.neg_().add_((zc @ weight.T)[:, None]).add_(bias)
         probs = F.softmax(logits, dim=2)
         curves.append(probs.gather(2, tc[:, None, None].expand(-1, n_f + 1, 1))[:, :, 0])
     return torch.cat(curves)
