@@ -148,11 +148,12 @@ def _collect(
                     f"Labels must lie in [0, {logits.shape[1]}) for a model with "
                     f"{logits.shape[1]} classes; remap them to the classes the model was converted with."
                 )
+            host_logits = logits.float().cpu()  # this batch's only: reduced to per-image results
             if reference is imodel.backbone:
-                state.reference.add(logits.float().cpu(), logits_of(output).float().cpu())
+                state.reference.add(host_logits, logits_of(output).float().cpu())
             elif reference is not None:
                 reference_logits = logits_of(reference(images.to(reference_device)))
-                state.reference.add(logits.float().cpu(), reference_logits.float().cpu())
+                state.reference.add(host_logits, reference_logits.float().cpu())
             if maps is not None:
                 projected = imodel.bottleneck.project_maps(maps)
                 predicted = logits.argmax(dim=1)
@@ -166,7 +167,7 @@ def _collect(
             if top_images:
                 _update_top(state, z, images, top_images)
             state.z.append(z.float().cpu())
-            state.predicted.append(logits.float().cpu().argmax(dim=1))
+            state.predicted.append(host_logits.argmax(dim=1))
             state.labels.append(labels.cpu())
             state.seen += len(labels)
             bar.update(len(labels))
