@@ -21,6 +21,7 @@ from retrofit.check.concept_deletion import (
     removal_curves,
 )
 from retrofit.check.fidelity import fidelity
+from retrofit.check.rows import GrowingRows
 from retrofit.errors import ConfigError
 from tests.tiny import SmallCNN, colour_coded_images
 
@@ -66,7 +67,7 @@ def assert_same_deletion(streamed: dict, direct: dict) -> None:
 
 def test_concept_deletion_over_chunks_equals_the_in_memory_computation() -> None:
     generator = torch.Generator().manual_seed(0)
-    z = torch.randn(700, 12, generator=generator).relu()  # three chunks of 256 rows
+    z = torch.randn(700, 12, generator=generator).relu()  # eleven chunks of 64 rows
     weight = torch.randn(40, 12, generator=generator) * (
         torch.rand(40, 12, generator=generator) < 0.3
     )
@@ -181,3 +182,13 @@ def test_bad_budgets_are_config_errors() -> None:
     ):
         with pytest.raises(ConfigError, match=name):
             CheckConfig(**options)
+
+
+def test_growing_rows_hold_what_was_appended_whatever_the_first_size() -> None:
+    batches = [torch.randn(n, 3) for n in (2, 5, 1, 8, 3)]
+    for capacity in (None, 3, 19, 100):
+        rows = GrowingRows(capacity)
+        for batch in batches:
+            rows.append(batch)
+        assert len(rows) == 19 and torch.equal(rows.tensor(), torch.cat(batches))
+    assert len(GrowingRows(10).tensor()) == 0

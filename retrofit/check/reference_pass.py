@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from retrofit.check import attribute_metrics as AM
+from retrofit.check.rows import GrowingRows
 from retrofit.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -27,13 +28,14 @@ class ReferenceTally:
 
     keep_logits: bool
     budget_bytes: float
-    predicted: list[torch.Tensor] = field(default_factory=list)
-    hits: dict[int, list[torch.Tensor]] = field(
-        default_factory=lambda: {k: [] for k in AM.FIDELITY_KS}
-    )
+    expected: int | None = None  # images, when the loader tells: the buffers' first size
     logits: list[torch.Tensor] = field(default_factory=list)
     kept_bytes: int = 0
     note: str | None = None
+
+    def __post_init__(self) -> None:
+        self.predicted = GrowingRows(self.expected)
+        self.hits = {k: GrowingRows(self.expected) for k in AM.FIDELITY_KS}
 
     def add(self, logits: torch.Tensor, reference_logits: torch.Tensor) -> None:
         """One batch of (B, C) logits of both models (float, CPU)."""
@@ -64,12 +66,12 @@ class ReferenceTally:
         logger.info("registered check metrics get %s", self.note)
 
     def reference_predicted(self) -> torch.Tensor:
-        return torch.cat(self.predicted)
+        return self.predicted.tensor()
 
     def fidelity_at_k(self) -> dict[str, float]:
         """FLINT's fidelity@k for every k in AM.FIDELITY_KS."""
         return {
-            f"fidelity@{k}": float(torch.cat(hits).float().mean()) for k, hits in self.hits.items()
+            f"fidelity@{k}": float(hits.tensor().float().mean()) for k, hits in self.hits.items()
         }
 
     def kept_logits(self) -> torch.Tensor | None:

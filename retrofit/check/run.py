@@ -37,6 +37,7 @@ from retrofit.check.pixel import (
 from retrofit.check.reference_pass import MB, ReferenceTally
 from retrofit.check.registry import MetricInputs, registered_metrics, run_metrics
 from retrofit.check.report import Report, evaluate_thresholds
+from retrofit.check.rows import GrowingRows
 from retrofit.check.truth import truth_check
 from retrofit.errors import ConfigError, DataError
 from retrofit.hooks import FeatureCapture
@@ -52,12 +53,12 @@ _NEEDS_REFERENCE = ("min_fidelity", "max_accuracy_drop", "min_mistake_agreement"
 
 @dataclass
 class _Collected:
-    z: list[torch.Tensor] = field(default_factory=list)
-    predicted: list[torch.Tensor] = field(default_factory=list)
+    z: GrowingRows = field(default_factory=GrowingRows)
+    predicted: GrowingRows = field(default_factory=GrowingRows)
     reference: ReferenceTally | None = None
-    labels: list[torch.Tensor] = field(default_factory=list)
-    loc: list[torch.Tensor] = field(default_factory=list)
-    sid: list[torch.Tensor] = field(default_factory=list)
+    labels: GrowingRows = field(default_factory=GrowingRows)
+    loc: GrowingRows = field(default_factory=GrowingRows)
+    sid: GrowingRows = field(default_factory=GrowingRows)
     pixel_images: list[torch.Tensor] = field(default_factory=list)
     top_values: torch.Tensor | None = None
     top_index: torch.Tensor | None = None
@@ -132,7 +133,13 @@ def _collect(
     weight = imodel.head.weight
     spatial = has_spatial_layer(imodel)
     capture = FeatureCapture(imodel.backbone, imodel.spec, with_maps=spatial)
-    state = _Collected(reference=reference_tally)
+    expected = dataset_length(loader)  # one buffer each, sized up front when the loader tells
+    state = _Collected(
+        z=GrowingRows(expected),
+        predicted=GrowingRows(expected),
+        reference=reference_tally,
+        labels=GrowingRows(expected),
+    )
     batches = iterate(as_batches(loader, batch_size=batch_size))
     bar = tqdm(total=dataset_length(loader), unit="img", desc="check", disable=not progress)
     with bar, capture.attached():
@@ -401,11 +408,10 @@ def _check(
             plan.top_images,
             plan.settings.batch_size,
             plan.progress,
-            _reference_tally(reference, plan.config or CheckConfig()),
+            _reference_tally(reference, plan.config or CheckConfig(), dataset_length(loader)),
         ),
     )
-    z, labels, predicted = torch.cat(state.z), torch.cat(state.labels), torch.cat(state.predicted)
-    state.z.clear()
+    z, labels, predicted = state.z.tensor(), state.labels.tensor(), state.predicted.tensor()
     tally = state.reference
     reference_predicted = tally.reference_predicted() if tally is not None else None
     deletion_images = (plan.config or CheckConfig()).deletion_images
@@ -591,12 +597,14 @@ def _check(
     return report
 
 
-def _reference_tally(reference: nn.Module | None, config: CheckConfig) -> ReferenceTally | None:
+def _reference_tally(
+    reference: nn.Module | None, config: CheckConfig, expected: int | None
+) -> ReferenceTally | None:
     """Per-batch bookkeeping of the reference's logits; full ones only for registered metrics."""
     if reference is None:
         return None
     wanted = bool(registered_metrics(config.metrics))
-    return ReferenceTally(wanted, config.reference_logits_budget_mb * MB)
+    return ReferenceTally(wanted, config.reference_logits_budget_mb * MB, expected)
 
 
 def _reference_note(tally: ReferenceTally | None) -> str | None:
@@ -616,8 +624,8 @@ def _metrics(
     seed: int,
 ) -> dict[str, Any]:
     weight = imodel.head.weight.detach().cpu()
-    loc = torch.cat(state.loc) if state.loc else None
-    sid = torch.cat(state.sid) if state.sid else None
+    loc = state.loc.tensor() if state.loc else None
+    sid = state.sid.tensor() if state.sid else None
     return {
         "features_used": M.features_used(weight),
         "features_per_class": M.features_per_class(weight),
