@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import retrofit
 from retrofit.check import CheckConfig, register_metric, unregister_metric
 from retrofit.check import attribute_metrics as AM
+from retrofit.check import concept_deletion as deletion_module
 from retrofit.check.concept_deletion import (
     area,
     concept_deletion,
@@ -65,9 +66,10 @@ def assert_same_deletion(streamed: dict, direct: dict) -> None:
         torch.testing.assert_close(torch.tensor(streamed["curves"][name]), curve, rtol=0, atol=1e-6)
 
 
-def test_concept_deletion_over_chunks_equals_the_in_memory_computation() -> None:
+def test_concept_deletion_over_chunks_equals_the_in_memory_computation(monkeypatch) -> None:
+    monkeypatch.setattr(deletion_module, "_PART", 200)  # four parts of blocks of 64 images
     generator = torch.Generator().manual_seed(0)
-    z = torch.randn(700, 12, generator=generator).relu()  # eleven chunks of 64 rows
+    z = torch.randn(700, 12, generator=generator).relu()
     weight = torch.randn(40, 12, generator=generator) * (
         torch.rand(40, 12, generator=generator) < 0.3
     )
