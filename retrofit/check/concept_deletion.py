@@ -53,12 +53,12 @@ def removal_curves(
         )
     z, weight, bias = z.float(), weight.float().to(z.device), bias.float().to(z.device)
     order, target = order.to(z.device), target.to(z.device)
-    columns = weight.T.contiguous()
+    columns, n_classes = weight.T.contiguous(), weight.shape[0]
     block = min(_CHUNK, n)
     # three (block, n_f (+ 1), C) buffers reused for every block: fresh ones per block would
     # fragment the C heap (memory growing with the images) and cost twice the time
-    terms = torch.empty(block * n_f, weight.shape[0], device=z.device)
-    logits = torch.zeros(block, n_f + 1, weight.shape[0], device=z.device)
+    terms = torch.empty(block * n_f, n_classes, device=z.device)
+    logits = torch.zeros(block, n_f + 1, n_classes, device=z.device)
     probs = torch.empty_like(logits)
     curves = []
     for start in range(0, n, _CHUNK):
@@ -69,7 +69,7 @@ def removal_curves(
         )
         b = len(zc)
         steps = torch.index_select(columns, 0, oc.flatten(), out=terms[: b * n_f])
-        steps = steps.view(b, n_f, -1).mul_(zc.gather(1, oc)[:, :, None]).cumsum_(dim=1)
+        steps = steps.view(b, n_f, n_classes).mul_(zc.gather(1, oc)[:, :, None]).cumsum_(dim=1)
         blogits, bprobs = logits[:b], probs[:b]
         blogits[:, 0].zero_()
         blogits[:, 1:].copy_(steps)
