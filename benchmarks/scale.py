@@ -251,10 +251,15 @@ def run_convert(rows: int, cache: str, model_path: str, time_limit: float) -> di
     return {"rows": rows, "convert_s": seconds, "train": imodel.stats["train"], **watch.report()}
 
 
-def run_check(model_path: str, rows: int) -> dict[str, Any]:
-    """retrofit.check on `rows` test images without pixel methods: what the check holds per image."""
+def run_check(model_path: str, rows: int, deletion_images: str = "default") -> dict[str, Any]:
+    """retrofit.check on `rows` test images without pixel methods: what the check holds per image.
+
+    deletion_images: "default" (CheckConfig's cap), "all" or a number of images."""
     import retrofit
 
+    cap = (
+        {} if deletion_images == "default" else {"deletion_images": _deletion_cap(deletion_images)}
+    )
     imodel = torch.load(model_path, weights_only=False)  # written by run_convert above
     with MemoryWatch() as watch:
         began = time.perf_counter()
@@ -265,17 +270,27 @@ def run_check(model_path: str, rows: int) -> dict[str, Any]:
             pixel_methods=(),
             batch_size=BATCH,
             progress=False,
+            **cap,
         )
         seconds = time.perf_counter() - began
     fidelity = report.results["fidelity"]
+    meta = report.results["meta"]
     return {
         "rows": rows,
         "check_s": seconds,
         "accuracy": fidelity["accuracy"],
         "agreement": fidelity["agreement"],
-        "timings": report.results["meta"]["timings"],
+        "fidelity@5": fidelity.get("fidelity@5"),
+        "deletion_images": meta.get("deletion_images"),
+        "deletion_images_cap": meta.get("deletion_images_cap", "n/a"),
+        "deletion_auc_gain": report.results["concept_deletion"]["deletion_auc_gain"],
+        "timings": meta["timings"],
         **watch.report(),
     }
+
+
+def _deletion_cap(value: str) -> int | None:
+    return None if value == "all" else int(value)
 
 
 def _rank(rank: int, world: int, port: int, rows: int, cache: str, queue) -> None:
@@ -598,6 +613,12 @@ def main() -> None:
     parser.add_argument("--split-rows", type=int, default=4_000)
     parser.add_argument("--dense-rows", type=int, nargs="+", default=[30_000, 60_000])
     parser.add_argument("--dense-l2", type=float, default=1e-2)
+    parser.add_argument(
+        "--check-time-limit", type=float, default=None, help="qpm time_limit of the checked model"
+    )
+    parser.add_argument(
+        "--check-deletion-images", default="default", help='"default", "all" or a number'
+    )
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workdir", default=None)
@@ -620,7 +641,7 @@ def main() -> None:
         elif kind == "convert":
             report = run_convert(int(rest[0]), rest[1], rest[2], float(rest[3]))
         elif kind == "check":
-            report = run_check(rest[0], int(rest[1]))
+            report = run_check(rest[0], int(rest[1]), *rest[2:3])
         elif kind == "dense":
             report = run_dense(rest[0], rest[1], float(rest[2]))
         elif kind == "split":
@@ -724,12 +745,17 @@ def measure_check(args: argparse.Namespace, workdir: Path, payload: dict[str, An
     """One qpm convert from the smallest cache, then retrofit.check on test sets of growing size."""
     rows = min(args.rows)
     model_path = str(workdir / "check-model.pt")
+    time_limit = args.check_time_limit or args.time_limit
     convert = _worker(
-        ["convert", str(rows), str(workdir / f"f32-{rows}"), model_path, str(args.time_limit)]
+        ["convert", str(rows), str(workdir / f"f32-{rows}"), model_path, str(time_limit)]
     )
-    checks = {n: _worker(["check", model_path, str(n)]) for n in sorted(args.check_rows)}
+    keep_check_before(payload)
+    checks: dict[int, dict[str, Any]] = {}
+    for n in sorted(args.check_rows):
+        checks[n] = _worker(["check", model_path, str(n), args.check_deletion_images])
+        print(f"check {n}: {checks[n]}", flush=True)
     payload["check"] = {
-        "time_limit": args.time_limit,
+        "time_limit": time_limit,
         "pixel_methods": [],
         "convert": convert,
         "checks": {str(n): r for n, r in checks.items()},
@@ -738,7 +764,27 @@ def measure_check(args: argparse.Namespace, workdir: Path, payload: dict[str, An
             for key in ("check_s", "stage_anon_mb")
         },
     }
+    payload["check"]["against_before"] = check_against_before(payload)
     print(f"check: {payload['check']}", flush=True)
+
+
+def keep_check_before(payload: dict[str, Any]) -> None:
+    """The first measured check (before streaming) stays under "check_before" for comparison."""
+    if "check" in payload and "check_before" not in payload:
+        payload["check_before"] = payload["check"]
+
+
+def check_against_before(payload: dict[str, Any]) -> dict[str, Any]:
+    """Per test-set size measured in both: time and allocated memory now over before."""
+    before = payload.get("check_before", {}).get("checks", {})
+    now = payload["check"]["checks"]
+    return {
+        rows: {
+            key: now[rows][key] / before[rows][key]
+            for key in ("check_s", "stage_anon_mb", "peak_rss_mb")
+        }
+        for rows in sorted(set(before) & set(now), key=int)
+    }
 
 
 def measure_distributed(args: argparse.Namespace, workdir: Path, payload: dict[str, Any]) -> None:

@@ -24,9 +24,13 @@ def fidelity_at_k(logits: torch.Tensor, reference_logits: torch.Tensor, k: int) 
             f"logits {tuple(logits.shape)} and reference logits {tuple(reference_logits.shape)} "
             "must be the same (N, C)."
         )
+    return float(top_k_hits(logits, reference_logits.argmax(dim=1), k).float().mean())
+
+
+def top_k_hits(logits: torch.Tensor, reference_predicted: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) whether each image's original top-1 class is among the model's top k (per batch)."""
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    original = reference_logits.argmax(dim=1, keepdim=True).to(top.device)
-    return float((top == original).any(dim=1).float().mean())
+    return (top == reference_predicted[:, None].to(top.device)).any(dim=1)
 
 
 def dead_share(z: torch.Tensor) -> float:

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from retrofit.errors import ConfigError
 
-_CHUNK = 256
+_CHUNK = 64  # images per block: each (block, n_f + 1, C) buffer is 13 MB at n_f 50, C 1,000
+_PART = 4096  # images concept_deletion hands to removal_curves at a time (buffers made per part)
 
 
 def contribution_order(scores: torch.Tensor) -> torch.Tensor:
@@ -21,9 +22,13 @@ def contribution_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.argsort(scores, dim=1, descending=True, stable=True)
 
 
-def random_orders(n: int, n_features: int, seed: int) -> torch.Tensor:
-    """(n, n_features) seeded random permutations, one per image."""
-    generator = torch.Generator().manual_seed(seed)
+def random_orders(n: int, n_features: int, seed: int | torch.Generator) -> torch.Tensor:
+    """(n, n_features) seeded random permutations, one per image.
+
+    Given a generator instead of a seed it continues its stream: successive calls on chunks give
+    the same orders as one call on all of them.
+    """
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     return torch.argsort(torch.rand(n, n_features, generator=generator), dim=1)
 
 
@@ -48,6 +53,13 @@ def removal_curves(
         )
     z, weight, bias = z.float(), weight.float().to(z.device), bias.float().to(z.device)
     order, target = order.to(z.device), target.to(z.device)
+    columns, n_classes = weight.T.contiguous(), weight.shape[0]
+    block = min(_CHUNK, n)
+    # three (block, n_f (+ 1), C) buffers reused for every block: fresh ones per block would
+    # fragment the C heap (memory growing with the images) and cost twice the time
+    terms = torch.empty(block * n_f, n_classes, device=z.device)
+    logits = torch.zeros(block, n_f + 1, n_classes, device=z.device)
+    probs = torch.empty_like(logits)
     curves = []
     for start in range(0, n, _CHUNK):
         zc, oc, tc = (
@@ -55,12 +67,19 @@ def removal_curves(
             order[start : start + _CHUNK],
             target[start : start + _CHUNK],
         )
-        ordered = (zc.gather(1, oc)[:, :, None] * weight.T[oc]).cumsum(dim=1)  # (B, n_f, C)
-        steps = torch.cat([torch.zeros_like(ordered[:, :1]), ordered], dim=1)
-        logits = bias + (steps if insertion else (zc @ weight.T)[:, None] - steps)
-        probs = F.softmax(logits, dim=2)
-        curves.append(probs.gather(2, tc[:, None, None].expand(-1, n_f + 1, 1))[:, :, 0])
-    return torch.cat(curves)
+        b = len(zc)
+        steps = torch.index_select(columns, 0, oc.flatten(), out=terms[: b * n_f])
+        steps = steps.view(b, n_f, n_classes).mul_(zc.gather(1, oc)[:, :, None]).cumsum_(dim=1)
+        blogits, bprobs = logits[:b], probs[:b]
+        blogits[:, 0].zero_()
+        blogits[:, 1:].copy_(steps)
+        if insertion:
+            blogits.add_(bias)
+        else:
+            blogits.neg_().add_((zc @ weight.T)[:, None]).add_(bias)
+        torch.ops.aten._softmax.out(blogits, 2, False, out=bprobs)  # F.softmax, into the buffer
+        curves.append(bprobs.gather(2, tc[:, None, None].expand(-1, n_f + 1, 1))[:, :, 0])
+    return torch.cat(curves) if curves else torch.zeros(0, n_f + 1)
 
 
 def area(curves: torch.Tensor) -> torch.Tensor:
@@ -70,6 +89,15 @@ def area(curves: torch.Tensor) -> torch.Tensor:
     return ((curves[:, 1:] + curves[:, :-1]) / 2).mean(dim=1)
 
 
+def deletion_rows(n: int, max_images: int | None, seed: int) -> torch.Tensor | None:
+    """The rows concept deletion measures: all (None) when n <= max_images, else a seeded
+    random subset of max_images rows in increasing order (its cost is O(rows · n_f · C))."""
+    if max_images is None or n <= max_images:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:max_images].sort().values
+
+
 def concept_deletion(
     z: torch.Tensor,
     weight: torch.Tensor,
@@ -77,64 +105,122 @@ def concept_deletion(
     *,
     explanation: torch.Tensor | None = None,
     seed: int = 0,
+    max_images: int | None = None,
 ) -> dict[str, object]:
     """Deletion and insertion curves in concept space, explanation order vs a seeded random order.
 
     `explanation` (N, n_f) are the scores the explanation ranks features by; by default the
     exact contributions z_j · W_ĉj to the predicted class ĉ. Also measures the drop of the
     predicted class's logit and probability when the features assigned to it (non-zero weight)
-    are removed, against removing the same number of random features.
+    are removed, against removing the same number of random features. Runs over parts of
+    images (memory O(chunk · n_f · C)); with more than `max_images` images it measures a seeded
+    random subset of that many (`n_images` says how many, `n_total` of how many).
     """
     if z.ndim != 2 or weight.ndim != 2 or z.shape[1] != weight.shape[1]:
         raise ConfigError(
             f"z must be (N, n_f) and weight (C, n_f), got {tuple(z.shape)} and {tuple(weight.shape)}."
         )
-    z = z.float()
+    if explanation is not None and explanation.shape != z.shape:
+        raise ConfigError(
+            f"explanation must be (N, n_f) like z {tuple(z.shape)}, got {tuple(explanation.shape)}."
+        )
+    if max_images is not None and (isinstance(max_images, bool) or max_images < 1):
+        raise ConfigError(f"max_images must be None or an integer >= 1, got {max_images!r}.")
+    n_total = z.shape[0]
+    rows = deletion_rows(n_total, max_images, seed)
+    if rows is not None:
+        z = z[rows]
+        explanation = explanation[rows] if explanation is not None else None
     weight = weight.float().to(z.device)
     bias = bias.float().to(z.device)
+    generator = torch.Generator().manual_seed(seed)
+    tally = _Tally(z.shape[1])
+    for start in range(0, z.shape[0], _PART):
+        zc = z[start : start + _PART].float()
+        scores = None if explanation is None else explanation[start : start + _PART]
+        shuffled = random_orders(len(zc), z.shape[1], generator)
+        tally.add(_chunk(zc, weight, bias, scores, shuffled))
+    return {"n_images": int(z.shape[0]), "n_total": int(n_total), **tally.result()}
+
+
+def _chunk(
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    explanation: torch.Tensor | None,
+    shuffled: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per image of one chunk: the four curves, the assigned count and the four drops."""
     logits = z @ weight.T + bias
     predicted = logits.argmax(dim=1)
     contribution = z * weight[predicted]
-    scores = contribution if explanation is None else explanation.to(z.device)
-    ordered = contribution_order(scores)
-    shuffled = random_orders(z.shape[0], z.shape[1], seed).to(z.device)
-    curves = {
+    ordered = contribution_order(contribution if explanation is None else explanation.to(z.device))
+    shuffled = shuffled.to(z.device)
+    out = {
         "deletion": removal_curves(z, weight, bias, ordered, predicted),
         "deletion_random": removal_curves(z, weight, bias, shuffled, predicted),
         "insertion": removal_curves(z, weight, bias, ordered, predicted, insertion=True),
         "insertion_random": removal_curves(z, weight, bias, shuffled, predicted, insertion=True),
     }
-    areas = {name: float(area(c).mean()) for name, c in curves.items()}
-
     assigned = weight[predicted] != 0
     count = assigned.sum(dim=1, keepdim=True)
     rank = torch.empty_like(shuffled)
     rank.scatter_(1, shuffled, torch.arange(z.shape[1], device=z.device).expand_as(shuffled))
-    random_set = rank < count
     probability = F.softmax(logits, dim=1).gather(1, predicted[:, None])[:, 0]
+    out["count"] = count[:, 0].float()
+    for name, removed in (("assigned", assigned), ("random", rank < count)):
+        after = (z * (~removed)) @ weight.T + bias
+        out[f"logit_drop_{name}"] = (
+            logits.gather(1, predicted[:, None]) - after.gather(1, predicted[:, None])
+        )[:, 0]
+        out[f"probability_drop_{name}"] = (
+            probability - F.softmax(after, dim=1).gather(1, predicted[:, None])[:, 0]
+        )
+    return out
 
-    def drops(removed: torch.Tensor) -> tuple[float, float]:
-        kept = z * (~removed)
-        after = kept @ weight.T + bias
-        logit_drop = logits.gather(1, predicted[:, None]) - after.gather(1, predicted[:, None])
-        prob_after = F.softmax(after, dim=1).gather(1, predicted[:, None])[:, 0]
-        return float(logit_drop.mean()), float((probability - prob_after).mean())
 
-    logit_assigned, prob_assigned = drops(assigned)
-    logit_random, prob_random = drops(random_set)
-    return {
-        "n_images": int(z.shape[0]),
-        "n_features": int(z.shape[1]),
-        "deletion_auc": areas["deletion"],
-        "deletion_auc_random": areas["deletion_random"],
-        "deletion_auc_gain": areas["deletion_random"] - areas["deletion"],
-        "insertion_auc": areas["insertion"],
-        "insertion_auc_random": areas["insertion_random"],
-        "insertion_auc_gain": areas["insertion"] - areas["insertion_random"],
-        "mean_assigned_features": float(count.float().mean()),
-        "logit_drop_assigned": logit_assigned,
-        "logit_drop_random": logit_random,
-        "probability_drop_assigned": prob_assigned,
-        "probability_drop_random": prob_random,
-        "curves": {name: c.mean(dim=0).tolist() for name, c in curves.items()},
-    }
+class _Tally:
+    """Per-image scalars (areas, drops) kept; curves summed (float64) so memory is O(N), not
+    O(N · n_f)."""
+
+    CURVES = ("deletion", "deletion_random", "insertion", "insertion_random")
+    SCALARS = (
+        "count",
+        "logit_drop_assigned",
+        "logit_drop_random",
+        "probability_drop_assigned",
+        "probability_drop_random",
+    )
+
+    def __init__(self, n_features: int) -> None:
+        self.sums = {name: torch.zeros(n_features + 1, dtype=torch.float64) for name in self.CURVES}
+        self.per_image: dict[str, list[torch.Tensor]] = {
+            name: [] for name in (*self.CURVES, *self.SCALARS)
+        }
+        self.n = 0
+
+    def add(self, chunk: dict[str, torch.Tensor]) -> None:
+        for name in self.CURVES:
+            self.sums[name] += chunk[name].double().sum(dim=0).cpu()
+            self.per_image[name].append(area(chunk[name]).cpu())
+        for name in self.SCALARS:
+            self.per_image[name].append(chunk[name].cpu())
+        self.n += len(chunk["count"])
+
+    def result(self) -> dict[str, object]:
+        mean = {name: float(torch.cat(parts).mean()) for name, parts in self.per_image.items()}
+        return {
+            "n_features": int(self.sums["deletion"].numel() - 1),
+            "deletion_auc": mean["deletion"],
+            "deletion_auc_random": mean["deletion_random"],
+            "deletion_auc_gain": mean["deletion_random"] - mean["deletion"],
+            "insertion_auc": mean["insertion"],
+            "insertion_auc_random": mean["insertion_random"],
+            "insertion_auc_gain": mean["insertion"] - mean["insertion_random"],
+            "mean_assigned_features": mean["count"],
+            "logit_drop_assigned": mean["logit_drop_assigned"],
+            "logit_drop_random": mean["logit_drop_random"],
+            "probability_drop_assigned": mean["probability_drop_assigned"],
+            "probability_drop_random": mean["probability_drop_random"],
+            "curves": {name: (s / max(self.n, 1)).tolist() for name, s in self.sums.items()},
+        }

@@ -9,6 +9,7 @@ it is input, not settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,11 @@ class CheckConfig:
     `internal_batch_size` trade its cost for precision. `mas_pairs` caps the relevant
     class-feature pairs whose top images (FLINT's MAS) the report shows; for the first
     `am_pi_pairs` of them it adds FLINT's AM+PI image. `metrics` names the registered metrics
-    to run (None: all of them; retrofit.check.register_metric).
+    to run (None: all of them; retrofit.check.register_metric). `deletion_images` caps the
+    images concept deletion measures (a seeded random subset when there are more; its cost is
+    O(images · n_f · classes); None: all). `reference_logits_budget_mb` caps the memory of the
+    original model's (N, C) logits kept for registered metrics (`MetricInputs.reference_logits`
+    is None beyond it; everything built in needs only per-image results).
     """
 
     min_fidelity: float | None = None
@@ -66,6 +71,8 @@ class CheckConfig:
     am_pi_pairs: int = 0
     consistency: Any = None
     metrics: Sequence[str] | None = None
+    deletion_images: int | None = 10_000
+    reference_logits_budget_mb: float = 256.0
 
     def __post_init__(self) -> None:
         self.pixel_methods = validate_methods(self.pixel_methods)
@@ -73,6 +80,7 @@ class CheckConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
+        _check_budgets(self.deletion_images, self.reference_logits_budget_mb)
         if not isinstance(self.thresholds, Mapping):
             raise ConfigError(
                 f"thresholds must be a dict of threshold name -> limit, got {self.thresholds!r}."
@@ -112,3 +120,23 @@ class CheckConfig:
             )
         base = config if config is not None else cls()
         return dataclasses.replace(base, **options) if options else base
+
+
+def _check_budgets(deletion_images: Any, budget_mb: Any) -> None:
+    if deletion_images is not None and (
+        isinstance(deletion_images, bool)
+        or not isinstance(deletion_images, int)
+        or deletion_images < 1
+    ):
+        raise ConfigError(
+            f"deletion_images must be None (all images) or an integer >= 1, got {deletion_images!r}."
+        )
+    if (
+        isinstance(budget_mb, bool)
+        or not isinstance(budget_mb, (int, float))
+        or not math.isfinite(budget_mb)
+        or budget_mb < 0
+    ):
+        raise ConfigError(
+            f"reference_logits_budget_mb must be a finite number of megabytes >= 0, got {budget_mb!r}."
+        )

@@ -27,7 +27,22 @@ def fidelity(
             f"logits must be (N, C) and labels (N,), got {tuple(logits.shape)} and "
             f"{tuple(labels.shape)}."
         )
-    predicted = logits.argmax(dim=1)
+    if reference_logits is not None and reference_logits.shape != logits.shape:
+        raise DataError(
+            f"the reference's logits {tuple(reference_logits.shape)} do not match the "
+            f"interpretable model's {tuple(logits.shape)}; pass the model it was converted from."
+        )
+    return fidelity_of_predictions(
+        logits.argmax(dim=1),
+        labels,
+        reference_logits.argmax(dim=1) if reference_logits is not None else None,
+    )
+
+
+def fidelity_of_predictions(
+    predicted: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None
+) -> dict[str, float | int | None]:
+    """`fidelity` from the per-image top-1 classes alone (what check keeps, not the logits)."""
     labels = labels.to(predicted.device)
     result: dict[str, float | int | None] = {
         "n_images": int(labels.numel()),
@@ -38,14 +53,9 @@ def fidelity(
         "n_reference_mistakes": None,
         "agreement_on_reference_mistakes": None,
     }
-    if reference_logits is None:
+    if reference is None:
         return result
-    if reference_logits.shape != logits.shape:
-        raise DataError(
-            f"the reference's logits {tuple(reference_logits.shape)} do not match the "
-            f"interpretable model's {tuple(logits.shape)}; pass the model it was converted from."
-        )
-    reference = reference_logits.argmax(dim=1).to(predicted.device)
+    reference = reference.to(predicted.device)
     mistakes = reference != labels
     result["reference_accuracy"] = float((reference == labels).float().mean())
     result["agreement"] = float((predicted == reference).float().mean())

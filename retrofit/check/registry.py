@@ -1,7 +1,7 @@
 """Check metrics registered from outside retrofit: one file per metric, like head methods.
 
 A metric is a function of what `check` already collected (`MetricInputs`: the bottleneck
-outputs, both models' logits, the labels, the model and the loader) that returns a dict of
+outputs, both models' logits or top-1 classes, the labels, the model and the loader) that returns a dict of
 JSON-able numbers. Registering it is all a new metric needs: `check` runs it and stores its
 dict under its name in the report's results (and report.json), its thresholds become valid
 `CheckConfig.thresholds` keys, and the HTML report gets a section for it (a table of its
@@ -16,7 +16,7 @@ numbers, or the metric's own `render`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,27 +35,75 @@ BUILT_IN_RESULTS = frozenset(
 )
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _OPS = (">=", "<=")
+LOGIT_CHUNK = 4096  # rows of logits MetricInputs.logit_chunks computes at a time
 
 
-@dataclass(frozen=True)
 class MetricInputs:
     """What one check() call collected, for registered metrics to read (never to change).
 
-    z: (N, F) bottleneck outputs; logits / reference_logits: (N, C) of the interpretable and
-    the original model (None without a reference); labels, predicted: (N,); `results` holds
-    the built-in parts measured so far.
+    z: (N, F) bottleneck outputs; labels, predicted: (N,); `results` holds the built-in parts
+    measured so far. `logits`: (N, C) of the interpretable model, computed from z by its linear
+    head when first read (check keeps no (N, C) tensor; for large N read them in pieces with
+    `logit_chunks`). `reference_predicted`: (N,) the original model's top-1 class (None without
+    a reference). `reference_logits`: (N, C) of the original model, kept only while they fit
+    `CheckConfig.reference_logits_budget_mb` (default 256 MB, i.e. 67 k images of 1,000
+    classes); otherwise None, with the reason in `reference_logits_note`.
     """
 
-    imodel: InterpretableModel
-    loader: Any
-    reference: nn.Module | None
-    z: torch.Tensor
-    logits: torch.Tensor
-    reference_logits: torch.Tensor | None
-    labels: torch.Tensor
-    predicted: torch.Tensor
-    config: CheckConfig
-    results: Mapping[str, Any]
+    def __init__(
+        self,
+        imodel: InterpretableModel,
+        loader: Any,
+        reference: nn.Module | None,
+        z: torch.Tensor,
+        logits: torch.Tensor | None,
+        reference_logits: torch.Tensor | None,
+        labels: torch.Tensor,
+        predicted: torch.Tensor,
+        config: CheckConfig,
+        results: Mapping[str, Any],
+        *,
+        reference_predicted: torch.Tensor | None = None,
+        reference_logits_note: str | None = None,
+    ) -> None:
+        if reference_predicted is None and reference_logits is not None:
+            reference_predicted = reference_logits.argmax(dim=1)
+        self.__dict__.update(
+            imodel=imodel,
+            loader=loader,
+            reference=reference,
+            z=z,
+            _logits=logits,
+            reference_logits=reference_logits,
+            labels=labels,
+            predicted=predicted,
+            config=config,
+            results=results,
+            reference_predicted=reference_predicted,
+            reference_logits_note=reference_logits_note,
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"MetricInputs is read-only: {name} cannot be set.")
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(N, C) interpretable-model logits, computed once from z on first use."""
+        if self.__dict__["_logits"] is None:
+            self.__dict__["_logits"] = torch.cat([chunk for _, chunk in self.logit_chunks()])
+        return self.__dict__["_logits"]
+
+    def logit_chunks(self, rows: int = LOGIT_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, (rows, C) logits) over z in order: the logits in bounded memory."""
+        given = self.__dict__["_logits"]
+        head = self.imodel.head
+        for start in range(0, len(self.z), rows):
+            if given is not None:
+                yield start, given[start : start + rows]
+                continue
+            piece = self.z[start : start + rows].to(head.weight.device, head.weight.dtype)
+            with torch.no_grad():
+                yield start, head(piece).float().cpu()
 
 
 MetricFunction = Callable[[MetricInputs], Mapping[str, Any]]

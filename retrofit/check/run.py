@@ -1,9 +1,10 @@
 """check(): measure how faithful and how interpretable a converted model is — orchestration only.
 
 One pass over the loader runs the backbone once per batch and keeps what every later part
-needs: the bottleneck outputs, both models' logits, the per-image Diversity@5 / SID@5 (so the
-spatial maps are never stored), the first `max_pixel_images` images for Captum and the
-top-activating images of each feature for the report.
+needs: the bottleneck outputs, both models' top-1 classes and fidelity@k hits (never an (N, C)
+tensor: the logits are reduced per batch, see reference_pass), the per-image Diversity@5 /
+SID@5 (so the spatial maps are never stored), the first `max_pixel_images` images for Captum
+and the top-activating images of each feature for the report.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from retrofit.check.am_pi import am_pi
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.config import CheckConfig
 from retrofit.check.consistency import ConsistencySettings, consistency_report
-from retrofit.check.fidelity import fidelity
+from retrofit.check.fidelity import fidelity_of_predictions
 from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
 from retrofit.check.pixel import (
     PixelSettings,
@@ -33,10 +34,12 @@ from retrofit.check.pixel import (
     has_spatial_layer,
     pixel_faithfulness,
 )
-from retrofit.check.registry import MetricInputs, run_metrics
+from retrofit.check.reference_pass import MB, ReferenceTally
+from retrofit.check.registry import MetricInputs, registered_metrics, run_metrics
 from retrofit.check.report import Report, evaluate_thresholds
+from retrofit.check.rows import GrowingRows
 from retrofit.check.truth import truth_check
-from retrofit.errors import ConfigError, DataError, ModelError
+from retrofit.errors import ConfigError, DataError
 from retrofit.hooks import FeatureCapture
 from retrofit.loaders import as_batches, dataset_length, iterate
 from retrofit.model import InterpretableModel
@@ -50,12 +53,12 @@ _NEEDS_REFERENCE = ("min_fidelity", "max_accuracy_drop", "min_mistake_agreement"
 
 @dataclass
 class _Collected:
-    z: list[torch.Tensor] = field(default_factory=list)
-    logits: list[torch.Tensor] = field(default_factory=list)
-    reference_logits: list[torch.Tensor] = field(default_factory=list)
-    labels: list[torch.Tensor] = field(default_factory=list)
-    loc: list[torch.Tensor] = field(default_factory=list)
-    sid: list[torch.Tensor] = field(default_factory=list)
+    z: GrowingRows = field(default_factory=GrowingRows)
+    predicted: GrowingRows = field(default_factory=GrowingRows)
+    reference: ReferenceTally | None = None
+    labels: GrowingRows = field(default_factory=GrowingRows)
+    loc: GrowingRows = field(default_factory=GrowingRows)
+    sid: GrowingRows = field(default_factory=GrowingRows)
     pixel_images: list[torch.Tensor] = field(default_factory=list)
     top_values: torch.Tensor | None = None
     top_index: torch.Tensor | None = None
@@ -123,13 +126,20 @@ def _collect(
     top_images: int,
     batch_size: int,
     progress: bool,
+    reference_tally: ReferenceTally | None = None,
 ) -> _Collected:
     device = imodel.head.weight.device
     reference_device = _device_of(reference, device) if reference is not None else device
     weight = imodel.head.weight
     spatial = has_spatial_layer(imodel)
     capture = FeatureCapture(imodel.backbone, imodel.spec, with_maps=spatial)
-    state = _Collected()
+    expected = dataset_length(loader)  # one buffer each, sized up front when the loader tells
+    state = _Collected(
+        z=GrowingRows(expected),
+        predicted=GrowingRows(expected),
+        reference=reference_tally,
+        labels=GrowingRows(expected),
+    )
     batches = iterate(as_batches(loader, batch_size=batch_size))
     bar = tqdm(total=dataset_length(loader), unit="img", desc="check", disable=not progress)
     with bar, capture.attached():
@@ -145,12 +155,12 @@ def _collect(
                     f"Labels must lie in [0, {logits.shape[1]}) for a model with "
                     f"{logits.shape[1]} classes; remap them to the classes the model was converted with."
                 )
+            host_logits = logits.float().cpu()  # this batch's only: reduced to per-image results
             if reference is imodel.backbone:
-                state.reference_logits.append(logits_of(output).float().cpu())
+                state.reference.add(host_logits, logits_of(output).float().cpu())
             elif reference is not None:
-                state.reference_logits.append(
-                    logits_of(reference(images.to(reference_device))).float().cpu()
-                )
+                reference_logits = logits_of(reference(images.to(reference_device)))
+                state.reference.add(host_logits, reference_logits.float().cpu())
             if maps is not None:
                 projected = imodel.bottleneck.project_maps(maps)
                 predicted = logits.argmax(dim=1)
@@ -164,7 +174,7 @@ def _collect(
             if top_images:
                 _update_top(state, z, images, top_images)
             state.z.append(z.float().cpu())
-            state.logits.append(logits.float().cpu())
+            state.predicted.append(host_logits.argmax(dim=1))
             state.labels.append(labels.cpu())
             state.seen += len(labels)
             bar.update(len(labels))
@@ -398,28 +408,29 @@ def _check(
             plan.top_images,
             plan.settings.batch_size,
             plan.progress,
+            _reference_tally(reference, plan.config or CheckConfig(), dataset_length(loader)),
         ),
     )
-    z, logits, labels = torch.cat(state.z), torch.cat(state.logits), torch.cat(state.labels)
-    reference_logits = torch.cat(state.reference_logits) if state.reference_logits else None
-    if reference_logits is not None and reference_logits.shape != logits.shape:
-        raise ModelError(
-            f"The reference outputs {reference_logits.shape[1]} classes but the interpretable "
-            f"model {logits.shape[1]}; pass the model it was converted from."
-        )
-    predicted = logits.argmax(dim=1)
+    z, labels, predicted = state.z.tensor(), state.labels.tensor(), state.predicted.tensor()
+    tally = state.reference
+    reference_predicted = tally.reference_predicted() if tally is not None else None
+    deletion_images = (plan.config or CheckConfig()).deletion_images
     results: dict[str, Any] = {
-        "fidelity": _timed(timings, "fidelity", lambda: fidelity(logits, labels, reference_logits)),
+        "fidelity": _timed(
+            timings,
+            "fidelity",
+            lambda: fidelity_of_predictions(predicted, labels, reference_predicted),
+        ),
         "concept_deletion": _timed(
             timings,
             "concept_deletion",
-            lambda: concept_deletion(z, weight.cpu(), bias.cpu(), seed=plan.seed),
+            lambda: concept_deletion(
+                z, weight.cpu(), bias.cpu(), seed=plan.seed, max_images=deletion_images
+            ),
         ),
     }
-    if reference_logits is not None:
-        results["fidelity"].update(
-            {f"fidelity@{k}": AM.fidelity_at_k(logits, reference_logits, k) for k in AM.FIDELITY_KS}
-        )
+    if tally is not None:
+        results["fidelity"].update(tally.fidelity_at_k())
 
     pixel_images = torch.cat(state.pixel_images) if state.pixel_images else torch.zeros(0)
     n_pixel = len(pixel_images)
@@ -498,12 +509,14 @@ def _check(
                 loader,
                 reference,
                 z,
-                logits,
-                reference_logits,
+                None,
+                tally.kept_logits() if tally is not None else None,
                 labels,
                 predicted,
                 plan.config or CheckConfig(),
                 results,
+                reference_predicted=reference_predicted,
+                reference_logits_note=_reference_note(tally),
             ),
             timings,
         )
@@ -526,6 +539,8 @@ def _check(
         "seed": plan.seed,
         "device": str(device),
         "reference": reference is not None,
+        "deletion_images": results["concept_deletion"]["n_images"],
+        "deletion_images_cap": deletion_images,
         "timings": timings,
     }
     visuals = {
@@ -541,7 +556,7 @@ def _check(
             z[:n_pixel],
             labels[:n_pixel],
             pixel_predicted,
-            reference_logits[:n_pixel].argmax(dim=1) if reference_logits is not None else None,
+            reference_predicted[:n_pixel] if reference_predicted is not None else None,
             relevance.get(("class", "gradcam")),
             (rows, features, feature_maps),
             plan.max_explanations,
@@ -582,6 +597,23 @@ def _check(
     return report
 
 
+def _reference_tally(
+    reference: nn.Module | None, config: CheckConfig, expected: int | None
+) -> ReferenceTally | None:
+    """Per-batch bookkeeping of the reference's logits; full ones only for registered metrics."""
+    if reference is None:
+        return None
+    wanted = bool(registered_metrics(config.metrics))
+    return ReferenceTally(wanted, config.reference_logits_budget_mb * MB, expected)
+
+
+def _reference_note(tally: ReferenceTally | None) -> str | None:
+    """Why MetricInputs.reference_logits is None, when it is."""
+    if tally is None:
+        return "reference_logits: no reference model was given to check()"
+    return tally.note
+
+
 def _metrics(
     imodel: InterpretableModel,
     z: torch.Tensor,
@@ -592,8 +624,8 @@ def _metrics(
     seed: int,
 ) -> dict[str, Any]:
     weight = imodel.head.weight.detach().cpu()
-    loc = torch.cat(state.loc) if state.loc else None
-    sid = torch.cat(state.sid) if state.sid else None
+    loc = state.loc.tensor() if state.loc else None
+    sid = state.sid.tensor() if state.sid else None
     return {
         "features_used": M.features_used(weight),
         "features_per_class": M.features_per_class(weight),
