@@ -22,6 +22,7 @@ from retrofit.check.concept_deletion import (
     removal_curves,
 )
 from retrofit.check.fidelity import fidelity
+from retrofit.check.html import render_report
 from retrofit.check.rows import GrowingRows
 from retrofit.errors import ConfigError
 from tests.tiny import SmallCNN, colour_coded_images
@@ -166,6 +167,8 @@ def test_a_capped_check_measures_a_recorded_seeded_subset(converted) -> None:
     deletion = report.concept_deletion
     assert (deletion["n_images"], deletion["n_total"]) == (25, 60)
     assert report.meta["deletion_images"] == 25 and report.meta["deletion_images_cap"] == 25
+    assert "(on 25 of 60 images)" in report.summary()
+    assert "random 25 of the 60 images" in render_report(report)
     with torch.no_grad():
         z = torch.cat([imodel.concept_activations(x) for x, _ in loader])
     weight, bias = imodel.head.weight.detach(), imodel.head.bias.detach()
@@ -173,6 +176,7 @@ def test_a_capped_check_measures_a_recorded_seeded_subset(converted) -> None:
     assert deletion["deletion_auc"] == pytest.approx(direct["areas"]["deletion"], abs=1e-6)
     every = retrofit.check(imodel, loader, reference=model, deletion_images=None, **CHECK)
     assert every.concept_deletion["n_images"] == 60 and every.meta["deletion_images_cap"] is None
+    assert " of 60 images" not in every.summary()
 
 
 def test_bad_budgets_are_config_errors() -> None:

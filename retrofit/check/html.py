@@ -509,6 +509,11 @@ def _faithfulness(report: Report) -> str:
     parts = []
     if concept:
         parts.append("<h3>Concept level (exact for the linear head)</h3>")
+        if concept.get("n_total", 0) > concept.get("n_images", 0):
+            parts.append(
+                f'<p class="muted">Measured on a seeded random {concept["n_images"]:,} of the '
+                f"{concept['n_total']:,} images (CheckConfig.deletion_images).</p>"
+            )
         parts.append(_img(_concept_curves_png(concept), "concept deletion and insertion curves"))
         parts.append(
             _table(

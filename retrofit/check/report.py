@@ -255,6 +255,11 @@ class Report:
                 f"{_fmt(concept.get('deletion_auc_random'))}, insertion AUC "
                 f"{_fmt(concept.get('insertion_auc'))} vs random "
                 f"{_fmt(concept.get('insertion_auc_random'))}"
+                + (
+                    f" (on {concept['n_images']} of {concept['n_total']} images)"
+                    if concept.get("n_total", 0) > concept.get("n_images", 0)
+                    else ""
+                )
             )
         for level in ("class", "feature"):
             entries = self.pixel.get(level, {})
