@@ -37,6 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear_mix=False": {"linear_mix": False},
     "finetune=none": {"finetune": "none"},
     "align": {"concepts_extra": {"align": True}},
+    "concept_retention=1": {"extra": {"concept_retention": 1.0}},
 }
 
 
