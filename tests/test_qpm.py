@@ -269,7 +269,7 @@ def test_impossible_settings_fail_before_solving(
     import retrofit.heads.qpm as qpm_module
 
     monkeypatch.setattr(qpm_module, "solve_program", _never)
-    monkeypatch.setattr(qpm_module, "class_correlation", _never)
+    monkeypatch.setattr(qpm_module, "correlation_with_moments", _never)
     features, labels = planted(n_classes=n_classes, dim=dim)
     cfg = config(n_features=n_features, per_class=min(per_class, n_features))
     cfg.per_class = per_class  # the config itself refuses this; the head must too

@@ -9,7 +9,12 @@ import torch
 from retrofit.heads import get_head
 from retrofit.solvers.cliques import perturbed_search
 from retrofit.solvers.deadline import Deadline
-from retrofit.solvers.qpm_constants import class_correlation, redundancy
+from retrofit.solvers.qpm_constants import (
+    MIN_ROWS_PER_CLASS,
+    class_correlation,
+    redundancy,
+    rows_within,
+)
 from retrofit.solvers.qpm_program import penalty_matrix
 from tests.test_qpm import class_sets, config, planted
 
@@ -62,3 +67,20 @@ def test_without_a_deadline_the_search_runs_every_round():
         record=stopped,
     )
     assert stopped == {"search_rounds_done": 0, "search_stopped_by_deadline": True}
+
+
+def test_constants_come_from_evenly_spaced_rows_when_a_full_pass_does_not_fit() -> None:
+    features, labels = planted(n_classes=4, dim=12, per_class_images=5000, seed=3)
+    assert rows_within(features, float("inf"), 4, chunk_size=100) is None
+    assert rows_within(features, 3600.0, 4, chunk_size=100) is None
+    rows = rows_within(features, 1e-9, 4, chunk_size=100)
+    assert rows is not None and len(rows) == 4 * MIN_ROWS_PER_CLASS
+    assert torch.equal(rows, torch.arange(0, len(features), len(features) // len(rows)))
+    subset = class_correlation(features, labels, 4, chunk_size=37, rows=rows)
+    direct = class_correlation(features[rows], labels[rows], 4)
+    assert torch.allclose(subset, direct, atol=1e-12)
+    full = class_correlation(features, labels, 4)
+    assert not torch.equal(subset, full)  # an estimate, close to the full one:
+    assert torch.equal(subset.argmax(dim=0), full.argmax(dim=0))
+    assert float(torch.corrcoef(torch.stack([subset.flatten(), full.flatten()]))[0, 1]) > 0.9
+    assert _fit(time_limit=5).stats["constants_rows"] == 400  # a full pass fits: every row

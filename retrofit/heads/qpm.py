@@ -6,7 +6,7 @@ candidates, clique threshold tau with its clique, a swap local search from the c
 greedy unique assignment as warm start, the program (see retrofit.solvers.qpm_program), then
 a binary head: logit_c = sum over the class's features of the standardised feature, no bias.
 Pearson correlation does not change under standardisation, so A is computed from the raw
-features in chunks (no N x D standardised copy); `standardise` gives mu and sigma of the
+features in chunks (no N x D standardised copy); the same pass gives mu and sigma of the
 selected features.
 
 Options read from `config.extra`:
@@ -36,10 +36,11 @@ from retrofit.heads.base import HeadResult, register_head
 from retrofit.solvers.cliques import clique_threshold, greedy_assignment, perturbed_search
 from retrofit.solvers.deadline import Deadline
 from retrofit.solvers.qpm_constants import (
-    class_correlation,
+    correlation_with_moments,
     kth_largest,
     locality_bias,
     redundancy,
+    rows_within,
     select_candidates,
 )
 from retrofit.solvers.qpm_program import (
@@ -48,11 +49,13 @@ from retrofit.solvers.qpm_program import (
     penalty_matrix,
     solve_program,
 )
-from retrofit.solvers.stats import standardise
+from retrofit.solvers.stats import MIN_STD
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_ROUNDS = 200
+# the pass that computes A may take this share of time_limit; past it, rows are subsampled
+CONSTANTS_SHARE = 0.4
 # the clique and the iterated local search may use this share of the time the constants leave
 WARM_START_SHARE = 0.3
 
@@ -69,7 +72,9 @@ def fit_qpm(
 
     `selected` is ordered by each feature's total correlation with the classes it serves
     (sum_c A_jc E_jc, descending; ties by feature index), so the first features matter most.
-    `config.time_limit` (None: DEFAULT_TIME_LIMIT) bounds the whole fit: the constants, then
+    `config.time_limit` (None: DEFAULT_TIME_LIMIT) bounds the whole fit: the constants (from
+    evenly spaced rows when one pass over all of them would take more than CONSTANTS_SHARE of
+    the limit; `constants_rows` says how many), then
     the warm start (at most WARM_START_SHARE of what is left), the cuts, the solves and the
     uniqueness rounds share one deadline; stats record the seconds of every stage.
     """
@@ -81,7 +86,9 @@ def fit_qpm(
     check_settings(n_classes, dim, config.n_features, config.per_class)
     extra = config.extra
 
-    assoc_all = class_correlation(features, labels, n_classes)
+    constant_rows = rows_within(features, deadline.share(CONSTANTS_SHARE).remaining(), n_classes)
+    constants = correlation_with_moments(features, labels, n_classes, rows=constant_rows)
+    assoc_all = constants.assoc
     candidates = select_candidates(
         assoc_all,
         config.n_features,
@@ -92,7 +99,10 @@ def fit_qpm(
     assoc = assoc_all[candidates]
     redund = redundancy(assoc)
     bias = locality_bias(maps)[candidates] if extra.get("locality") else None
-    stage_times = {"constants_time": time.perf_counter() - began}
+    stage_times = {
+        "constants_time": time.perf_counter() - began,
+        "constants_rows": len(features) if constant_rows is None else len(constant_rows),
+    }
 
     warm_began = time.perf_counter()
     warm_deadline = deadline.share(WARM_START_SHARE)
@@ -139,7 +149,9 @@ def fit_qpm(
     local = local[order]
     selected = candidates[local]
     assignment = result.assignment[local].T.contiguous().to(torch.int8)
-    _, mean, std = standardise(features[:, selected])
+    # the constants' pass measured every column: no second pass over N rows
+    mean = constants.mean[selected].float()
+    std = constants.std[selected].float().clamp_min(MIN_STD)
     stats = {
         **result.stats,
         **search,

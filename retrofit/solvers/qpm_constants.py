@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +20,16 @@ logger = logging.getLogger(__name__)
 _ROWS_PER_CHUNK = 16384  # 256 MB of float64 at D = 2,048
 _MAP_ELEMENTS_PER_CHUNK = 1 << 24
 _CONSTANT_STD = 1e-12
+MIN_ROWS_PER_CLASS = 50  # rows_within never estimates A from fewer on average
+
+
+@dataclass(frozen=True)
+class ClassCorrelation:
+    """A (D x C) and, from the same pass, every column's mean and population std (float64)."""
+
+    assoc: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
 
 def class_correlation(
@@ -26,33 +38,59 @@ def class_correlation(
     n_classes: int,
     *,
     chunk_size: int = _ROWS_PER_CHUNK,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """A (D x C): see correlation_with_moments."""
+    return correlation_with_moments(
+        features, labels, n_classes, chunk_size=chunk_size, rows=rows
+    ).assoc
+
+
+def correlation_with_moments(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    chunk_size: int = _ROWS_PER_CHUNK,
+    rows: torch.Tensor | None = None,
+) -> ClassCorrelation:
     """A (D x C): Pearson correlation of feature j with the indicator 1[y = c], divided by max|A|.
 
     Pearson correlation does not change under standardisation, so the raw features can be
-    passed: this avoids an N x D standardised copy. Constant features and empty classes get
-    zero correlation. Returned in float64 so that ties are decided the same way everywhere.
+    passed: this avoids an N x D standardised copy. One pass over the rows (chunk means and
+    centred squares merged as Chan et al.'s parallel variance), or over `rows` only (ascending
+    indices: an estimate from a subset when a full pass does not fit the time limit). Constant
+    features and empty classes get zero correlation. Returned in float64 so that ties are
+    decided the same way everywhere.
     """
     if features.ndim != 2:
         raise FeatureError(f"features must be (N, D), got shape {tuple(features.shape)}.")
-    n = int(features.shape[0])
-    if labels.shape != (n,):
+    total = int(features.shape[0])
+    if labels.shape != (total,):
         raise DataError(
-            f"labels must have shape ({n},) to match features, got {tuple(labels.shape)}."
+            f"labels must have shape ({total},) to match features, got {tuple(labels.shape)}."
         )
     labels = labels.long()
+    if rows is not None:
+        labels = labels[rows]
+    n = int(labels.shape[0])
     dim = int(features.shape[1])
-    sums = torch.zeros(dim, dtype=torch.float64)
-    class_sums = torch.zeros(n_classes, dim, dtype=torch.float64)
-    for start in range(0, n, chunk_size):
-        x = features[start : start + chunk_size].to(torch.float64)
-        sums += x.sum(dim=0)
-        class_sums.index_add_(0, labels[start : start + chunk_size], x)
-    mean = sums / n
+    mean = torch.zeros(dim, dtype=torch.float64)
     centred_sq = torch.zeros(dim, dtype=torch.float64)
+    class_sums = torch.zeros(n_classes, dim, dtype=torch.float64)
+    seen = 0
     for start in range(0, n, chunk_size):
-        x = features[start : start + chunk_size].to(torch.float64) - mean
-        centred_sq += (x * x).sum(dim=0)
+        part = slice(start, start + chunk_size)
+        x = (features[part] if rows is None else features[rows[part]]).to(torch.float64)
+        class_sums.index_add_(0, labels[part], x)
+        count = int(x.shape[0])
+        chunk_mean = x.mean(dim=0)
+        delta = chunk_mean - mean
+        centred_sq += ((x - chunk_mean) ** 2).sum(dim=0) + delta**2 * (
+            seen * count / (seen + count)
+        )
+        mean += delta * (count / (seen + count))
+        seen += count
     if not torch.isfinite(centred_sq).all():
         raise FeatureError(
             "features contain NaN or infinite values; clean them before fitting QPM."
@@ -65,7 +103,36 @@ def class_correlation(
     corr = torch.where(
         denom > _CONSTANT_STD, cov / denom.clamp_min(_CONSTANT_STD), torch.zeros_like(cov)
     )
-    return _divide_by_max_abs(corr)
+    return ClassCorrelation(_divide_by_max_abs(corr), mean, std)
+
+
+def rows_within(
+    features: torch.Tensor,
+    seconds: float,
+    n_classes: int,
+    chunk_size: int = _ROWS_PER_CHUNK,
+) -> torch.Tensor | None:
+    """Evenly spaced rows whose pass over `features` should take about `seconds`, or None when
+    every row fits: times one chunk and extrapolates. At least MIN_ROWS_PER_CLASS per class on
+    average are kept whatever the time, so the correlations stay estimates, not noise."""
+    n = int(features.shape[0])
+    if math.isinf(seconds) or n <= chunk_size:
+        return None
+    per_row = _seconds_per_row(features, torch.arange(chunk_size))
+    if per_row * n <= seconds:
+        return None
+    # rows read far apart cost more each than a contiguous chunk: time them at that spacing
+    stride = math.ceil(per_row * n / max(seconds, 1e-9))
+    per_row = _seconds_per_row(features, torch.arange(0, n, stride)[:chunk_size])
+    stride = math.ceil(per_row * n / max(seconds, 1e-9))
+    stride = max(1, min(stride, n // max(1, MIN_ROWS_PER_CLASS * n_classes)))
+    return None if stride == 1 else torch.arange(0, n, stride)
+
+
+def _seconds_per_row(features: torch.Tensor, rows: torch.Tensor) -> float:
+    began = time.perf_counter()
+    features[rows].to(torch.float64).sum(dim=0)
+    return (time.perf_counter() - began) / max(1, len(rows))
 
 
 def redundancy(assoc: torch.Tensor) -> torch.Tensor:
