@@ -293,19 +293,27 @@ def _deletion_cap(value: str) -> int | None:
     return None if value == "all" else int(value)
 
 
+def _join(rank: int, world: int, port: int) -> None:
+    """One thread per process; a Gloo group on 127.0.0.1 when there are several."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(minutes=30),
+        )
+
+
 def _rank(rank: int, world: int, port: int, rows: int, cache: str, queue) -> None:
     import torch.distributed as dist
 
     from retrofit.features import extract
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(minutes=30),
-    )
+    _join(rank, world, port)
     began = time.perf_counter()
     extract(World().eval(), Batches(rows), cache_dir=cache, progress=False)
     queue.put((rank, time.perf_counter() - began))
@@ -317,24 +325,29 @@ def run_distributed(rows: int, cache: str, world: int) -> dict[str, Any]:
     from retrofit.adapters import adapter_for
 
     adapter_for(World())  # import the model-family checks once, before forking
+    wall, reports = _run_ranks(
+        _rank, world, lambda r, port, queue: (r, world, port, rows, cache, queue)
+    )
+    (store,) = Path(cache).glob("*/store")
+    return {"world": world, "wall_s": wall, "rank_s": dict(reports), "store": str(store)}
+
+
+def _run_ranks(target, world: int, arguments) -> tuple[float, list[Any]]:
+    """Fork `world` processes on a free 127.0.0.1 port, each running target(*arguments(rank,
+    port, queue)) and putting one report on the queue; (wall seconds, the reports)."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     began = time.perf_counter()
-    procs = [
-        context.Process(target=_rank, args=(r, world, port, rows, cache, queue))
-        for r in range(world)
-    ]
+    procs = [context.Process(target=target, args=arguments(r, port, queue)) for r in range(world)]
     for proc in procs:
         proc.start()
+    reports = [queue.get() for _ in procs]
     for proc in procs:
         proc.join()
-    wall = time.perf_counter() - began
-    per_rank = dict(queue.get() for _ in procs)
-    (store,) = Path(cache).glob("*/store")
-    return {"world": world, "wall_s": wall, "rank_s": per_rank, "store": str(store)}
+    return time.perf_counter() - began, reports
 
 
 SPLIT_SIZE = 256  # encoded JPEG side; decoded, then resized to 128 like a crop pipeline
@@ -401,15 +414,7 @@ def _split_rank(rank: int, world: int, port: int, blobs: str, cache: str, split:
 
     from retrofit.features import extract
 
-    torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(minutes=30),
-        )
+    _join(rank, world, port)
     dataset = JpegImages(blobs)
     loader = torch.utils.data.DataLoader(dataset, batch_size=SPLIT_BATCH)
     began = time.perf_counter()
@@ -426,22 +431,9 @@ def run_split(blobs: str, cache: str, world: int, split: bool) -> dict[str, Any]
     from retrofit.adapters import adapter_for
 
     adapter_for(small_cnn())  # import the model-family checks once, before forking
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    began = time.perf_counter()
-    procs = [
-        context.Process(target=_split_rank, args=(r, world, port, blobs, cache, split, queue))
-        for r in range(world)
-    ]
-    for proc in procs:
-        proc.start()
-    reports = [queue.get() for _ in procs]
-    for proc in procs:
-        proc.join()
-    wall = time.perf_counter() - began
+    wall, reports = _run_ranks(
+        _split_rank, world, lambda r, port, queue: (r, world, port, blobs, cache, split, queue)
+    )
     (store,) = Path(cache).glob("*/store")
     return {
         "world": world,
