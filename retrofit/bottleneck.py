@@ -229,9 +229,9 @@ def finetune_bottleneck(
     params = [p for p in bottleneck.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return history
-    anchor = _anchor(bottleneck, features, retain)
-    retain = retain.to(device) if retain is not None else None
     rho = float(config.extra.get("concept_retention", CONCEPT_RETENTION))
+    anchor = _anchor(bottleneck, features, retain) if rho > 0 else None
+    retain = retain.to(device) if retain is not None else None
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(config.seed)
     batch = config.batch_size
@@ -267,7 +267,7 @@ def finetune_bottleneck(
                 loss = loss + feature_diversity_loss(
                     local, head.weight, out.argmax(dim=1).detach(), beta
                 )
-            if anchor is not None and rho > 0:
+            if anchor is not None:
                 loss = loss + rho * retention_loss(z[:, retain], anchor[index_dev])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

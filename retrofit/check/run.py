@@ -126,7 +126,7 @@ def _collect(
     top_images: int,
     batch_size: int,
     progress: bool,
-    reference_tally: ReferenceTally | None = None,
+    config: CheckConfig,
 ) -> _Collected:
     device = imodel.head.weight.device
     reference_device = _device_of(reference, device) if reference is not None else device
@@ -137,11 +137,11 @@ def _collect(
     state = _Collected(
         z=GrowingRows(expected),
         predicted=GrowingRows(expected),
-        reference=reference_tally,
+        reference=_reference_tally(reference, config, expected),
         labels=GrowingRows(expected),
     )
     batches = iterate(as_batches(loader, batch_size=batch_size))
-    bar = tqdm(total=dataset_length(loader), unit="img", desc="check", disable=not progress)
+    bar = tqdm(total=expected, unit="img", desc="check", disable=not progress)
     with bar, capture.attached():
         for images, labels in batches:
             images = images.to(device)
@@ -408,7 +408,7 @@ def _check(
             plan.top_images,
             plan.settings.batch_size,
             plan.progress,
-            _reference_tally(reference, plan.config or CheckConfig(), dataset_length(loader)),
+            plan.config or CheckConfig(),
         ),
     )
     z, labels, predicted = state.z.tensor(), state.labels.tensor(), state.predicted.tensor()

@@ -10,6 +10,20 @@ import torch
 
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError
+from retrofit.streaming import chunk_rows, row_slices
+
+
+def linear_accuracy(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, y: torch.Tensor
+) -> float:
+    """Accuracy of logits = x @ weight.T + bias, one row chunk at a time (x may be a
+    memory-mapped tensor or a streaming.Standardised view: no N×C table is built)."""
+    rows = chunk_rows(max(int(x.shape[1]), int(weight.shape[0])))
+    correct = sum(
+        int((torch.addmm(bias, x[r], weight.T).argmax(dim=1) == y[r]).sum())
+        for r in row_slices(len(x), rows)
+    )
+    return correct / max(1, len(x))
 
 
 @dataclass

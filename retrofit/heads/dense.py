@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from retrofit.config import RetrofitConfig
-from retrofit.heads.base import HeadResult, register_head
-from retrofit.solvers.elastic_net import PathPoint, check_inputs, fit_elastic_net
-from retrofit.streaming import Standardised, chunk_rows, column_stats, row_slices
+from retrofit.heads.base import HeadResult, linear_accuracy, register_head
+from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net
+from retrofit.streaming import Standardised, column_stats
 
 DENSE_L2 = 1e-4  # ridge strength λ of ½λ‖W‖²; config.extra["dense_l2"] overrides it
 
@@ -48,17 +48,7 @@ def fit_dense(
             "objective": point.objective,
             "iterations": point.iterations,
             "converged": point.converged,
-            "train_accuracy": _accuracy(point, x, y),
+            "train_accuracy": linear_accuracy(x, point.weight, point.bias, y),
             "in_features": x.shape[1],
         },
     )
-
-
-def _accuracy(point: PathPoint, x: Standardised, y: torch.Tensor) -> float:
-    """Training accuracy of the fitted point, one row chunk of logits at a time."""
-    rows = chunk_rows(max(int(x.shape[1]), point.weight.shape[0]))
-    correct = sum(
-        int((torch.addmm(point.bias, x[r], point.weight.T).argmax(dim=1) == y[r]).sum())
-        for r in row_slices(len(x), rows)
-    )
-    return correct / len(x)

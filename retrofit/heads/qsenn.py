@@ -8,7 +8,7 @@ import torch
 
 from retrofit.bottleneck import Bottleneck, FixedHead, finetune_bottleneck
 from retrofit.config import RetrofitConfig
-from retrofit.heads.base import HeadResult, register_head
+from retrofit.heads.base import HeadResult, linear_accuracy, register_head
 from retrofit.quantize import quantise_head
 from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net, lambda_max, select_features
 from retrofit.streaming import Standardised, column_stats
@@ -74,8 +74,8 @@ def fit_qsenn(
             "lambda": lam,
             "nnz_before_quantisation": point.nnz,
             "objective": point.objective,
-            "accuracy_continuous": _accuracy(zs, point.weight, point.bias, y),
-            "accuracy_quantised": _accuracy(zs, head.weight, head.bias, y),
+            "accuracy_continuous": linear_accuracy(zs, point.weight, point.bias, y),
+            "accuracy_quantised": linear_accuracy(zs, head.weight, head.bias, y),
         }
         if tune:
             trained = finetune_bottleneck(
@@ -109,7 +109,3 @@ def fit_qsenn(
         },
         bottleneck=bottleneck,
     )
-
-
-def _accuracy(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, y: torch.Tensor) -> float:
-    return float((torch.addmm(bias, z, weight.T).argmax(dim=1) == y).float().mean())

@@ -8,8 +8,8 @@ import torch
 
 from retrofit.config import RetrofitConfig
 from retrofit.featureset import split_rows
-from retrofit.heads.base import HeadResult, register_head
-from retrofit.solvers.elastic_net import PathPoint, check_inputs, elastic_net_path, select_features
+from retrofit.heads.base import HeadResult, linear_accuracy, register_head
+from retrofit.solvers.elastic_net import check_inputs, elastic_net_path, select_features
 from retrofit.streaming import Standardised, column_stats
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def fit_sparse(
     )
     budget = config.per_class * c
     val_x = Standardised(features, mean, std, rows=val_rows)[:, selected]
-    scored = [(_accuracy(p, val_x, val_y), p) for p in path if p.nnz <= budget]
+    scored = [(linear_accuracy(val_x, p.weight, p.bias, val_y), p) for p in path if p.nnz <= budget]
     accuracy, best = max(scored, key=lambda item: (item[0], -item[1].nnz, item[1].lam))
     logger.info(
         "sparse head: λ=%.4g, %d non-zeros (budget %d), validation accuracy %.4f",
@@ -88,7 +88,3 @@ def fit_sparse(
             "in_features": x.shape[1],
         },
     )
-
-
-def _accuracy(point: PathPoint, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((torch.addmm(point.bias, x, point.weight.T).argmax(dim=1) == y).float().mean())
