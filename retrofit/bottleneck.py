@@ -229,7 +229,7 @@ def finetune_bottleneck(
     params = [p for p in bottleneck.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return history
-    rho = float(config.extra.get("concept_retention", CONCEPT_RETENTION))
+    rho = _retention_weight(config)
     anchor = _anchor(bottleneck, features, retain) if rho > 0 else None
     retain = retain.to(device) if retain is not None else None
     optimiser = torch.optim.Adam(params, lr=lr)
@@ -282,6 +282,15 @@ def finetune_bottleneck(
         )
     bottleneck.train(was_training)
     return history
+
+
+def _retention_weight(config: RetrofitConfig) -> float:
+    value = config.extra.get("concept_retention", CONCEPT_RETENTION)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(
+            f"extra['concept_retention'] must be a number >= 0 (0 turns it off), got {value!r}."
+        )
+    return float(value)
 
 
 def retention_loss(z: torch.Tensor, before: torch.Tensor) -> torch.Tensor:

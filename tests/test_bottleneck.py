@@ -7,7 +7,7 @@ import torch
 
 from retrofit.bottleneck import Bottleneck, FixedHead, build_bottleneck, finetune_bottleneck
 from retrofit.config import RetrofitConfig
-from retrofit.errors import FeatureError
+from retrofit.errors import ConfigError, FeatureError
 from retrofit.heads.base import HeadResult
 from retrofit.losses import feature_diversity_loss
 
@@ -107,6 +107,17 @@ def test_retention_keeps_marked_features_ordering_the_images_as_before():
     assert free[0] < 0.9  # without retention feature 0 is rebuilt from the class signal
     assert kept[0] > 0.97 and kept[0] > free[0] + 0.05
     assert kept[1] < 0.999 or kept[2] < 0.999  # unmarked features still train
+
+
+def test_a_bad_retention_weight_is_a_config_error():
+    x, y, result = problem()
+    for bad in (-1.0, float("nan"), "strong", True):
+        with pytest.raises(ConfigError, match="concept_retention"):
+            finetune_bottleneck(
+                build_bottleneck(result, cfg(linear_mix=True)), FixedHead.from_result(result),
+                x, y, cfg(linear_mix=True, extra={"concept_retention": bad}),
+                retain=torch.tensor([True, False, False]),
+            )  # fmt: skip
 
 
 def test_diversity_loss_prefers_features_that_look_at_different_places():
