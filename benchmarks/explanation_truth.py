@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "finetune=none": {"finetune": "none"},
     "align": {"concepts_extra": {"align": True}},
     "concept_retention=1": {"extra": {"concept_retention": 1.0}},
+    "concept_prior=0": {"extra": {"concept_prior": 0.0}},
+    "concept labels": {"concept_source": "labels"},
 }
 
 
@@ -92,6 +94,8 @@ def run_one(
     test = SyntheticConceptDataset(n_test, split="test", **common)
     settings = dict(variant)
     concepts = {"encoder": "tiny", "vocabulary": "curated", **settings.pop("concepts_extra", {})}
+    if settings.pop("concept_source", "clip") == "labels":  # the true per-image labels, no CLIP
+        concepts = {"labels": train.concepts, "label_names": train.concept_names}
     start = time.perf_counter()
     imodel = retrofit.convert(
         model,

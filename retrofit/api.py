@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from retrofit.attributes import attribute_features, read_attributes
-from retrofit.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
+from retrofit.bottleneck import (
+    CONCEPT_RETENTION,
+    LABELLED_RETENTION,
+    FixedHead,
+    build_bottleneck,
+    finetune_bottleneck,
+)
 from retrofit.concepts import apply_concepts, parse_concepts
 from retrofit.concepts.basis import (
     ConceptBasis,
@@ -20,6 +26,7 @@ from retrofit.concepts.basis import (
     fit_concept_basis,
     fold_bottleneck,
 )
+from retrofit.concepts.coverage import head_candidates, widen_bottleneck
 from retrofit.concepts.stored import ConceptsSummary
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
@@ -125,37 +132,54 @@ def convert(
     features = train.features.to(device)
     labels = train.labels.to(device)
     maps, attributes = train.maps, None
-    basis, embeddings, channels = None, None, True
+    basis, basis_presence, embeddings, prior, columns = None, None, None, None, None
     if config.features == "flint" and config.method != "flint":
         attributes, features, maps = attribute_features(
             features, labels, config, train.logits, maps
         )
     else:
-        basis, embeddings = _concept_basis(train_loader, train, features, config)
+        basis, basis_presence, embeddings = _concept_basis(train_loader, train, features, config)
     head_features = features
     if basis is not None:
         # concepts alone when there are enough of them; else channels and concepts together
         channels = basis.size < config.n_features or config.concept_features == "mix"
-        head_features = basis.extend(features, channels)
+        candidates = head_candidates(
+            features,
+            basis_presence,
+            labels,
+            _class_count(labels, config),
+            channels,
+            config.n_features,
+        )
+        columns, prior = candidates.columns.to(device), candidates.prior
+        head_features = basis.extend(features)[:, columns]
         if maps is not None:
-            maps = basis.extend_maps(maps)[:, (0 if channels else train.dim) :]
+            maps = basis.extend_maps(maps)[:, columns.to(maps.device)]
+        logger.info(
+            "offering the head %d concept features and %d channels (%d covered by a concept)",
+            basis.size,
+            len(columns) - basis.size,
+            candidates.covered,
+        )
     logger.info("fitting the %s head on %d x %d features", config.method, *head_features.shape)
-    result = get_head(config.method)(head_features, labels, config, maps, train.logits)
+    result = get_head(config.method)(head_features, labels, config, maps, train.logits, prior=prior)
     bottleneck = result.bottleneck or build_bottleneck(
         result, config, in_features=head_features.shape[1]
     )
     retain = None
     if basis is not None:
-        retain = bottleneck.selected.cpu() >= (train.dim if channels else 0)
-        bottleneck = fold_bottleneck(bottleneck, basis, train.dim, channels)
+        bottleneck = widen_bottleneck(bottleneck, columns, train.dim + basis.size)
+        retain = bottleneck.selected.cpu() >= train.dim
+        bottleneck = fold_bottleneck(bottleneck, basis, train.dim)
     if attributes is not None:
         bottleneck = read_attributes(bottleneck, attributes)
         features = train.features.to(device)
     head = FixedHead.from_result(result)
     history: dict[str, Any] = {}
     if config.finetune != "none" and result.bottleneck is None:
+        retention = {"retain": retain, "retention": _retention_default(config)}
         history["bottleneck"] = finetune_bottleneck(
-            bottleneck, head, features, labels, config, train.logits, train.maps, retain=retain
+            bottleneck, head, features, labels, config, train.logits, train.maps, **retention
         )
     backbone = copy.deepcopy(model) if config.finetune == "backbone" else model
     imodel = InterpretableModel(
@@ -170,7 +194,11 @@ def convert(
             "family": train.meta["family"],
             "layer": train.layer,
             "input_size": train.meta.get("input_size"),
-            "concept_basis": basis.summary() if basis is not None else None,
+            "concept_basis": (
+                {**basis.summary(), "covered_channels": candidates.covered}
+                if basis is not None
+                else None
+            ),
         },
     ).to(device)
     if config.finetune == "backbone":
@@ -206,16 +234,17 @@ def convert(
 
 def _concept_basis(
     loader: Any, train: FeatureSet, features: torch.Tensor, config: RetrofitConfig
-) -> tuple[ConceptBasis | None, torch.Tensor | None]:
+) -> tuple[ConceptBasis | None, torch.Tensor | None, torch.Tensor | None]:
     """Concept features for the head to choose from (retrofit.concepts.basis), when concepts
-    are named and the bottleneck can mix channels; also the image embeddings naming reuses."""
+    are named and the bottleneck can mix channels; the (N, V) presence of their concepts; the
+    image embeddings naming reuses."""
     if (
         config.concepts is None
         or not config.concept_features
         or not config.linear_mix
         or config.method == "flint"  # FLINT learns its own attribute dictionary
     ):
-        return None, None
+        return None, None, None
     names, presence, embeddings = concept_presence(
         parse_concepts(config.concepts),
         loader,
@@ -225,7 +254,20 @@ def _concept_basis(
         progress=config.progress,
     )
     basis = fit_concept_basis(features, presence.to(features.device), names, seed=config.seed)
-    return (basis if basis.size else None), embeddings
+    if not basis.size:
+        return None, None, embeddings
+    return basis, presence[:, [names.index(name) for name in basis.names]], embeddings
+
+
+def _retention_default(config: RetrofitConfig) -> float:
+    """ρ of the concept retention term unless config.extra sets it (retrofit.bottleneck)."""
+    labelled = config.concepts is not None and parse_concepts(config.concepts).labels is not None
+    return LABELLED_RETENTION if labelled else CONCEPT_RETENTION
+
+
+def _class_count(labels: torch.Tensor, config: RetrofitConfig) -> int:
+    """The classes the head predicts: every class name, else up to the largest label."""
+    return len(config.class_names) if config.class_names else int(labels.max()) + 1
 
 
 def _own_features(

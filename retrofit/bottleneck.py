@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would 
 logger = logging.getLogger(__name__)
 
 CONCEPT_RETENTION = 0.0  # ρ of the retention term (off); config.extra['concept_retention']
+# ρ for concept features probed from concept labels: a labelled concept is what the user
+# annotated, so holding its feature to it costs no truth (a CLIP word's probe may be a mixture)
+LABELLED_RETENTION = 1.0
 _EVAL_ROWS = 8192  # rows per no-grad pass over the cache
 MIN_BOTTLENECK_EPOCHS = 20
 # Small caches need more passes: below ~1,500 Adam steps the linear mix is still far from
@@ -178,6 +181,7 @@ def finetune_bottleneck(
     epochs: int | None = None,
     sample_weights: torch.Tensor | None = None,
     retain: torch.Tensor | None = None,
+    retention: float = CONCEPT_RETENTION,
 ) -> dict[str, list[float]]:
     """Train the bottleneck with the head fixed, on cached features (Adam, seeded minibatches).
 
@@ -188,7 +192,7 @@ def finetune_bottleneck(
     is skipped). `sample_weights` (N,) weight each sample's cross-entropy (consistency
     reweighting). `retain` (n_f,) bool marks features that must keep meaning what they meant
     before training (concept features): + ρ · mean over them of 1 − corr(z_j, z_j before) per
-    minibatch (ρ = config.extra["concept_retention"], default CONCEPT_RETENTION), because
+    minibatch (ρ = config.extra["concept_retention"], default `retention`), because
     cross-entropy alone moves a concept's feature onto whatever separates the classes best.
     Runs on the device of `features`;
     `maps` may stay on the CPU and are moved per batch. Returns per-epoch mean loss and
@@ -229,7 +233,8 @@ def finetune_bottleneck(
     params = [p for p in bottleneck.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return history
-    rho = _retention_weight(config)
+    rho = _retention_weight(config, retention)
+    history["retention"] = [rho]
     anchor = _anchor(bottleneck, features, retain) if rho > 0 else None
     retain = retain.to(device) if retain is not None else None
     optimiser = torch.optim.Adam(params, lr=lr)
@@ -284,8 +289,8 @@ def finetune_bottleneck(
     return history
 
 
-def _retention_weight(config: RetrofitConfig) -> float:
-    value = config.extra.get("concept_retention", CONCEPT_RETENTION)
+def _retention_weight(config: RetrofitConfig, default: float) -> float:
+    value = config.extra.get("concept_retention", default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise ConfigError(
             f"extra['concept_retention'] must be a number >= 0 (0 turns it off), got {value!r}."

@@ -192,6 +192,23 @@ def test_a_probe_of_a_word_the_images_never_show_is_dropped_as_a_proxy() -> None
     assert basis.summary()["proxies"] == {CONCEPTS[3]: CONCEPTS[0]}
 
 
+def test_labelled_concept_features_keep_their_meaning_and_their_channels_are_not_offered() -> None:
+    """With concept labels the retention term is on by default (the labels are what the user
+    annotated) and channels a labelled concept covers are not offered to the head."""
+    world = {"n_classes": 50, "image_size": 64, "seed": 0}
+    train = SyntheticConceptDataset(500, split="train", **world)
+    imodel = retrofit.convert(
+        load_demo_classifier(), DataLoader(train, batch_size=250), method="qpm", n_features=30,
+        per_class=3, time_limit=3, threads=1, epochs=1, progress=False,
+        concepts={"labels": train.concepts, "label_names": train.concept_names},
+        class_names=train.class_names,
+    )  # fmt: skip
+    assert imodel.stats["history"]["bottleneck"]["retention"] == [1.0]
+    basis = imodel.stats["concept_basis"]
+    assert basis["covered_channels"] > 0
+    assert len(basis["concepts"]) < 30  # so channels were offered beside the concepts
+
+
 def test_truth_check_on_the_synthetic_world() -> None:
     """check() reads the world's concept labels itself and reports pair and global truth;
     without ground truth it says why it skipped."""
@@ -205,6 +222,8 @@ def test_truth_check_on_the_synthetic_world() -> None:
         progress=False, class_names=train.class_names,
     )  # fmt: skip
     assert imodel.pair_concepts, "convert with concepts names the class-feature pairs"
+    assert imodel.stats["history"]["bottleneck"]["retention"] == [0.0]  # CLIP words: off
+    assert imodel.stats["concept_basis"]["covered_channels"] >= 0
     table = imodel.global_explanation()
     first = next(iter(table.values()))[0]
     assert {"name", "feature_name", "pair"} <= set(first)

@@ -63,12 +63,10 @@ class ConceptBasis:
     def size(self) -> int:
         return int(self.weight.shape[0])
 
-    def extend(self, features: torch.Tensor, channels: bool = True) -> torch.Tensor:
-        """(N, D) -> (N, D + V): the backbone channels followed by the concept features
-        (only the (N, V) concept features with channels=False)."""
+    def extend(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, D + V): the backbone channels followed by the concept features."""
         weight, bias = self.weight.to(features.device), self.bias.to(features.device)
-        concepts = features.float() @ weight.T + bias
-        return torch.cat([features, concepts], dim=1) if channels else concepts
+        return torch.cat([features, features.float() @ weight.T + bias], dim=1)
 
     def extend_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> (B, D + V, H, W) through the same linear map (bias added)."""
@@ -173,11 +171,9 @@ def _drop_proxies(
     return torch.tensor(sorted(accepted), dtype=torch.long), proxies
 
 
-def fold_bottleneck(
-    bottleneck: Any, basis: ConceptBasis, in_features: int, channels: bool = True
-) -> Any:
-    """An bottleneck over the D backbone features equal to `bottleneck` over the extended D + V ones
-    (over the V concept features alone with channels=False)."""
+def fold_bottleneck(bottleneck: Any, basis: ConceptBasis, in_features: int) -> Any:
+    """An bottleneck over the D backbone features equal to `bottleneck` over the extended D + V
+    ones (retrofit.concepts.coverage.widen_bottleneck puts a head fitted on some of them there)."""
     from retrofit.bottleneck import Bottleneck
 
     d = in_features
@@ -188,15 +184,10 @@ def fold_bottleneck(
         else:
             mix_ext = torch.zeros(len(bottleneck.selected), bottleneck.in_features, device=device)
             mix_ext[torch.arange(len(bottleneck.selected)), bottleneck.selected] = 1.0
-        if not channels:
-            mix_ext = torch.cat([torch.zeros(len(mix_ext), d, device=device), mix_ext], dim=1)
-            bottleneck_selected = bottleneck.selected + d
-        else:
-            bottleneck_selected = bottleneck.selected
         weight, bias = basis.weight.to(device), basis.bias.to(device)
         mix = mix_ext[:, :d] + mix_ext[:, d:] @ weight
         mean = bottleneck.mean.detach() - mix_ext[:, d:] @ bias
-        selected = bottleneck_selected.clone()
+        selected = bottleneck.selected.clone()
         is_concept = selected >= d
         if bool(is_concept.any()):
             # where a concept feature "starts": its probe's strongest backbone channel

@@ -49,8 +49,9 @@ class HeadResult:
 
 class HeadMethod(Protocol):
     """maps: cached spatial maps (locality, diversity loss); logits: the original model's, for
-    config.distill in methods that fine-tune a bottleneck themselves. Methods ignore what they
-    do not use."""
+    config.distill in methods that fine-tune a bottleneck themselves; prior: (D, C) preference
+    for giving feature j to class c (retrofit.concepts.coverage), for methods that assign
+    features to classes. Methods ignore what they do not use."""
 
     def __call__(
         self,
@@ -59,6 +60,7 @@ class HeadMethod(Protocol):
         config: RetrofitConfig,
         maps: torch.Tensor | None = None,
         logits: torch.Tensor | None = None,
+        prior: torch.Tensor | None = None,
     ) -> HeadResult: ...
 
 

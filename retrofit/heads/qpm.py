@@ -21,6 +21,9 @@ Options read from `config.extra`:
       (0 rounds disables it; it may use up to 40 % of time_limit).
   formulation (str, "projected"): one value per class bounded by exact cuts; "assignment"
       keeps a variable per feature and class (see retrofit.solvers.qpm_program).
+  concept_prior (float, 0.5): weight of the class–concept prior (`prior`, from the concept
+      basis: +1 where a class shows a concept feature's concept, −1 where it does not) added to
+      the class–feature correlations A; 0 ignores the prior.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from retrofit.solvers.stats import MIN_STD
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_ROUNDS = 200
+DEFAULT_CONCEPT_PRIOR = 0.5
 # the pass that computes A may take this share of time_limit; past it, rows are subsampled
 CONSTANTS_SHARE = 0.4
 # the clique and the iterated local search may use this share of the time the constants leave
@@ -67,6 +71,7 @@ def fit_qpm(
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
 ) -> HeadResult:
     """Select `n_features` features and give every class `per_class` of them, all classes distinct.
 
@@ -81,7 +86,7 @@ def fit_qpm(
     began = time.perf_counter()
     limit = DEFAULT_TIME_LIMIT if config.time_limit is None else float(config.time_limit)
     deadline = Deadline.after(limit)
-    n_classes = _validate(features, labels, config, maps)
+    n_classes = _validate(features, labels, config, maps, prior)
     dim = int(features.shape[1])
     check_settings(n_classes, dim, config.n_features, config.per_class)
     extra = config.extra
@@ -89,6 +94,9 @@ def fit_qpm(
     constant_rows = rows_within(features, deadline.share(CONSTANTS_SHARE).remaining(), n_classes)
     constants = correlation_with_moments(features, labels, n_classes, rows=constant_rows)
     assoc_all = constants.assoc
+    if prior is not None:
+        weight = float(extra.get("concept_prior", DEFAULT_CONCEPT_PRIOR))
+        assoc_all = assoc_all + weight * prior.to(assoc_all.device, assoc_all.dtype)
     candidates = select_candidates(
         assoc_all,
         config.n_features,
@@ -174,9 +182,13 @@ def fit_qpm(
 
 
 def _validate(
-    features: torch.Tensor, labels: torch.Tensor, config: RetrofitConfig, maps: torch.Tensor | None
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    config: RetrofitConfig,
+    maps: torch.Tensor | None,
+    prior: torch.Tensor | None,
 ) -> int:
-    """Check shapes and labels; return the number of classes."""
+    """Check shapes, labels and options; return the number of classes."""
     if features.ndim != 2 or not features.is_floating_point():
         raise FeatureError(
             f"features must be a float (N, D) tensor, got {features.dtype} {tuple(features.shape)}."
@@ -197,6 +209,15 @@ def _validate(
                 f"label {n_classes - 1} found but only {len(config.class_names)} class_names given."
             )
         n_classes = len(config.class_names)
+    if prior is not None and tuple(prior.shape) != (int(features.shape[1]), n_classes):
+        raise FeatureError(
+            f"prior must be (D, C) = ({features.shape[1]}, {n_classes}), got {tuple(prior.shape)}."
+        )
+    weight = config.extra.get("concept_prior", DEFAULT_CONCEPT_PRIOR)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ConfigError(
+            f"extra['concept_prior'] must be a number >= 0 (0 ignores the prior), got {weight!r}."
+        )
     if config.extra.get("locality"):
         if maps is None:
             raise ConfigError(

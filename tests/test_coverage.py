@@ -1,0 +1,112 @@
+"""The head's candidates beside the concept basis: covered channels, the class–concept prior."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retrofit.bottleneck import Bottleneck
+from retrofit.concepts.coverage import head_candidates, widen_bottleneck
+from retrofit.config import RetrofitConfig
+from retrofit.errors import ConfigError, FeatureError
+from retrofit.heads.base import get_head
+
+
+def _world(n: int = 800, seed: int = 0):
+    """4 classes; class c < 3 always shows concept c (others at random); channel 1 copies
+    concept 0, channels 0 and 2 are noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(4).repeat_interleave(n // 4)
+    presence = torch.rand(n, 3, generator=g) < 0.2
+    for c in range(3):
+        presence[labels == c, c] = True
+    features = torch.randn(n, 3, generator=g)
+    features[:, 1] = presence[:, 0].float() + 0.3 * torch.randn(n, generator=g)
+    return features, presence, labels
+
+
+def test_a_channel_that_copies_a_concept_is_not_offered_beside_it() -> None:
+    features, presence, labels = _world()
+    candidates = head_candidates(features, presence, labels, 4, channels=True, n_features=4)
+    assert candidates.columns.tolist() == [0, 2, 3, 4, 5]
+    assert candidates.covered == 1
+    expected = -torch.ones(3, 4)
+    expected[torch.arange(3), torch.arange(3)] = 1
+    assert torch.equal(candidates.prior[2:], expected)
+    assert not candidates.prior[:2].any()
+
+
+def test_covered_channels_return_last_when_the_head_needs_them() -> None:
+    features, presence, labels = _world()
+    candidates = head_candidates(features, presence, labels, 4, channels=True, n_features=6)
+    assert candidates.columns.tolist() == [0, 1, 2, 3, 4, 5]
+    assert candidates.covered == 0
+    assert torch.equal(candidates.prior[1], -torch.ones(4))
+    assert not candidates.prior[[0, 2]].any()
+
+
+def test_without_channels_only_the_concept_features_are_offered() -> None:
+    features, presence, labels = _world()
+    candidates = head_candidates(features, presence, labels, 4, channels=False, n_features=3)
+    assert candidates.columns.tolist() == [3, 4, 5]
+
+
+@pytest.mark.parametrize("linear_mix", [True, False])
+def test_a_widened_bottleneck_computes_the_same_features(linear_mix: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g)
+    columns = torch.tensor([0, 2, 5])
+    narrow = Bottleneck(
+        torch.tensor([2, 0]),
+        torch.randn(2, generator=g),
+        torch.rand(2, generator=g) + 0.5,
+        3,
+        linear_mix=linear_mix,
+    )
+    if linear_mix:
+        with torch.no_grad():
+            narrow.mix.copy_(torch.randn(2, 3, generator=g))
+    wide = widen_bottleneck(narrow, columns, 6)
+    assert wide.selected.tolist() == [5, 0]
+    assert torch.allclose(wide(x), narrow(x[:, columns]), atol=1e-5)
+
+
+def _qpm_config(**extra) -> RetrofitConfig:
+    return RetrofitConfig(
+        n_features=6, per_class=2, progress=False, seed=0, threads=1, time_limit=20, extra=extra
+    )
+
+
+def _planted(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(5).repeat_interleave(60)
+    proto = torch.randn(5, 12, generator=g) * (torch.rand(5, 12, generator=g) < 0.4)
+    return 2.0 * proto[labels] + torch.randn(len(labels), 12, generator=g), labels
+
+
+def test_the_prior_moves_qpm_towards_the_feature_whose_concept_the_class_shows() -> None:
+    features, labels = _planted()
+    plain = get_head("qpm")(features, labels, _qpm_config())
+    c = 0
+    given = set(plain.selected[plain.assignment[c] != 0].tolist())
+    assoc = torch.stack(
+        [torch.corrcoef(torch.stack([f, (labels == c).float()]))[0, 1] for f in features.T]
+    )
+    unused = [j for j in torch.argsort(-assoc).tolist() if j not in given]
+    preferred, avoided = unused[0], sorted(given)[0]
+    prior = torch.zeros(12, 5)
+    prior[preferred, c], prior[avoided, c] = 1.0, -1.0
+    nudged = get_head("qpm")(features, labels, _qpm_config(concept_prior=1.0), prior=prior)
+    now = set(nudged.selected[nudged.assignment[c] != 0].tolist())
+    assert preferred in now and avoided not in now
+    ignored = get_head("qpm")(features, labels, _qpm_config(concept_prior=0), prior=prior)
+    assert torch.equal(ignored.assignment, plain.assignment)
+    assert torch.equal(ignored.selected, plain.selected)
+
+
+def test_a_bad_prior_or_weight_is_refused() -> None:
+    features, labels = _planted()
+    with pytest.raises(FeatureError, match="prior must be"):
+        get_head("qpm")(features, labels, _qpm_config(), prior=torch.zeros(11, 5))
+    with pytest.raises(ConfigError, match="concept_prior"):
+        get_head("qpm")(features, labels, _qpm_config(concept_prior=-1), prior=torch.zeros(12, 5))
