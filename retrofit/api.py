@@ -33,7 +33,7 @@ from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.features import extract, resolve_device
 from retrofit.featureset import FeatureSet
 from retrofit.finetune import finetune_backbone
-from retrofit.heads import get_head
+from retrofit.heads.base import fit_head
 from retrofit.hooks import LayerSpec
 from retrofit.inputs import check_class_count, require_module
 from retrofit.loaders import as_batches
@@ -162,7 +162,7 @@ def convert(
             candidates.covered,
         )
     logger.info("fitting the %s head on %d x %d features", config.method, *head_features.shape)
-    result = get_head(config.method)(head_features, labels, config, maps, train.logits, prior=prior)
+    result = fit_head(config.method, head_features, labels, config, maps, train.logits, prior)
     bottleneck = result.bottleneck or build_bottleneck(
         result, config, in_features=head_features.shape[1]
     )

@@ -9,7 +9,7 @@ from retrofit.bottleneck import Bottleneck
 from retrofit.concepts.coverage import head_candidates, widen_bottleneck
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
-from retrofit.heads.base import get_head
+from retrofit.heads.base import fit_head, get_head, register_head, unregister_head
 
 
 def _world(n: int = 800, seed: int = 0):
@@ -110,3 +110,27 @@ def test_a_bad_prior_or_weight_is_refused() -> None:
         get_head("qpm")(features, labels, _qpm_config(), prior=torch.zeros(11, 5))
     with pytest.raises(ConfigError, match="concept_prior"):
         get_head("qpm")(features, labels, _qpm_config(concept_prior=-1), prior=torch.zeros(12, 5))
+
+
+def test_the_prior_reaches_only_methods_that_take_it() -> None:
+    features, labels = _planted()
+    seen: list[object] = []
+
+    def with_prior(features, labels, config, maps=None, logits=None, prior=None):
+        seen.append(prior)
+        return get_head("qpm")(features, labels, config)
+
+    def without_prior(features, labels, config, maps=None, logits=None):
+        seen.append("called")
+        return get_head("qpm")(features, labels, config)
+
+    prior = torch.zeros(12, 5)
+    try:
+        register_head("takes_prior")(with_prior)
+        register_head("older_plugin")(without_prior)
+        fit_head("takes_prior", features, labels, _qpm_config(), prior=prior)
+        fit_head("older_plugin", features, labels, _qpm_config(), prior=prior)
+    finally:
+        unregister_head("takes_prior")
+        unregister_head("older_plugin")
+    assert seen[0] is prior and seen[1] == "called"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,9 +50,10 @@ class HeadResult:
 
 class HeadMethod(Protocol):
     """maps: cached spatial maps (locality, diversity loss); logits: the original model's, for
-    config.distill in methods that fine-tune a bottleneck themselves; prior: (D, C) preference
-    for giving feature j to class c (retrofit.concepts.coverage), for methods that assign
-    features to classes. Methods ignore what they do not use."""
+    config.distill in methods that fine-tune a bottleneck themselves. Methods ignore what they
+    do not use. A method that assigns features to classes may also take `prior` (D, C), a
+    preference for giving feature j to class c (retrofit.concepts.coverage); `fit_head` passes
+    it only to methods whose signature names it, so older plugins keep working."""
 
     def __call__(
         self,
@@ -60,7 +62,6 @@ class HeadMethod(Protocol):
         config: RetrofitConfig,
         maps: torch.Tensor | None = None,
         logits: torch.Tensor | None = None,
-        prior: torch.Tensor | None = None,
     ) -> HeadResult: ...
 
 
@@ -88,6 +89,22 @@ def get_head(name: str) -> HeadMethod:
     if name not in _REGISTRY:
         raise ConfigError(f"Unknown method {name!r}; registered methods are {sorted(_REGISTRY)}.")
     return _REGISTRY[name]
+
+
+def fit_head(
+    name: str,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    config: RetrofitConfig,
+    maps: torch.Tensor | None = None,
+    logits: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+) -> HeadResult:
+    """Fit the registered method `name`, with `prior` where the method takes one."""
+    method = get_head(name)
+    if prior is not None and "prior" in inspect.signature(method).parameters:
+        return method(features, labels, config, maps, logits, prior=prior)
+    return method(features, labels, config, maps, logits)
 
 
 def available_heads() -> list[str]:

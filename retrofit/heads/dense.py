@@ -19,7 +19,6 @@ def fit_dense(
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
-    prior: torch.Tensor | None = None,
 ) -> HeadResult:
     """L2-regularised multinomial logistic regression on every feature (selected = all D).
 

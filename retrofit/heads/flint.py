@@ -25,7 +25,6 @@ def fit_flint(
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
-    prior: torch.Tensor | None = None,
 ) -> HeadResult:
     """Learn Φ and h; result.bottleneck computes Φ(x) exactly (identity selection, mean 0, std 1)."""
     n_classes = len(config.class_names) if config.class_names else None

@@ -28,7 +28,6 @@ def fit_qsenn(
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
-    prior: torch.Tensor | None = None,
 ) -> HeadResult:
     """Select n_features, then per round: fit, quantise to {−a, 0, a}, ramp the bias, fine-tune.
 

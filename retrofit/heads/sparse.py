@@ -26,7 +26,6 @@ def fit_sparse(
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
-    prior: torch.Tensor | None = None,
 ) -> HeadResult:
     """Select n_features, fit the α = 0.99 path on them, keep the best point within budget.
 
