@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "align": {"concepts_extra": {"align": True}},
     "concept_retention=1": {"extra": {"concept_retention": 1.0}},
     "concept_prior=0": {"extra": {"concept_prior": 0.0}},
+    "class_diversity=0": {"extra": {"class_diversity": 0.0}},
     "concept labels": {"concept_source": "labels"},
 }
 

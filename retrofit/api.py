@@ -17,6 +17,7 @@ from retrofit.bottleneck import (
     LABELLED_RETENTION,
     FixedHead,
     build_bottleneck,
+    class_diversity_default,
     finetune_bottleneck,
 )
 from retrofit.concepts import apply_concepts, parse_concepts
@@ -177,7 +178,11 @@ def convert(
     head = FixedHead.from_result(result)
     history: dict[str, Any] = {}
     if config.finetune != "none" and result.bottleneck is None:
-        retention = {"retain": retain, "retention": _retention_default(config)}
+        retention = {
+            "retain": retain,
+            "retention": _retention_default(config),
+            "class_diversity": class_diversity_default(config),
+        }
         history["bottleneck"] = finetune_bottleneck(
             bottleneck, head, features, labels, config, train.logits, train.maps, **retention
         )

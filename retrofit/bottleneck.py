@@ -17,7 +17,12 @@ from torch import nn
 
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError, SolverError
-from retrofit.losses import DIVERSITY_BETA, feature_diversity_loss
+from retrofit.losses import (
+    DIVERSITY_BETA,
+    class_decorrelation_loss,
+    feature_diversity_loss,
+    shared_class_pairs,
+)
 from retrofit.solvers.stats import MIN_STD
 
 if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would be circular
@@ -29,6 +34,9 @@ CONCEPT_RETENTION = 0.0  # ρ of the retention term (off); config.extra['concept
 # ρ for concept features probed from concept labels: a labelled concept is what the user
 # annotated, so holding its feature to it costs no truth (a CLIP word's probe may be a mixture)
 LABELLED_RETENTION = 1.0
+# γ of the within-class decorrelation term; convert() turns it on (CLASS_DIVERSITY) when it
+# names concepts, config.extra['class_diversity'] overrides
+CLASS_DIVERSITY = 1.0
 _EVAL_ROWS = 8192  # rows per no-grad pass over the cache
 MIN_BOTTLENECK_EPOCHS = 20
 # Small caches need more passes: below ~1,500 Adam steps the linear mix is still far from
@@ -182,6 +190,7 @@ def finetune_bottleneck(
     sample_weights: torch.Tensor | None = None,
     retain: torch.Tensor | None = None,
     retention: float = CONCEPT_RETENTION,
+    class_diversity: float = 0.0,
 ) -> dict[str, list[float]]:
     """Train the bottleneck with the head fixed, on cached features (Adam, seeded minibatches).
 
@@ -194,6 +203,9 @@ def finetune_bottleneck(
     before training (concept features): + ρ · mean over them of 1 − corr(z_j, z_j before) per
     minibatch (ρ = config.extra["concept_retention"], default `retention`), because
     cross-entropy alone moves a concept's feature onto whatever separates the classes best.
+    + γ · `class_decorrelation_loss` over the pairs of features one class uses (γ =
+    config.extra["class_diversity"], default `class_diversity`): without it, the features of a
+    class drift onto the class's most separating concept together.
     Runs on the device of `features`;
     `maps` may stay on the CPU and are moved per batch. Returns per-epoch mean loss and
     training accuracy, plus the accuracy before training.
@@ -233,8 +245,10 @@ def finetune_bottleneck(
     params = [p for p in bottleneck.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return history
-    rho = _retention_weight(config, retention)
-    history["retention"] = [rho]
+    rho = _non_negative(config, "concept_retention", retention)
+    gamma = _non_negative(config, "class_diversity", class_diversity)
+    history["retention"], history["class_diversity"] = [rho], [gamma]
+    shared = shared_class_pairs(head.weight).to(device) if gamma > 0 else None
     anchor = _anchor(bottleneck, features, retain) if rho > 0 else None
     retain = retain.to(device) if retain is not None else None
     optimiser = torch.optim.Adam(params, lr=lr)
@@ -274,6 +288,8 @@ def finetune_bottleneck(
                 )
             if anchor is not None:
                 loss = loss + rho * retention_loss(z[:, retain], anchor[index_dev])
+            if shared is not None:
+                loss = loss + gamma * class_decorrelation_loss(z, shared)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -289,12 +305,17 @@ def finetune_bottleneck(
     return history
 
 
-def _retention_weight(config: RetrofitConfig, default: float) -> float:
-    value = config.extra.get("concept_retention", default)
+def class_diversity_default(config: RetrofitConfig) -> float:
+    """γ of the within-class decorrelation term unless config.extra sets it: on when the
+    conversion names concepts (each feature of a class should name a different one)."""
+    return CLASS_DIVERSITY if config.concepts is not None else 0.0
+
+
+def _non_negative(config: RetrofitConfig, key: str, default: float) -> float:
+    """config.extra[key] (default `default`), refused unless a finite number >= 0."""
+    value = config.extra.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ConfigError(
-            f"extra['concept_retention'] must be a number >= 0 (0 turns it off), got {value!r}."
-        )
+        raise ConfigError(f"extra[{key!r}] must be a number >= 0 (0 turns it off), got {value!r}.")
     return float(value)
 
 

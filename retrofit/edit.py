@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from retrofit.bottleneck import Bottleneck, FixedHead, bottleneck_epochs, finetune_bottleneck
+from retrofit.bottleneck import (
+    Bottleneck,
+    FixedHead,
+    bottleneck_epochs,
+    class_diversity_default,
+    finetune_bottleneck,
+)
 from retrofit.edits import EditPlan, class_counts, parse_edits, plan_edits
 from retrofit.errors import EditError, FeatureError, SolverError
 from retrofit.featureset import FeatureSet
@@ -395,6 +401,7 @@ def _refit_bottleneck(imodel: InterpretableModel, train: FeatureSet, epochs: int
         config,
         logits=train.logits,
         epochs=epochs,
+        class_diversity=class_diversity_default(config),
     )
     imodel.bottleneck.eval()
 

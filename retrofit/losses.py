@@ -45,3 +45,22 @@ def feature_diversity_loss(
     spread = torch.softmax(flat, dim=2)
     peak = (omega * share).unsqueeze(2) * spread
     return -(beta / b) * peak.amax(dim=1).sum()
+
+
+def shared_class_pairs(weight: torch.Tensor) -> torch.Tensor:
+    """(F, F) bool: pairs of distinct features that some class weighs positively together."""
+    positive = (weight.detach() > 0).float()
+    shared = (positive.T @ positive) > 0
+    shared.fill_diagonal_(False)
+    return shared
+
+
+def class_decorrelation_loss(z: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Mean over feature pairs that serve one class of their positive Pearson correlation
+    (over the minibatch), squared: 0 while a class's features vary independently, so two of
+    them cannot both become the same concept (a class explained as "+pink, +pink")."""
+    if not bool(shared.any()):
+        return z.new_zeros(())
+    centred = z - z.mean(dim=0)
+    unit = centred / centred.norm(dim=0).clamp_min(1e-8)
+    return ((unit.T @ unit)[shared].clamp_min(0) ** 2).mean()

@@ -9,7 +9,11 @@ from retrofit.bottleneck import Bottleneck, FixedHead, build_bottleneck, finetun
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
 from retrofit.heads.base import HeadResult
-from retrofit.losses import feature_diversity_loss
+from retrofit.losses import (
+    class_decorrelation_loss,
+    feature_diversity_loss,
+    shared_class_pairs,
+)
 
 C, D = 3, 12
 
@@ -160,3 +164,52 @@ def test_bottleneck_rejects_mismatched_shapes():
     bottleneck = build_bottleneck(result, cfg())
     with pytest.raises(FeatureError):
         finetune_bottleneck(bottleneck, FixedHead.from_result(result), x, y[:-1], cfg())
+
+
+def test_class_decorrelation_keeps_two_features_of_one_class_from_becoming_one() -> None:
+    """Class 0 reads features 0 and 1; cross-entropy rebuilds both from class 0's channel,
+    the decorrelation term keeps feature 1 apart from feature 0."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.arange(300) % 2
+    x = torch.randn(300, D, generator=g)
+    x[:, 0] += 2.0 * (y == 0)
+    x[:, 2] += 2.0 * (y == 1)
+    weight = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    result = HeadResult(
+        selected=torch.tensor([0, 5, 2]), weight=weight, bias=torch.zeros(2),
+        mean=torch.zeros(3), std=torch.ones(3), assignment=weight.to(torch.int8), scale=1.0,
+        stats={"in_features": D},
+    )  # fmt: skip
+    correlation = {}
+    for gamma in (0.0, 5.0):
+        bottleneck = build_bottleneck(result, cfg(linear_mix=True))
+        history = finetune_bottleneck(
+            bottleneck, FixedHead.from_result(result), x, y,
+            cfg(linear_mix=True, extra={"class_diversity": gamma}),
+        )  # fmt: skip
+        z = bottleneck(x).detach()
+        correlation[gamma] = float(torch.corrcoef(z[:, :2].T)[0, 1])
+        assert history["class_diversity"] == [gamma]
+    assert correlation[0.0] > 0.5  # without the term feature 1 becomes a second class-0 detector
+    assert correlation[5.0] < correlation[0.0] - 0.3
+
+
+def test_class_decorrelation_loss_counts_only_pairs_that_share_a_class() -> None:
+    weight = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    shared = shared_class_pairs(weight)
+    assert shared.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+    base = torch.randn(200, 1, generator=torch.Generator().manual_seed(0))
+    same_in_class = torch.cat([base, base, base], dim=1)
+    assert float(class_decorrelation_loss(same_in_class, shared)) == pytest.approx(1.0, abs=1e-5)
+    anti = torch.cat([base, -base, base], dim=1)  # opposite, and equal across classes: no cost
+    assert float(class_decorrelation_loss(anti, shared)) == 0.0
+    assert float(class_decorrelation_loss(same_in_class, torch.zeros(3, 3, dtype=torch.bool))) == 0
+
+
+def test_a_bad_class_diversity_weight_is_a_config_error() -> None:
+    x, y, result = problem()
+    with pytest.raises(ConfigError, match="class_diversity"):
+        finetune_bottleneck(
+            build_bottleneck(result, cfg(linear_mix=True)), FixedHead.from_result(result),
+            x, y, cfg(linear_mix=True, extra={"class_diversity": -0.5}),
+        )  # fmt: skip

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from retrofit.bottleneck import Bottleneck
-from retrofit.concepts.coverage import head_candidates, widen_bottleneck
+from retrofit.concepts.coverage import (
+    COVERAGE_BLOCK,
+    coverage,
+    head_candidates,
+    widen_bottleneck,
+)
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
 from retrofit.heads.base import fit_head, get_head, register_head, unregister_head
@@ -134,3 +139,13 @@ def test_the_prior_reaches_only_methods_that_take_it() -> None:
         unregister_head("takes_prior")
         unregister_head("older_plugin")
     assert seen[0] is prior and seen[1] == "called"
+
+
+def test_coverage_of_a_wide_layer_is_measured_block_by_block() -> None:
+    g = torch.Generator().manual_seed(2)
+    presence = torch.rand(400, 2, generator=g) < 0.5
+    features = torch.randn(400, COVERAGE_BLOCK + 44, generator=g)
+    features[:, COVERAGE_BLOCK + 20] = presence[:, 1].float() + 0.2 * torch.randn(400, generator=g)
+    best = coverage(features, presence)
+    assert best.shape == (COVERAGE_BLOCK + 44,)
+    assert torch.nonzero(best >= 0.75).flatten().tolist() == [COVERAGE_BLOCK + 20]

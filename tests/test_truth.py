@@ -203,7 +203,8 @@ def test_labelled_concept_features_keep_their_meaning_and_their_channels_are_not
         concepts={"labels": train.concepts, "label_names": train.concept_names},
         class_names=train.class_names,
     )  # fmt: skip
-    assert imodel.stats["history"]["bottleneck"]["retention"] == [1.0]
+    history = imodel.stats["history"]["bottleneck"]
+    assert history["retention"] == [1.0] and history["class_diversity"] == [1.0]
     basis = imodel.stats["concept_basis"]
     assert basis["covered_channels"] > 0
     assert len(basis["concepts"]) < 30  # so channels were offered beside the concepts
@@ -222,7 +223,8 @@ def test_truth_check_on_the_synthetic_world() -> None:
         progress=False, class_names=train.class_names,
     )  # fmt: skip
     assert imodel.pair_concepts, "convert with concepts names the class-feature pairs"
-    assert imodel.stats["history"]["bottleneck"]["retention"] == [0.0]  # CLIP words: off
+    history = imodel.stats["history"]["bottleneck"]
+    assert history["retention"] == [0.0] and history["class_diversity"] == [1.0]  # CLIP words
     assert imodel.stats["concept_basis"]["covered_channels"] >= 0
     table = imodel.global_explanation()
     first = next(iter(table.values()))[0]

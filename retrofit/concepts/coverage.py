@@ -24,6 +24,7 @@ from retrofit.concepts.pairs import MIN_AUC, PairSettings, auc_matrix, class_con
 
 # channels are tested for coverage on at most this many evenly spaced rows (an AUC estimate)
 COVERAGE_ROWS = 20_000
+COVERAGE_BLOCK = 256  # channels ranked at a time
 
 
 @dataclass
@@ -37,10 +38,15 @@ class HeadCandidates:
 
 def coverage(features: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
     """(D,) how well each channel detects its best-detected concept: the largest AUC of its
-    activation against a concept's presence (estimated on evenly spaced rows)."""
+    activation against a concept's presence (estimated on evenly spaced rows, channels in
+    blocks so the ranks stay small at ImageNet width)."""
     rows = torch.linspace(0, len(features) - 1, min(len(features), COVERAGE_ROWS)).long()
-    auc = auc_matrix(features[rows.to(features.device)].float().cpu(), presence[rows].cpu())
-    return torch.nan_to_num(auc, nan=0.0).max(dim=1).values
+    sample, present = features[rows.to(features.device)].float().cpu(), presence[rows].cpu()
+    best = [
+        torch.nan_to_num(auc_matrix(sample[:, block], present), nan=0.0).max(dim=1).values
+        for block in torch.arange(sample.shape[1]).split(COVERAGE_BLOCK)
+    ]
+    return torch.cat(best)
 
 
 def class_prior(presence: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
