@@ -209,10 +209,15 @@ class InterpretableModel(nn.Module):
         return table
 
     def format_global_explanation(self) -> str:
-        """The global explanation as a plain-text table, one class per line."""
+        """The global explanation as a plain-text table, one class per line; features whose
+        pair naming abstained are counted at the end rather than listed as a word."""
         lines = []
         for name, features in self.global_explanation().items():
-            parts = [("+" if f["sign"] > 0 else "-") + f["name"] for f in features]
+            named = [f for f in features if f["pair"].get("status") != "unexplained"]
+            parts = [("+" if f["sign"] > 0 else "-") + f["name"] for f in named]
+            if len(named) < len(features):
+                count = len(features) - len(named)
+                parts.append(f"{count} unexplained feature{'s' if count > 1 else ''}")
             lines.append(f"{name}: {', '.join(parts) if parts else '(no features)'}")
         return "\n".join(lines)
 

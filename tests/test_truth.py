@@ -226,6 +226,10 @@ def test_truth_check_on_the_synthetic_world() -> None:
     history = imodel.stats["history"]["bottleneck"]
     assert history["retention"] == [0.0] and history["class_diversity"] == [1.0]  # CLIP words
     assert imodel.stats["concept_basis"]["covered_channels"] >= 0
+    text = imodel.format_global_explanation()
+    abstained = sum(pair["status"] == "unexplained" for pair in imodel.pair_concepts.values())
+    assert "+unexplained" not in text
+    assert (abstained > 0) == ("unexplained feature" in text)
     table = imodel.global_explanation()
     first = next(iter(table.values()))[0]
     assert {"name", "feature_name", "pair"} <= set(first)
@@ -235,6 +239,9 @@ def test_truth_check_on_the_synthetic_world() -> None:
     )  # fmt: skip
     truth = report.results["truth"]
     assert truth["pair"]["grounded"] and truth["pair"]["pairs"] == 100
+    for c in (0, 7):  # the class truth is the world's class signature, not any frequent concept
+        signature = torch.nonzero(test.class_signatures[c]).flatten().tolist()
+        assert truth["pair"]["per_class"][c]["truth"] == [test.concept_names[k] for k in signature]
     assert 0 <= truth["pair"]["precision"] <= 1
     assert report.passed
     assert "Truth of the explanation" in render_report(report)

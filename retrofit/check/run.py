@@ -91,6 +91,9 @@ class _Plan:
     am_pi_pairs: int = 0
     consistency: ConsistencySettings | None = None
     config: CheckConfig | None = None
+    # the dataset's own class–concept matrix (the synthetic world's class signatures), the class
+    # truth when ground truth is read from the dataset rather than passed
+    class_truth: torch.Tensor | None = None
 
 
 def _device_of(module: nn.Module, fallback: torch.device) -> torch.device:
@@ -319,7 +322,8 @@ def check(
     `attributes` (classes x attributes) enables Structural Grounding. `concept_labels` (images x
     concepts, loader order) or `attributes`, with `concept_names` for their columns, enable the
     truth of the explanation (retrofit.check.truth); a dataset with `concepts` and
-    `concept_names` (the synthetic world) provides them itself. Registered metrics
+    `concept_names` (the synthetic world) provides them itself, and its `class_signatures` (the
+    concepts that define each class) are then the class truth. Registered metrics
     (retrofit.check.register_metric) run after the built-in parts, results under their names.
     """
     if not isinstance(imodel, InterpretableModel):
@@ -351,8 +355,10 @@ def check(
     truth_given = concept_labels is not None or attributes is not None
     if concept_names is None:
         concept_names = getattr(dataset, "concept_names", None)
+    class_truth = None
     if concept_labels is None and attributes is None and _in_order(loader):
         concept_labels = getattr(dataset, "concepts", None)
+        class_truth = getattr(dataset, "class_signatures", None)
     plan = _Plan(
         limits,
         tuple(config.pixel_methods),
@@ -372,6 +378,7 @@ def check(
         config.am_pi_pairs,
         consistency=ConsistencySettings.parse(consistency) if consistency else None,
         config=config,
+        class_truth=class_truth,
     )
 
     modules = [imodel] + ([reference] if reference is not None else [])
@@ -487,7 +494,7 @@ def _check(
         imodel,
         z,
         labels,
-        plan.attributes,
+        plan.attributes if plan.attributes is not None else plan.class_truth,
         plan.concept_labels,
         plan.concept_names,
         explicit=plan.truth_given,
