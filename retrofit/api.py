@@ -13,12 +13,11 @@ from torch import nn
 
 from retrofit.attributes import attribute_features, read_attributes
 from retrofit.bottleneck import (
-    CONCEPT_RETENTION,
-    LABELLED_RETENTION,
     FixedHead,
     build_bottleneck,
     class_diversity_default,
     finetune_bottleneck,
+    retention_default,
 )
 from retrofit.concepts import apply_concepts, parse_concepts
 from retrofit.concepts.basis import (
@@ -180,7 +179,7 @@ def convert(
     if config.finetune != "none" and result.bottleneck is None:
         retention = {
             "retain": retain,
-            "retention": _retention_default(config),
+            "retention": retention_default(config),
             "class_diversity": class_diversity_default(config),
         }
         history["bottleneck"] = finetune_bottleneck(
@@ -262,12 +261,6 @@ def _concept_basis(
     if not basis.size:
         return None, None, embeddings
     return basis, presence[:, [names.index(name) for name in basis.names]], embeddings
-
-
-def _retention_default(config: RetrofitConfig) -> float:
-    """ρ of the concept retention term unless config.extra sets it (retrofit.bottleneck)."""
-    labelled = config.concepts is not None and parse_concepts(config.concepts).labels is not None
-    return LABELLED_RETENTION if labelled else CONCEPT_RETENTION
 
 
 def _class_count(labels: torch.Tensor, config: RetrofitConfig) -> int:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrofit.concepts.naming import parse_concepts
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError, SolverError
 from retrofit.losses import (
@@ -303,6 +304,13 @@ def finetune_bottleneck(
         )
     bottleneck.train(was_training)
     return history
+
+
+def retention_default(config: RetrofitConfig) -> float:
+    """ρ of the concept retention term unless config.extra sets it: on when the concepts come
+    from labels (LABELLED_RETENTION), off for CLIP words (CONCEPT_RETENTION)."""
+    labelled = config.concepts is not None and parse_concepts(config.concepts).labels is not None
+    return LABELLED_RETENTION if labelled else CONCEPT_RETENTION
 
 
 def class_diversity_default(config: RetrofitConfig) -> float:
