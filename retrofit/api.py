@@ -11,31 +11,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from retrofit.attributes import attribute_features, read_attributes
-from retrofit.bottleneck import (
-    FixedHead,
-    build_bottleneck,
-    class_diversity_default,
-    finetune_bottleneck,
-    retention_default,
-)
+from retrofit.attributes import attribute_features
 from retrofit.concepts import apply_concepts, parse_concepts
 from retrofit.concepts.basis import (
     ConceptBasis,
     concept_presence,
     fit_concept_basis,
-    fold_bottleneck,
 )
-from retrofit.concepts.coverage import head_candidates, widen_bottleneck
 from retrofit.concepts.stored import ConceptsSummary
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
 from retrofit.features import extract, resolve_device
 from retrofit.featureset import FeatureSet
 from retrofit.finetune import finetune_backbone
-from retrofit.heads.base import fit_head
 from retrofit.hooks import LayerSpec
 from retrofit.inputs import check_class_count, require_module
+from retrofit.layer_fit import HeadInputs, concept_head_inputs, fit_layer
 from retrofit.loaders import as_batches
 from retrofit.model import InterpretableModel
 from retrofit.reweight import reweight_by_consistency
@@ -130,61 +121,32 @@ def convert(
         )
     device = resolve_device(model, config.device)
     features = train.features.to(device)
-    labels = train.labels.to(device)
-    maps, attributes = train.maps, None
-    basis, basis_presence, embeddings, prior, columns = None, None, None, None, None
+    embeddings = None
     if config.features == "flint" and config.method != "flint":
-        attributes, features, maps = attribute_features(
-            features, labels, config, train.logits, maps
+        attributes, attribute_feats, maps = attribute_features(
+            features, train.labels.to(device), config, train.logits, train.maps
         )
+        inputs = HeadInputs(attribute_feats, maps, attributes=attributes)
     else:
-        basis, basis_presence, embeddings = _concept_basis(train_loader, train, features, config)
-    head_features = features
-    if basis is not None:
-        # concepts alone when there are enough of them; else channels and concepts together
-        channels = basis.size < config.n_features or config.concept_features == "mix"
-        candidates = head_candidates(
-            features,
-            basis_presence,
-            labels,
-            _class_count(labels, config),
-            channels,
-            config.n_features,
+        basis, presence, embeddings = _concept_basis(train_loader, train, features, config)
+        inputs = (
+            HeadInputs(features, train.maps)
+            if basis is None
+            else concept_head_inputs(
+                features,
+                train.maps,
+                basis,
+                presence,
+                train.labels.to(device),
+                _class_count(train.labels, config),
+                config,
+            )
         )
-        columns, prior = candidates.columns.to(device), candidates.prior
-        head_features = basis.extend(features)[:, columns]
-        if maps is not None:
-            maps = basis.extend_maps(maps)[:, columns.to(maps.device)]
-        logger.info(
-            "offering the head %d concept features and %d channels (%d covered by a concept)",
-            basis.size,
-            len(columns) - basis.size,
-            candidates.covered,
-        )
-    logger.info("fitting the %s head on %d x %d features", config.method, *head_features.shape)
-    result = fit_head(config.method, head_features, labels, config, maps, train.logits, prior)
-    bottleneck = result.bottleneck or build_bottleneck(
-        result, config, in_features=head_features.shape[1]
-    )
-    retain = None
-    if basis is not None:
-        bottleneck = widen_bottleneck(bottleneck, columns, train.dim + basis.size)
-        retain = bottleneck.selected.cpu() >= train.dim
-        bottleneck = fold_bottleneck(bottleneck, basis, train.dim)
-    if attributes is not None:
-        bottleneck = read_attributes(bottleneck, attributes)
-        features = train.features.to(device)
-    head = FixedHead.from_result(result)
+    layer = fit_layer(inputs, train, config, device)
+    bottleneck, head, result = layer.bottleneck, layer.head, layer.result
     history: dict[str, Any] = {}
-    if config.finetune != "none" and result.bottleneck is None:
-        retention = {
-            "retain": retain,
-            "retention": retention_default(config),
-            "class_diversity": class_diversity_default(config),
-        }
-        history["bottleneck"] = finetune_bottleneck(
-            bottleneck, head, features, labels, config, train.logits, train.maps, **retention
-        )
+    if layer.history is not None:
+        history["bottleneck"] = layer.history
     backbone = copy.deepcopy(model) if config.finetune == "backbone" else model
     imodel = InterpretableModel(
         backbone.eval(),
@@ -199,8 +161,8 @@ def convert(
             "layer": train.layer,
             "input_size": train.meta.get("input_size"),
             "concept_basis": (
-                {**basis.summary(), "covered_channels": candidates.covered}
-                if basis is not None
+                {**inputs.basis.summary(), "covered_channels": inputs.covered}
+                if inputs.basis is not None
                 else None
             ),
         },
@@ -211,7 +173,7 @@ def convert(
         )
     if config.reweight == "consistency":
         history["reweight"] = reweight_by_consistency(
-            imodel, train_loader, train, config, device, masks
+            imodel, train_loader, train, config, device, masks, inputs
         )
     imodel.stats["history"] = history
     if config.concepts is not None:

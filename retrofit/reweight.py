@@ -4,9 +4,10 @@ explanation changes when only their background is perturbed.
 Each of K rounds measures E on the first `reweight_images` training images with the current
 model, sets v = 1 − E (tempered, normalised to mean 1, clipped to [1/clip, clip]; images beyond
 the subset keep weight 1) and then either refits the head and bottleneck on the cached features
-(the head on a v-weighted resample, since the head solvers take no weights; the bottleneck with
-v-weighted cross-entropy) or, with finetune="backbone", fine-tunes backbone and bottleneck from the
-images with v-weighted cross-entropy (the paper's own setting). A last pass measures E again,
+(retrofit.layer_fit, offered what convert offered: concept features and the channels no concept
+covers, or FLINT's attributes; the head on a v-weighted resample, since the head solvers take no
+weights; the bottleneck with v-weighted cross-entropy) or, with finetune="backbone", fine-tunes
+backbone and bottleneck from the images with v-weighted cross-entropy (the paper's own setting). A last pass measures E again,
 so the cost is K + 1 consistency passes over the subset plus K refits. With a `cache_dir`,
 each pass's scores are stored keyed by the model's weights, the settings and the images, so a
 rerun (or a resumed run) reuses them.
@@ -22,7 +23,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from retrofit.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
 from retrofit.check.consistency import (
     ConsistencySettings,
     batch_slices,
@@ -37,7 +37,7 @@ from retrofit.errors import DataError
 from retrofit.featureset import FeatureSet
 from retrofit.finetune import finetune_backbone
 from retrofit.fingerprint import batch_fingerprint
-from retrofit.heads import get_head
+from retrofit.layer_fit import HeadInputs, fit_layer
 from retrofit.loaders import as_batches
 from retrofit.model import InterpretableModel
 
@@ -91,42 +91,6 @@ def _measure(
     return cached_scores(config.cache_dir, key, len(images), compute)
 
 
-def _refit_head(
-    imodel: InterpretableModel,
-    train: FeatureSet,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    config: RetrofitConfig,
-    generator: torch.Generator,
-) -> dict[str, list[float]] | None:
-    """Refit the head on a v-weighted resample of the cache, then the bottleneck with weights."""
-    index = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
-    device_index = index.to(features.device)
-    maps = train.maps[index] if train.maps is not None else None
-    logits = train.logits[index] if train.logits is not None else None
-    result = get_head(config.method)(
-        features[device_index], labels[device_index], config, maps, logits
-    )
-    bottleneck = result.bottleneck or build_bottleneck(result, config, in_features=train.dim)
-    head = FixedHead.from_result(result)
-    history = None
-    if config.finetune != "none" and result.bottleneck is None:
-        history = finetune_bottleneck(
-            bottleneck,
-            head,
-            features,
-            labels,
-            config,
-            train.logits,
-            train.maps,
-            sample_weights=weights.to(features.device),
-        )
-    imodel.bottleneck = bottleneck.to(features.device)
-    imodel.head = head.to(features.device)
-    return history
-
-
 def reweight_by_consistency(
     imodel: InterpretableModel,
     train_loader: Any,
@@ -134,9 +98,11 @@ def reweight_by_consistency(
     config: RetrofitConfig,
     device: torch.device,
     masks: Any = None,
+    inputs: HeadInputs | None = None,
 ) -> dict[str, Any]:
     """Run the K reweighting rounds in place on `imodel`; returns what each round measured.
-    `masks`: the training images' foregrounds in loader order (else the heat quantile)."""
+    `masks`: the training images' foregrounds in loader order (else the heat quantile);
+    `inputs`: what convert offered the head (default: the cached channels)."""
     settings = ConsistencySettings.parse(dict(config.reweight_consistency))
     n = len(train.labels)
     images, subset_labels = take_images(
@@ -152,8 +118,6 @@ def reweight_by_consistency(
         foreground_masks(masks, len(images), images.shape[2:]) if masks is not None else None
     )
     generator = torch.Generator().manual_seed(config.seed)
-    features = train.features.to(device)
-    labels = train.labels.to(device)
     rounds: list[dict[str, Any]] = []
     start = time.perf_counter()
     for k in range(config.reweight_rounds):
@@ -180,7 +144,17 @@ def reweight_by_consistency(
                 sample_weights=weights,
             )
         else:
-            history = _refit_head(imodel, train, features, labels, weights, config, generator)
+            rows = torch.multinomial(weights, n, replacement=True, generator=generator)
+            layer = fit_layer(
+                inputs or HeadInputs(train.features.to(device), train.maps),
+                train,
+                config,
+                device,
+                rows=rows,
+                sample_weights=weights.to(device),
+            )
+            imodel.bottleneck, imodel.head = layer.bottleneck.to(device), layer.head.to(device)
+            history = layer.history
         rounds.append(
             {
                 "consistency": float(scores.mean()),

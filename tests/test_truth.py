@@ -19,6 +19,7 @@ from retrofit.concepts.pairs import (
     presence_from_similarity,
     separability,
 )
+from retrofit.concepts.scoring import auc_scores
 from retrofit.datasets import SyntheticConceptDataset, load_demo_classifier
 from retrofit.errors import ConfigError, DataError
 
@@ -192,22 +193,43 @@ def test_a_probe_of_a_word_the_images_never_show_is_dropped_as_a_proxy() -> None
     assert basis.summary()["proxies"] == {CONCEPTS[3]: CONCEPTS[0]}
 
 
+def _convert_with_labelled_concepts(train: SyntheticConceptDataset, **settings):
+    """The demo classifier, QPM with 30 features, concepts from the world's labels."""
+    return retrofit.convert(
+        load_demo_classifier(), DataLoader(train, batch_size=250), method="qpm", n_features=30,
+        per_class=3, time_limit=3, threads=1, epochs=1, progress=False,
+        concepts={"labels": train.concepts, "label_names": train.concept_names},
+        class_names=train.class_names, **settings,
+    )  # fmt: skip
+
+
 def test_labelled_concept_features_keep_their_meaning_and_their_channels_are_not_offered() -> None:
     """With concept labels the retention term is on by default (the labels are what the user
     annotated) and channels a labelled concept covers are not offered to the head."""
     world = {"n_classes": 50, "image_size": 64, "seed": 0}
-    train = SyntheticConceptDataset(500, split="train", **world)
-    imodel = retrofit.convert(
-        load_demo_classifier(), DataLoader(train, batch_size=250), method="qpm", n_features=30,
-        per_class=3, time_limit=3, threads=1, epochs=1, progress=False,
-        concepts={"labels": train.concepts, "label_names": train.concept_names},
-        class_names=train.class_names,
-    )  # fmt: skip
+    imodel = _convert_with_labelled_concepts(SyntheticConceptDataset(500, split="train", **world))
     history = imodel.stats["history"]["bottleneck"]
     assert history["retention"] == [1.0] and history["class_diversity"] == [1.0]
     basis = imodel.stats["concept_basis"]
     assert basis["covered_channels"] > 0
     assert len(basis["concepts"]) < 30  # so channels were offered beside the concepts
+
+
+def test_consistency_reweighting_refits_on_the_concept_features() -> None:
+    """A reweighting round offers the head what convert offered it (concept features and the
+    uncovered channels), so the refitted features still track their labelled concepts."""
+    world = {"n_classes": 50, "image_size": 64, "seed": 0}
+    train = SyntheticConceptDataset(400, split="train", **world)
+    imodel = _convert_with_labelled_concepts(
+        train, reweight="consistency", reweight_rounds=1, reweight_images=16,
+        reweight_consistency={"steps": 1, "batch_size": 16},
+    )  # fmt: skip
+    refit = imodel.stats["history"]["reweight"]["rounds"][0]["history"]
+    assert refit["retention"] == [1.0] and refit["class_diversity"] == [1.0]
+    with torch.no_grad():
+        features = imodel.concept_activations(torch.stack([train[i][0] for i in range(len(train))]))
+    best = auc_scores(features, train.concepts).max(dim=1).values
+    assert int((best >= 0.95).sum()) >= 10, best
 
 
 def test_truth_check_on_the_synthetic_world() -> None:
