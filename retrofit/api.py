@@ -161,7 +161,11 @@ def convert(
             "layer": train.layer,
             "input_size": train.meta.get("input_size"),
             "concept_basis": (
-                {**inputs.basis.summary(), "covered_channels": inputs.covered}
+                {
+                    **inputs.basis.summary(),
+                    "covered_channels": inputs.covered,
+                    "retained_features": layer.retained,
+                }
                 if inputs.basis is not None
                 else None
             ),

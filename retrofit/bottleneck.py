@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would 
 logger = logging.getLogger(__name__)
 
 CONCEPT_RETENTION = 0.0  # ρ of the retention term (off); config.extra['concept_retention']
-# ρ for concept features probed from concept labels: a labelled concept is what the user
-# annotated, so holding its feature to it costs no truth (a CLIP word's probe may be a mixture)
-LABELLED_RETENTION = 1.0
+# ρ when the conversion names concepts: its concept features keep meaning their concepts while
+# the bottleneck trains (which ones: retrofit.layer_fit.retained_features)
+NAMED_RETENTION = 1.0
 # γ of the within-class decorrelation term; convert() turns it on (CLASS_DIVERSITY) when it
 # names concepts, config.extra['class_diversity'] overrides
 CLASS_DIVERSITY = 1.0
@@ -307,10 +307,14 @@ def finetune_bottleneck(
 
 
 def retention_default(config: RetrofitConfig) -> float:
-    """ρ of the concept retention term unless config.extra sets it: on when the concepts come
-    from labels (LABELLED_RETENTION), off for CLIP words (CONCEPT_RETENTION)."""
-    labelled = config.concepts is not None and parse_concepts(config.concepts).labels is not None
-    return LABELLED_RETENTION if labelled else CONCEPT_RETENTION
+    """ρ of the concept retention term unless config.extra sets it: on when the conversion
+    names concepts (NAMED_RETENTION), else off (CONCEPT_RETENTION)."""
+    return NAMED_RETENTION if config.concepts is not None else CONCEPT_RETENTION
+
+
+def concepts_from_labels(config: RetrofitConfig) -> bool:
+    """Whether the conversion's concepts are the user's labels rather than CLIP words."""
+    return config.concepts is not None and parse_concepts(config.concepts).labels is not None
 
 
 def class_diversity_default(config: RetrofitConfig) -> float:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from retrofit.bottleneck import Bottleneck
+from retrofit.concepts.basis import ConceptBasis
 from retrofit.concepts.coverage import (
     COVERAGE_BLOCK,
     coverage,
@@ -15,6 +16,7 @@ from retrofit.concepts.coverage import (
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
 from retrofit.heads.base import fit_head, get_head, register_head, unregister_head
+from retrofit.layer_fit import RELIABLE_PROBE_AUC, retained_features
 
 
 def _world(n: int = 800, seed: int = 0):
@@ -149,3 +151,17 @@ def test_coverage_of_a_wide_layer_is_measured_block_by_block() -> None:
     best = coverage(features, presence)
     assert best.shape == (COVERAGE_BLOCK + 44,)
     assert torch.nonzero(best >= 0.75).flatten().tolist() == [COVERAGE_BLOCK + 20]
+
+
+def test_only_reliable_clip_probes_are_held_while_labelled_concepts_all_are() -> None:
+    """Retention holds a CLIP word's feature to its probe only when the probe separated the
+    word's presence reliably (a weaker probe learned a mixture); labelled concepts are all held."""
+    basis = ConceptBasis(
+        torch.zeros(3, 4), torch.zeros(3), ["red", "star", "wrinkled"],
+        torch.tensor([0.99, RELIABLE_PROBE_AUC, 0.8]),
+    )  # fmt: skip
+    selected = torch.tensor([1, 4, 5, 6])  # a channel, then the three concept features
+    clip = RetrofitConfig(concepts={"encoder": "tiny", "vocabulary": "curated"})
+    assert retained_features(selected, basis, 4, clip).tolist() == [False, True, True, False]
+    labels = RetrofitConfig(concepts={"labels": torch.ones(2, 3), "label_names": basis.names})
+    assert retained_features(selected, basis, 4, labels).tolist() == [False, True, True, True]
