@@ -1,7 +1,8 @@
 """Are the global explanations true? Precision, recall and distinctness against the world's truth.
 
-For each world (the demo world with the bundled demo CNN; a second world with another seed and
-class count, its CNN trained by scripts/train_demo_classifier.py into benchmarks/weights/world2),
+For each world (the demo world with the bundled demo CNN; every folder of benchmarks/weights/
+holds another world: its CNN trained by scripts/train_demo_classifier.py with another seed and
+class count, e.g. world2 and world3),
 each head (qpm, qsenn, sparse) and each bottleneck variant, one conversion named with the bundled
 tiny CLIP and the curated vocabulary; then, on held-out test images, the truth of the features'
 global names and of the class-conditional pair names (retrofit.check.truth), with accuracy
@@ -30,32 +31,33 @@ from retrofit.check.truth import explanation_truth, model_names
 from retrofit.datasets.demo import DemoCNN, load_demo_classifier
 from retrofit.datasets.synthetic import SyntheticConceptDataset
 
-WORLD2 = Path(__file__).parent / "weights" / "world2"
+WORLDS = Path(__file__).parent / "weights"
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "concept_features=False": {"concept_features": False},
     "linear_mix=False": {"linear_mix": False},
     "finetune=none": {"finetune": "none"},
     "align": {"concepts_extra": {"align": True}},
-    "concept_retention=1": {"extra": {"concept_retention": 1.0}},
+    "concept_retention=0": {"extra": {"concept_retention": 0.0}},
     "concept_prior=0": {"extra": {"concept_prior": 0.0}},
     "class_diversity=0": {"extra": {"class_diversity": 0.0}},
     "concept labels": {"concept_source": "labels"},
 }
 
 
-def _world2() -> tuple[torch.nn.Module, dict[str, Any]]:
-    settings = json.loads((WORLD2 / "demo_cnn.json").read_text())
+def _trained_world(folder: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A world's CNN and settings, as scripts/train_demo_classifier.py wrote them to `folder`."""
+    settings = json.loads((folder / "demo_cnn.json").read_text())
     arch = settings["architecture"]
     model = DemoCNN(settings["n_classes"], arch["width"], arch["feature_dim"])
-    model.load_state_dict(load_file(str(WORLD2 / "demo_cnn.safetensors")))
+    model.load_state_dict(load_file(str(folder / "demo_cnn.safetensors")))
     return model.eval(), settings
 
 
 def worlds() -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
     out = {"demo": (load_demo_classifier(), {"n_classes": 50, "seed": 0, "image_size": 64})}
-    if (WORLD2 / "demo_cnn.safetensors").exists():
-        out["world2"] = _world2()
+    for folder in sorted(WORLDS.glob("*/demo_cnn.safetensors")):
+        out[folder.parent.name] = _trained_world(folder.parent)
     return out
 
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--name", default="explanation_truth", help="results/NAME.json")
-    parser.add_argument("--worlds", nargs="+", default=["demo", "world2"])
+    parser.add_argument("--worlds", nargs="+", help="default: every world (--quick: the demo)")
     parser.add_argument("--cache-dir", help="reuse extracted features between runs")
     parser.add_argument(
         "--methods", nargs="+", help="only these heads, default variant (e.g. flint)"
@@ -155,12 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     runs = [("qpm", name) for name in VARIANTS] + [("qsenn", "default"), ("sparse", "default")]
     if args.quick:
         runs = [("qpm", "default")]
+        args.worlds = args.worlds or ["demo"]
     if args.methods:
         runs = [(method, "default") for method in args.methods]
     with tempfile.TemporaryDirectory() as scratch:
         cache = args.cache_dir or scratch
         for world_name, (model, world) in worlds().items():
-            if world_name not in args.worlds:
+            if args.worlds and world_name not in args.worlds:
                 continue
             for method, variant_name in runs:
                 key = f"{world_name}/{method}/{variant_name}"
