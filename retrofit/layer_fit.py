@@ -107,9 +107,10 @@ def fit_layer(
 ) -> FittedLayer:
     """The head on `inputs` (on `rows` of them, e.g. a weighted resample), its bottleneck over
     the cached channels, then the bottleneck trained on every row (with `sample_weights`)."""
-    features = inputs.features if rows is None else inputs.features[rows.to(device)]
     labels = train.labels.to(device)
-    head_labels = labels if rows is None else labels[rows.to(device)]
+    on_device = None if rows is None else rows.to(device)
+    features = inputs.features if on_device is None else inputs.features[on_device]
+    head_labels = labels if on_device is None else labels[on_device]
     maps = inputs.maps if rows is None or inputs.maps is None else inputs.maps[rows]
     logits = train.logits if rows is None or train.logits is None else train.logits[rows]
     logger.info("fitting the %s head on %d x %d features", config.method, *features.shape)

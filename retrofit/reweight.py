@@ -7,10 +7,10 @@ the subset keep weight 1) and then either refits the head and bottleneck on the 
 (retrofit.layer_fit, offered what convert offered: concept features and the channels no concept
 covers, or FLINT's attributes; the head on a v-weighted resample, since the head solvers take no
 weights; the bottleneck with v-weighted cross-entropy) or, with finetune="backbone", fine-tunes
-backbone and bottleneck from the images with v-weighted cross-entropy (the paper's own setting). A last pass measures E again,
-so the cost is K + 1 consistency passes over the subset plus K refits. With a `cache_dir`,
-each pass's scores are stored keyed by the model's weights, the settings and the images, so a
-rerun (or a resumed run) reuses them.
+backbone and bottleneck from the images with v-weighted cross-entropy (the paper's own setting).
+A last pass measures E again, so the cost is K + 1 consistency passes over the subset plus K
+refits. With a `cache_dir`, each pass's scores are stored keyed by the model's weights, the
+settings and the images, so a rerun (or a resumed run) reuses them.
 """
 
 from __future__ import annotations
