@@ -18,6 +18,7 @@ from retrofit.concepts.basis import (
     concept_presence,
     fit_concept_basis,
 )
+from retrofit.concepts.pairs import SHOWN_SEPARABILITY
 from retrofit.concepts.stored import ConceptsSummary
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
@@ -222,6 +223,7 @@ def _concept_basis(
         cache_dir=config.cache_dir,
         batch_size=config.batch_size,
         progress=config.progress,
+        min_separability=config.extra.get("concept_min_separability", SHOWN_SEPARABILITY),
     )
     basis = fit_concept_basis(features, presence.to(features.device), names, seed=config.seed)
     if not basis.size:

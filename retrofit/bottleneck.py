@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrofit.concepts.naming import parse_concepts
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError, SolverError
 from retrofit.losses import (
@@ -310,11 +309,6 @@ def retention_default(config: RetrofitConfig) -> float:
     """ρ of the concept retention term unless config.extra sets it: on when the conversion
     names concepts (NAMED_RETENTION), else off (CONCEPT_RETENTION)."""
     return NAMED_RETENTION if config.concepts is not None else CONCEPT_RETENTION
-
-
-def concepts_from_labels(config: RetrofitConfig) -> bool:
-    """Whether the conversion's concepts are the user's labels rather than CLIP words."""
-    return config.concepts is not None and parse_concepts(config.concepts).labels is not None
 
 
 def class_diversity_default(config: RetrofitConfig) -> float:

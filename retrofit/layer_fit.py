@@ -21,7 +21,6 @@ from retrofit.bottleneck import (
     FixedHead,
     build_bottleneck,
     class_diversity_default,
-    concepts_from_labels,
     finetune_bottleneck,
     retention_default,
 )
@@ -32,13 +31,6 @@ from retrofit.featureset import FeatureSet
 from retrofit.heads.base import HeadResult, fit_head
 
 logger = logging.getLogger(__name__)
-
-# A concept feature probed from CLIP words is held to its probe while the bottleneck trains only
-# when the probe separates its concept's presence this well on held-out images. CLIP's presence
-# of a concept it barely sees is a mixture of the concepts it confuses; holding a feature to it
-# holds it to the mixture (on three worlds, holding every probe cost precision 1.00 → 0.68-0.84;
-# holding those ≥ 0.95 raised recall 0.46 → 0.52 and 0.62 → 0.64 at the same precision).
-RELIABLE_PROBE_AUC = 0.95
 
 
 @dataclass
@@ -121,7 +113,7 @@ def fit_layer(
     retain = None
     if inputs.basis is not None:
         bottleneck = widen_bottleneck(bottleneck, inputs.columns, train.dim + inputs.basis.size)
-        retain = retained_features(bottleneck.selected.cpu(), inputs.basis, train.dim, config)
+        retain = retained_features(bottleneck.selected.cpu(), train.dim)
         bottleneck = fold_bottleneck(bottleneck, inputs.basis, train.dim)
     if inputs.attributes is not None:
         bottleneck = read_attributes(bottleneck, inputs.attributes)
@@ -145,14 +137,8 @@ def fit_layer(
     return FittedLayer(bottleneck, head, result, history, retained)
 
 
-def retained_features(
-    selected: torch.Tensor, basis: ConceptBasis, n_channels: int, config: RetrofitConfig
-) -> torch.Tensor:
+def retained_features(selected: torch.Tensor, n_channels: int) -> torch.Tensor:
     """Which selected features (indices into [channels | concept features]) the retention term
-    holds to their probes: every concept feature when the concepts are the user's labels, else
-    those whose probe reached RELIABLE_PROBE_AUC on held-out images."""
-    concept = selected >= n_channels
-    if concepts_from_labels(config):
-        return concept
-    probe_auc = basis.auc.cpu()[(selected - n_channels).clamp(min=0)]
-    return concept & (probe_auc >= RELIABLE_PROBE_AUC)
+    holds to their probes: every concept feature. Words the images do not show get no probe
+    (`retrofit.concepts.pairs.SHOWN_SEPARABILITY`), so no probe has learned a mixture."""
+    return selected >= n_channels

@@ -1,4 +1,5 @@
-"""The head's candidates beside the concept basis: covered channels, the class–concept prior."""
+"""The head's candidates beside the concept basis: covered channels, the class–concept prior,
+the words that get a probe, and the features retention holds."""
 
 from __future__ import annotations
 
@@ -6,17 +7,24 @@ import pytest
 import torch
 
 from retrofit.bottleneck import Bottleneck
-from retrofit.concepts.basis import ConceptBasis
+from retrofit.concepts.basis import concept_presence
 from retrofit.concepts.coverage import (
     COVERAGE_BLOCK,
     coverage,
     head_candidates,
     widen_bottleneck,
 )
+from retrofit.concepts.naming import parse_concepts
+from retrofit.concepts.pairs import (
+    SHOWN_SEPARABILITY,
+    presence_from_similarity,
+    separability,
+    shown_concepts,
+)
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
 from retrofit.heads.base import fit_head, get_head, register_head, unregister_head
-from retrofit.layer_fit import RELIABLE_PROBE_AUC, retained_features
+from retrofit.layer_fit import retained_features
 
 
 def _world(n: int = 800, seed: int = 0):
@@ -153,15 +161,34 @@ def test_coverage_of_a_wide_layer_is_measured_block_by_block() -> None:
     assert torch.nonzero(best >= 0.75).flatten().tolist() == [COVERAGE_BLOCK + 20]
 
 
-def test_only_reliable_clip_probes_are_held_while_labelled_concepts_all_are() -> None:
-    """Retention holds a CLIP word's feature to its probe only when the probe separated the
-    word's presence reliably (a weaker probe learned a mixture); labelled concepts are all held."""
-    basis = ConceptBasis(
-        torch.zeros(3, 4), torch.zeros(3), ["red", "star", "wrinkled"],
-        torch.tensor([0.99, RELIABLE_PROBE_AUC, 0.8]),
-    )  # fmt: skip
-    selected = torch.tensor([1, 4, 5, 6])  # a channel, then the three concept features
-    clip = RetrofitConfig(concepts={"encoder": "tiny", "vocabulary": "curated"})
-    assert retained_features(selected, basis, 4, clip).tolist() == [False, True, True, False]
-    labels = RetrofitConfig(concepts={"labels": torch.ones(2, 3), "label_names": basis.names})
-    assert retained_features(selected, basis, 4, labels).tolist() == [False, True, True, True]
+def test_retention_holds_every_selected_concept_feature_and_no_channel() -> None:
+    selected = torch.tensor([1, 4, 5, 6])  # a channel, then three concept features
+    assert retained_features(selected, 4).tolist() == [False, True, True, True]
+
+
+def test_only_words_whose_similarity_splits_the_images_get_a_probe() -> None:
+    """A shown concept's similarity is bimodal; an absent word's is noise, whose Otsu split
+    explains about 2/π of its variance: it gets no pseudo-presence to probe."""
+    generator = torch.Generator().manual_seed(0)
+    shown = (torch.rand(2000, generator=generator) < 0.3).float()
+    similarity = torch.stack(
+        [
+            shown + 0.1 * torch.randn(2000, generator=generator),
+            torch.randn(2000, generator=generator),
+        ],
+        dim=1,
+    )
+    presence = presence_from_similarity(similarity)
+    assert separability(similarity, presence)[1] < 0.7 < SHOWN_SEPARABILITY
+    assert shown_concepts(similarity, presence).tolist() == [0]
+    assert shown_concepts(similarity, presence, min_separability=0.0).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "0.8", True])
+def test_a_bad_minimum_separability_is_refused(value) -> None:
+    settings = parse_concepts({"labels": torch.ones(4, 2), "label_names": ["red", "star"]})
+    with pytest.raises(ConfigError, match="concept_min_separability"):
+        concept_presence(
+            settings, None, torch.zeros(4), cache_dir=None, batch_size=4, progress=False,
+            min_separability=value,
+        )  # fmt: skip

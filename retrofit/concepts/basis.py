@@ -9,7 +9,10 @@ similarity thresholded per concept). Probes that really detect their concept on 
 then selects and assigns among channels and concept features alike, and a class whose
 concepts the backbone encodes is explained by features that mean one thing each.
 
-A probe can pass that bar for a concept the images never show: CLIP's pseudo-presence of such
+A word the images never show still gets a pseudo-presence: the Otsu split of its similarity
+noise. Such words are left out before any probe is fitted, by whether their similarity splits
+the images into two groups at all (`retrofit.concepts.pairs.SHOWN_SEPARABILITY`). A probe can
+still pass the AUC bar for a word that slips through: CLIP's pseudo-presence of such
 a word ("horn", "ceramic") is noise correlated with a real concept ("dark background"), and the
 probe learns the real one. Such a probe is a second copy of another concept's feature under a
 wrong name. So probes are accepted in order of held-out AUC, and a probe that separates an
@@ -33,10 +36,10 @@ import torch.nn.functional as F
 
 from retrofit.concepts.pairs import (
     MIN_AUC,
+    SHOWN_SEPARABILITY,
     auc_matrix,
-    distinct_concepts,
     presence_from_similarity,
-    separability,
+    shown_concepts,
 )
 from retrofit.errors import ConfigError, DataError
 from retrofit.solvers.stats import MIN_STD
@@ -205,12 +208,23 @@ def concept_presence(
     cache_dir: str | os.PathLike | None,
     batch_size: int,
     progress: bool,
+    min_separability: float = SHOWN_SEPARABILITY,
 ) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
     """(concept names, (N, V) presence, image embeddings or None) of the training images:
-    the labels when given, else CLIP similarity thresholded per concept."""
+    the labels when given, else CLIP similarity thresholded per concept, for the words whose
+    similarity splits the images in two (separability ≥ `min_separability`)."""
     from retrofit.concepts.encoders import embed_concepts, embed_images, load_encoder
     from retrofit.concepts.vocabulary import load_vocabulary
 
+    if (
+        isinstance(min_separability, bool)
+        or not isinstance(min_separability, (int, float))
+        or not 0 <= min_separability < 1
+    ):
+        raise ConfigError(
+            f"extra['concept_min_separability'] must be a number in [0, 1) (0 keeps every word), "
+            f"got {min_separability!r}."
+        )
     if settings.labels is not None:
         names = list(
             settings.label_names or [f"concept_{k}" for k in range(settings.labels.shape[1])]
@@ -235,5 +249,11 @@ def concept_presence(
     text = embed_concepts(encoder, vocab.concepts, vocab.templates, cache_dir=cache_dir)
     similarity = embeddings.float() @ text.T
     presence = presence_from_similarity(similarity)
-    keep = distinct_concepts(presence, separability(similarity, presence))
-    return [vocab.concepts[int(k)] for k in keep], presence[:, keep], embeddings
+    shown = shown_concepts(similarity, presence, min_separability)
+    logger.info(
+        "concept basis: %d of %d words split the images (separability >= %.2f)",
+        len(shown),
+        len(vocab.concepts),
+        min_separability,
+    )
+    return [vocab.concepts[int(k)] for k in shown], presence[:, shown], embeddings
