@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 import retrofit
-from benchmarks.common import machine, write_result
+from benchmarks.common import RESULTS, machine, write_result
 from retrofit.check.truth import explanation_truth, model_names
 from retrofit.datasets.demo import DemoCNN, load_demo_classifier
 from retrofit.datasets.synthetic import SyntheticConceptDataset
@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "finetune=none": {"finetune": "none"},
     "align": {"concepts_extra": {"align": True}},
     "concept_retention=0": {"extra": {"concept_retention": 0.0}},
+    "concept_min_separability=0": {"extra": {"concept_min_separability": 0.0}},
     "concept_prior=0": {"extra": {"concept_prior": 0.0}},
     "class_diversity=0": {"extra": {"class_diversity": 0.0}},
     "concept labels": {"concept_source": "labels"},
@@ -150,6 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--methods", nargs="+", help="only these heads, default variant (e.g. flint)"
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        help="only these qpm variants; the other rows of results/NAME.json are kept",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     measured_on = machine()
@@ -160,6 +167,12 @@ def main(argv: list[str] | None = None) -> None:
         args.worlds = args.worlds or ["demo"]
     if args.methods:
         runs = [(method, "default") for method in args.methods]
+    if args.variants:
+        runs = [("qpm", name) for name in args.variants]
+        kept = RESULTS / f"{args.name}.json"
+        if kept.exists():
+            earlier = json.loads(kept.read_text())
+            result = {**{k: v for k, v in earlier.items() if k != "machine"}, "rerun": vars(args)}
     with tempfile.TemporaryDirectory() as scratch:
         cache = args.cache_dir or scratch
         for world_name, (model, world) in worlds().items():

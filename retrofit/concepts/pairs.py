@@ -33,8 +33,8 @@ SAME_CONCEPT = 0.8  # presence Jaccard above which two concepts are one for thes
 # explains less: 2/π ≈ 0.64 for a Gaussian, 0.75 for a uniform one. A word the images never
 # show still gets an Otsu split of its noise, which a probe then learns as a mixture of real
 # concepts ("knitted" = some red + some sand background). With the tiny CLIP on three worlds
-# every world concept scored 0.87-0.98 and every absent word 0.64-0.69 (one mixture, "white
-# background", 0.85).
+# every world concept scored 0.87-0.98 and every absent word at most 0.72 (median 0.64-0.65),
+# but for one mixture of white objects, "white background" (0.84-0.86).
 SHOWN_SEPARABILITY = 0.8
 MIN_GROUP = 5  # fewest images with (and without) a concept for an AUC to be meaningful
 CANDIDATES_KEPT = 3
