@@ -279,7 +279,9 @@ def evaluate(
     img = encode_images(model, images, preprocess, device)
     captions = dataset.captions
     sims = img @ encode_texts(model, tokenizer, captions, device).T
-    same = torch.tensor([[a == b for b in captions] for a in captions])
+    ids = {caption: k for k, caption in enumerate(dict.fromkeys(captions))}
+    caption_id = torch.tensor([ids[c] for c in captions])
+    same = caption_id[:, None] == caption_id[None]
     i2t = same[torch.arange(len(captions)), sims.argmax(dim=1)].float().mean()
     t2i = same[sims.argmax(dim=0), torch.arange(len(captions))].float().mean()
     names = dataset.concept_names
@@ -301,7 +303,7 @@ def evaluate(
     }
 
 
-def test_metrics(model, tokenizer, args, preprocess, device) -> dict:
+def held_out_metrics(model, tokenizer, args, preprocess, device) -> dict:
     """Test metrics on every test world: the demo world first."""
     per_world = {}
     for n_classes, seed in TEST_WORLDS:
@@ -527,7 +529,7 @@ def main() -> None:
         args.steps = steps_for_budget(trainer, args.time_budget)
         logger.info("%d steps fit %.0f s", args.steps, args.time_budget)
     trainer.run(args.steps)
-    metrics = test_metrics(model, tokenizer, args, trainer.preprocess, args.device)
+    metrics = held_out_metrics(model, tokenizer, args, trainer.preprocess, args.device)
     seconds = time.perf_counter() - start
     logger.info("test metrics %s, %.0f s in all", json.dumps(metrics), seconds)
     save(model.cpu(), model_config, metrics, seconds, args)
