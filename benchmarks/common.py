@@ -30,6 +30,27 @@ def machine(packages: Iterable[str] = ()) -> dict[str, Any]:
     return info | {name: _version(name) for name in packages}
 
 
+def commit() -> str | None:
+    """The git commit the numbers were measured at (with "+dirty" for uncommitted changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)

@@ -18,7 +18,6 @@ from retrofit.concepts.basis import (
     concept_presence,
     fit_concept_basis,
 )
-from retrofit.concepts.pairs import SHOWN_SEPARABILITY
 from retrofit.concepts.stored import ConceptsSummary
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError
@@ -216,16 +215,20 @@ def _concept_basis(
         or config.method == "flint"  # FLINT learns its own attribute dictionary
     ):
         return None, None, None
+    settings = parse_concepts(config.concepts)
     names, presence, embeddings = concept_presence(
-        parse_concepts(config.concepts),
+        settings,
         loader,
         train.labels,
         cache_dir=config.cache_dir,
         batch_size=config.batch_size,
         progress=config.progress,
-        min_separability=config.extra.get("concept_min_separability", SHOWN_SEPARABILITY),
     )
-    basis = fit_concept_basis(features, presence.to(features.device), names, seed=config.seed)
+    if not names:
+        return None, None, embeddings
+    basis = fit_concept_basis(
+        features, presence.to(features.device), names, q=settings.q, seed=config.seed
+    )
     if not basis.size:
         return None, None, embeddings
     return basis, presence[:, [names.index(name) for name in basis.names]], embeddings

@@ -123,6 +123,11 @@ def _run_check(
         reference=imodel.backbone,
         min_fidelity=args.min_fidelity,
         min_accuracy=args.min_accuracy,
+        thresholds=(
+            {"min_name_precision": args.min_name_precision}
+            if args.min_name_precision is not None
+            else {}
+        ),
         max_pixel_images=args.max_pixel_images,
         progress=not args.quiet,
         **_consistency_options(args),
@@ -194,7 +199,7 @@ def _convert(args: argparse.Namespace) -> int:
         seed=args.seed,
         class_names=getattr(train, "classes", None) or getattr(train, "class_names", None),
         base_model=str(spec) if spec is not None else None,
-        concepts=args.concepts,
+        concepts=_concepts_option(args),
         cache_dir=args.cache_dir,
         progress=not args.quiet,
         **reweight,
@@ -477,6 +482,21 @@ def _reweight_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _concepts_option(args: argparse.Namespace) -> Any:
+    """`--concepts` (an encoder spec or a vocabulary), with `--concept-encoder` and `--names-q`
+    folded in as concept settings when given."""
+    if args.concept_encoder is None and args.names_q is None:
+        return args.concepts
+    settings: dict[str, Any] = {}
+    if args.concept_encoder is not None:
+        settings["encoder"] = args.concept_encoder
+    if args.concepts is not None:
+        settings["vocabulary"] = args.concepts
+    if args.names_q is not None:
+        settings["q"] = args.names_q
+    return settings
+
+
 def _add_perturbation_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--consistency-perturbation",
@@ -489,6 +509,11 @@ def _add_perturbation_option(parser: argparse.ArgumentParser) -> None:
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-fidelity", type=float)
     parser.add_argument("--min-accuracy", type=float)
+    parser.add_argument(
+        "--min-name-precision",
+        type=float,
+        help="fail when naming's estimated precision (from its held-out tests) is lower",
+    )
     parser.add_argument("--max-pixel-images", type=_positive_int, default=16)
     parser.add_argument("--image-size", type=_positive_int)
     parser.add_argument(
@@ -555,6 +580,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--concepts", help="name features: tiny, open_clip:ARCH:TAG, hf:ID or a vocabulary file"
     )
     convert.add_argument(
+        "--concept-encoder",
+        help="the CLIP that names features (open_clip:ARCH:/weights.safetensors, hf:DIR; "
+        "tiny only for the synthetic world), with --concepts a vocabulary",
+    )
+    convert.add_argument(
+        "--names-q",
+        type=float,
+        help="false-discovery rate names are accepted under (default 0.05)",
+    )
+    convert.add_argument(
         "--time-limit", type=_positive_float, help="seconds for the QPM solver (default 600)"
     )
     convert.add_argument("--seed", type=int, default=0)
@@ -604,7 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     reveal.add_argument("--seed", type=int, default=0)
     reveal.add_argument("--image-size", type=_positive_int)
     reveal.add_argument("--concepts", help="vocabulary for automatic labels (e.g. curated)")
-    reveal.add_argument("--encoder", help="concept encoder spec (default: the tiny CLIP)")
+    reveal.add_argument(
+        "--encoder", help="concept encoder spec (default: the tiny CLIP, synthetic data only)"
+    )
     reveal.add_argument("--overwrite", action="store_true")
     _add_trust_option(reveal)
     reveal.set_defaults(run=_reveal)

@@ -32,10 +32,14 @@ class FeatureContribution:
     feature_name: str = ""  # the feature's global name; `name` is why this class uses it
     # FLINT's r_{j,x}: contribution / the largest |contribution| to this class's logit, in [-1, 1]
     relevance: float = 0.0
+    # the held-out test behind `name` (retrofit.concepts.evidence); None when it was not tested
+    evidence: dict[str, Any] | None = None
 
     def __str__(self) -> str:
+        q_value = (self.evidence or {}).get("q_value")
+        sure = f" [q={q_value:.2g}]" if isinstance(q_value, (int, float)) else ""
         return (
-            f"{self.contribution:+8.3f}  {self.name}  (activation {self.activation:.3f} x "
+            f"{self.contribution:+8.3f}  {self.name}{sure}  (activation {self.activation:.3f} x "
             f"weight {self.weight:.3f}; feature {self.feature}, backbone {self.backbone_index})"
         )
 
@@ -61,6 +65,8 @@ class Explanation:
     only_runner_up: list[FeatureContribution] = field(default_factory=list)  # not the prediction's
     # set by explain(..., intervene=...): the features set by hand and the prediction without it
     intervention: dict[str, Any] | None = None
+    # the estimated share of the model's shown names that are true (naming's own estimate)
+    name_precision: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data."""
@@ -78,6 +84,11 @@ class Explanation:
             f"{self.bias:.3f} + {total:.3f} from {len(self.features)} features)"
         ]
         lines += [f"  {f}" for f in self.features]
+        if self.name_precision is not None:
+            lines.append(
+                f"  (names: estimated precision {self.name_precision:.2f}; q = each name's "
+                "false-discovery q-value on held-out images)"
+            )
         if self.runner_up is not None:
             lines.append(
                 f"runner-up: {self.runner_up_name} (p={self.runner_up_probability:.3f}, "
@@ -177,6 +188,7 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
     names = [imodel.feature_name(j) for j in range(imodel.n_features)]
     pair_names = {(c, j): imodel.pair_name(c, j) for c, j in imodel.pair_concepts}
     backbone = imodel.bottleneck.selected.tolist()
+    name_precision = (imodel.naming_reliability or {}).get("estimated_precision")
 
     def contributions(c: int, z: torch.Tensor, among: list[int]) -> list[FeatureContribution]:
         r = local_relevance(z[None], weight, torch.tensor([c]))[0]
@@ -190,6 +202,7 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
                 contribution=float(weight[c, j] * z[j]),
                 feature_name=names[j],
                 relevance=float(r[j]),
+                evidence=imodel.name_evidence(c, j),
             )
             for j in among
         ]
@@ -207,6 +220,7 @@ def explain_activations(imodel: InterpretableModel, activations: torch.Tensor) -
             logit=float(row[top]),
             bias=float(bias[top]),
             features=contributions(top, z, sorted(uses[top])),
+            name_precision=name_precision,
         )
         if len(order) > 1:
             second = order[1]

@@ -145,10 +145,11 @@ class InterpretableModel(nn.Module):
         return image_transform(preprocessing_of_model(self), self.stats.get("input_size"))
 
     def feature_name(self, index: int) -> str:
-        """The best concept name of feature `index`, or a neutral id when it has none."""
+        """The best concept name of feature `index`; "unexplained" when that name did not hold
+        on held-out images (retrofit.concepts.evidence); a neutral id when it has none."""
         names = self.concepts[index]
         if names:
-            return names[0]["concept"]
+            return names[0]["concept"] if names[0].get("accepted", True) else "unexplained"
         kind = "feature" if self.bottleneck.attributes is None else "attribute"
         return f"{kind}_{int(self.bottleneck.selected[index])}"
 
@@ -157,6 +158,23 @@ class InterpretableModel(nn.Module):
         computed, else the feature's global name."""
         pair = self.pair_concepts.get((int(class_index), int(index)))
         return pair["concept"] if pair else self.feature_name(index)
+
+    def name_evidence(self, class_index: int, index: int) -> dict[str, Any] | None:
+        """The held-out test behind the name `pair_name(class_index, index)` shows (held-out AUC
+        or Spearman, p- and q-value, test images), or None when that name was not tested
+        (a human's name, an older export, a neutral id)."""
+        pair = self.pair_concepts.get((int(class_index), int(index)))
+        if pair:
+            return pair.get("evidence")
+        names = self.concepts[index]
+        return names[0].get("held_out") if names else None
+
+    @property
+    def naming_reliability(self) -> dict[str, Any] | None:
+        """How sure the names are, as naming measured it (retrofit.concepts.evidence): the
+        estimated precision, the vocabulary's share shown, the encoder's fit to the data."""
+        concepts = (self.stats or {}).get("concepts") or {}
+        return (concepts.get("naming") or {}).get("reliability")
 
     @torch.no_grad()
     def measure_relevance(self, features: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,14 @@ features that mean several things at once. Before the head is fitted, every conc
 vocabulary (or every labelled concept) gets a linear probe on the standardised penultimate
 features, trained to predict the concept's presence (from concept labels, or from CLIP
 similarity thresholded per concept). Probes that really detect their concept on held-out images
-(AUC ≥ `min_auc`) join the backbone channels as candidates: the head (qpm, qsenn, sparse, ...)
+(held-out AUC above chance, under FDR control) join the backbone channels as candidates: the head (qpm, qsenn, sparse, ...)
 then selects and assigns among channels and concept features alike, and a class whose
 concepts the backbone encodes is explained by features that mean one thing each.
 
 A word the images never show still gets a pseudo-presence: the Otsu split of its similarity
 noise. Such words are left out before any probe is fitted, by whether their similarity splits
-the images into two groups at all (`retrofit.concepts.pairs.SHOWN_SEPARABILITY`). A probe can
+the images more clearly than concept-free prompts do (`retrofit.concepts.pairs.shown_concepts`,
+against the encoder's own null). A probe can
 still pass the AUC bar for a word that slips through: CLIP's pseudo-presence of such
 a word ("horn", "ceramic") is noise correlated with a real concept ("dark background"), and the
 probe learns the real one. Such a probe is a second copy of another concept's feature under a
@@ -34,14 +35,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from retrofit.concepts.pairs import (
-    MIN_AUC,
-    SHOWN_SEPARABILITY,
-    auc_matrix,
-    presence_from_similarity,
-    shown_concepts,
+from retrofit.concepts.evidence import (
+    DEFAULT_Q,
+    auc_p_values,
+    check_embeddings,
+    check_q,
+    fdr_accept,
+    null_prompts,
 )
-from retrofit.errors import ConfigError, DataError
+from retrofit.concepts.pairs import auc_matrix, shown_concepts
+from retrofit.errors import DataError
 from retrofit.solvers.stats import MIN_STD
 
 logger = logging.getLogger(__name__)
@@ -92,18 +95,19 @@ def fit_concept_basis(
     presence: torch.Tensor,
     names: Sequence[str],
     *,
-    min_auc: float = MIN_AUC,
+    q: float = DEFAULT_Q,
     seed: int = 0,
 ) -> ConceptBasis:
-    """Fit one logistic probe per concept; keep those with held-out AUC ≥ `min_auc`."""
+    """Fit one logistic probe per concept; keep those whose held-out AUC is above chance under
+    FDR control at `q` (a probe that does not detect its concept on fresh images is no
+    concept feature, whatever the encoder)."""
     n, d = features.shape
     if presence.shape != (n, len(names)):
         raise DataError(
             f"concept presence must be ({n} images, {len(names)} concepts), got shape "
             f"{tuple(presence.shape)}."
         )
-    if not 0.5 < min_auc < 1:
-        raise ConfigError(f"min_auc must be in (0.5, 1), got {min_auc!r}.")
+    check_q(q)
     device = features.device
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator).to(device)
@@ -135,17 +139,20 @@ def fit_concept_basis(
             auc_matrix(held_logits, presence[held.cpu()].bool()), nan=0.0
         )  # (V probes, V concepts)
         auc = torch.diagonal(separation)
-        detectable = torch.nonzero(auc >= min_auc).flatten()
+        n_pos = presence[held.cpu()].bool().sum(dim=0)
+        accepted, _ = fdr_accept(auc_p_values(auc, n_pos, len(held) - n_pos), q)
+        detectable = torch.nonzero(accepted).flatten()
         keep, proxies = _drop_proxies(separation, detectable, names)
         # back to raw features: u = ((x - mean) / std) @ w.T + b
         raw_weight = (weight / std[None]).detach()[keep]
         raw_bias = (bias - (weight * (mean / std)[None]).sum(dim=1)).detach()[keep]
     kept = [names[int(k)] for k in keep]
     logger.info(
-        "concept basis: %d of %d concepts detectable (AUC >= %.2f), %d of them proxies of another",
+        "concept basis: %d of %d concepts detected on held-out images (q = %g), %d of them "
+        "proxies of another",
         len(detectable),
         len(names),
-        min_auc,
+        q,
         len(proxies),
     )
     return ConceptBasis(raw_weight.cpu(), raw_bias.cpu(), kept, auc[keep].cpu(), proxies)
@@ -208,29 +215,21 @@ def concept_presence(
     cache_dir: str | os.PathLike | None,
     batch_size: int,
     progress: bool,
-    min_separability: float = SHOWN_SEPARABILITY,
 ) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
     """(concept names, (N, V) presence, image embeddings or None) of the training images:
-    the labels when given, else CLIP similarity thresholded per concept, for the words whose
-    similarity splits the images in two (separability ≥ `min_separability`)."""
+    the labels when given, else CLIP similarity thresholded per concept, for the words the
+    images detectably show (against the encoder's own null, FDR `settings.q`: `shown_concepts`)."""
     from retrofit.concepts.encoders import embed_concepts, embed_images, load_encoder
+    from retrofit.concepts.guard import resolve_encoder
     from retrofit.concepts.vocabulary import load_vocabulary
 
-    if (
-        isinstance(min_separability, bool)
-        or not isinstance(min_separability, (int, float))
-        or not 0 <= min_separability < 1
-    ):
-        raise ConfigError(
-            f"extra['concept_min_separability'] must be a number in [0, 1) (0 keeps every word), "
-            f"got {min_separability!r}."
-        )
+    q = settings.q
     if settings.labels is not None:
         names = list(
             settings.label_names or [f"concept_{k}" for k in range(settings.labels.shape[1])]
         )
         return names, torch.as_tensor(settings.labels).bool(), None
-    encoder = load_encoder(settings.encoder)
+    encoder = load_encoder(resolve_encoder(settings.encoder, loader))
     vocab = load_vocabulary(settings.vocabulary)
     embeddings, image_labels = embed_images(
         encoder,
@@ -241,19 +240,27 @@ def concept_presence(
         batch_size=batch_size,
         progress=progress,
     )
+    check_embeddings(embeddings, encoder.spec)
     if image_labels is not None and not torch.equal(image_labels.cpu(), labels.cpu()):
         raise DataError(
             "The loader's order changed between passes (shuffle=True?); concept features need "
             "the same images in the same order. Pass a loader with shuffle=False."
         )
     text = embed_concepts(encoder, vocab.concepts, vocab.templates, cache_dir=cache_dir)
+    null = embed_concepts(
+        encoder, null_prompts(vocab.concepts), vocab.templates, cache_dir=cache_dir
+    )
     similarity = embeddings.float() @ text.T
-    presence = presence_from_similarity(similarity)
-    shown = shown_concepts(similarity, presence, min_separability)
+    shown, test, presence = shown_concepts(similarity, embeddings.float() @ null.T, q)
     logger.info(
-        "concept basis: %d of %d words split the images (separability >= %.2f)",
+        "concept basis: %d of %d words shown on the images (against the encoder's null, q = %g)",
         len(shown),
         len(vocab.concepts),
-        min_separability,
+        q,
     )
+    if not len(shown):
+        logger.warning(
+            "no word of the vocabulary is detectably shown on these images: the head falls back "
+            "to backbone channels, and naming will leave every feature unexplained"
+        )
     return [vocab.concepts[int(k)] for k in shown], presence[:, shown], embeddings

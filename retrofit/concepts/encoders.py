@@ -494,13 +494,26 @@ def build_open_clip(config: dict[str, Any]) -> nn.Module:
 
 
 def load_tiny_clip(
-    device: str | torch.device | None = None, batch_size: int = 256
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    folder: str | os.PathLike | None = None,
 ) -> OpenCLIPEncoder:
-    """The tiny CLIP trained on the synthetic world's captions (shipped, no download)."""
+    """The tiny CLIP trained on the synthetic world's captions (shipped, no download), or one
+    that `scripts/train_tiny_clip.py --output FOLDER` trained (its two files in `folder`)."""
     import open_clip
 
-    settings = tiny_clip_settings()
-    path = _weights_dir() / TINY_CLIP_WEIGHTS
+    if folder is None:
+        settings = tiny_clip_settings()
+        path = _weights_dir() / TINY_CLIP_WEIGHTS
+    else:
+        settings_path = Path(folder) / TINY_CLIP_SETTINGS
+        if not settings_path.is_file():
+            raise ModelError(
+                f"{folder} holds no {TINY_CLIP_SETTINGS}; pass a folder written by "
+                f"`{TINY_CLIP_COMMAND} --output FOLDER`."
+            )
+        settings = json.loads(settings_path.read_text(encoding="utf-8"))
+        path = Path(folder) / TINY_CLIP_WEIGHTS
     _check_safetensors(path, "The tiny CLIP weights")
     model = build_open_clip(settings["model"])
     load_matching_state(
@@ -518,6 +531,8 @@ def load_tiny_clip(
         batch_size=batch_size,
     )
     encoder.model_name = "tiny"
+    if folder is not None:
+        encoder.checkpoint = os.fspath(folder)  # spec "open_clip:tiny:FOLDER"
     return encoder
 
 
@@ -576,9 +591,8 @@ def unknown_backend_error(text: str, name: str) -> ConfigError:
 
 @register_encoder("tiny")
 def _tiny_from_spec(rest: str, device: Any) -> OpenCLIPEncoder:
-    if rest:
-        raise ConfigError(f"The spec 'tiny' takes nothing after it, got 'tiny:{rest}'.")
-    return load_tiny_clip(device)
+    """'tiny' (the shipped weights) or 'tiny:FOLDER' (a retrained tiny CLIP's two files)."""
+    return load_tiny_clip(device, folder=rest or None)
 
 
 @register_encoder("open_clip")
@@ -587,8 +601,8 @@ def _open_clip_from_spec(rest: str, device: Any) -> OpenCLIPEncoder:
         raise ConfigError(
             "Expected 'open_clip:MODEL:TAG' or 'open_clip:MODEL:/path/ckpt.safetensors'."
         )
-    if rest == "tiny":
-        return load_tiny_clip(device)
+    if rest == "tiny" or rest.startswith("tiny:"):
+        return load_tiny_clip(device, folder=rest[len("tiny:") :] or None)
     if rest.startswith("hf-hub:"):
         return OpenCLIPEncoder(rest, device=device)
     name, _, source = rest.partition(":")

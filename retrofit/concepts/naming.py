@@ -30,12 +30,29 @@ from retrofit.concepts.encoders import (
     unknown_backend,
     unknown_backend_error,
 )
+from retrofit.concepts.evidence import (
+    DEFAULT_Q,
+    DEFAULT_TEST_SHARE,
+    auc_p_values,
+    average_ranks,
+    check_embeddings,
+    check_procedure,
+    check_q,
+    correlation_p_values,
+    encoder_fit,
+    estimated_precision,
+    fdr_accept,
+    null_prompts,
+    split_rows,
+)
+from retrofit.concepts.guard import resolve_encoder
 from retrofit.concepts.pairs import (
     PairSettings,
-    distinct_concepts,
+    auc_matrix,
     name_pairs,
+    pair_reliability,
     presence_from_similarity,
-    separability,
+    shown_concepts,
 )
 from retrofit.concepts.scoring import (
     WPMI_LAMBDA,
@@ -81,6 +98,7 @@ class NamingResult:
     encoder: str | None = None
     align: float | None = None
     pairs: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    reliability: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (for model stats, exports and reports)."""
@@ -93,6 +111,7 @@ class NamingResult:
             "align": self.align,
             "names": self.names,
             "pairs": {status: statuses.count(status) for status in sorted(set(statuses))},
+            "reliability": self.reliability,
         }
 
 
@@ -218,6 +237,9 @@ def name_features(
     seed: int = 0,
     progress: bool = True,
     pairs: PairSettings | bool = True,
+    q: float = DEFAULT_Q,
+    procedure: str = "bh",
+    test_share: float = DEFAULT_TEST_SHARE,
 ) -> NamingResult:
     """Fill `imodel.concepts` with each feature's top-k concepts, scores and p-values, and
     `imodel.pair_concepts` with class-conditional names (retrofit.concepts.pairs) when the
@@ -235,7 +257,17 @@ def name_features(
     5 to 100) and weighs the prior by `lam`. `class_names` feed the
     class-name filter (default: none; the synthetic world's class names are made of its
     concepts, so filtering against them would drop every true concept).
+
+    Every shown name is a tested claim (retrofit.concepts.evidence): names are chosen on a
+    seeded `1 - test_share` of the probe images (stratified by class), tested on the rest, and
+    accepted under false-discovery-rate control at `q` (`procedure` "bh" or the stricter
+    "by"); the others read "unexplained". Only words the images detectably show (against the
+    encoder's similarity to concept-free prompts) may name a pair. `result.reliability` holds
+    the evidence summary: the estimated precision of what is shown, the share of the
+    vocabulary shown, and how well the encoder separates the classes.
     """
+    check_q(q)
+    check_procedure(procedure)
     method = check_method(method or ("delta" if concept_labels is not None else DEFAULT_METHOD))
     if (method == "delta") != (concept_labels is not None):
         raise ConfigError(
@@ -245,6 +277,8 @@ def name_features(
     if vocab is not None:
         _check_top_k(top_k, len(vocab))
     needs_encoder = method != "delta" and image_embeddings is None
+    if needs_encoder:
+        encoder = resolve_encoder(encoder, images if images is not None else probe)
     enc = load_encoder(encoder) if needs_encoder or (encoder is not None) else None
     probe_labels: torch.Tensor | None = None
     if isinstance(probe, FeatureSet):
@@ -330,16 +364,27 @@ def name_features(
                 min_image_similarity=min_image_similarity,
             )
             vocab, text, removed = kept.vocabulary, text[kept.index], kept.removed
+        check_embeddings(image_embeddings, enc.spec)
         signal = image_embeddings.float() @ text.T
+        null = embed_concepts(
+            enc, null_prompts(vocab.concepts), vocab.templates, cache_dir=cache_dir
+        )
+        null_signal = image_embeddings.float() @ null.T
         names = list(vocab.concepts)
     _check_top_k(top_k, len(names))
+    split_labels = probe_labels if probe_labels is not None else torch.zeros(n, dtype=torch.long)
+    naming_rows, testing_rows = split_rows(split_labels.cpu(), test_share, seed)
     if method == "wpmi":
-        top_images = default_top_images(n) if top_images is None else top_images
-        check_top_images(top_images, n)
+        # as many top images as the whole probe would give: the naming half holds them
+        top_images = (
+            min(default_top_images(n), len(naming_rows)) if top_images is None else top_images
+        )
+        check_top_images(top_images, len(naming_rows))
     options = {"top_images": top_images, "temperature": temperature, "lam": lam}
-    scores = score_matrix(method, activations, signal, **options)
+    chosen_acts, chosen_signal = activations[naming_rows], signal[naming_rows]
+    scores = score_matrix(method, chosen_acts, chosen_signal, **options)
     top = scores.topk(top_k, dim=1).indices
-    scorer = PairScorer(method, activations, signal, top, **options)
+    scorer = PairScorer(method, chosen_acts, chosen_signal, top, **options)
     p_values = permutation_p_values(scorer, n_permutations, seed)
     table = [
         [
@@ -358,15 +403,32 @@ def name_features(
             f"The model has {len(imodel.concepts)} feature slots but {len(table)} features were "
             "named; was the bottleneck changed after conversion?"
         )
+    features_test = test_global_names(
+        table, activations[testing_rows], signal[testing_rows], top[:, 0], method, q, procedure
+    )
     imodel.concepts[:] = table
     logger.info("named %d features with %s over %d concepts", len(table), method, len(names))
+    shown = None
+    if method == "delta":
+        presence, keep = signal.bool(), torch.arange(len(names))
+    else:
+        keep, shown, presence = shown_concepts(
+            chosen_signal, null_signal[naming_rows], q, procedure
+        )
+        presence = presence_from_similarity(signal)
+        if not len(keep):
+            logger.warning(
+                "none of the %d words is detectably shown on these images (against the "
+                "encoder's null): every pair is left unexplained",
+                len(names),
+            )
     pair_names: dict[tuple[int, int], dict[str, Any]] = {}
     if pairs is not False and probe_labels is not None:
-        if method == "delta":
-            presence, keep = signal.bool(), torch.arange(len(names))
-        else:
-            presence = presence_from_similarity(signal)
-            keep = distinct_concepts(presence, separability(signal, presence))
+        settings = (
+            pairs
+            if isinstance(pairs, PairSettings)
+            else PairSettings(q=q, procedure=procedure, test_share=test_share, seed=seed)
+        )
         keep = _without_proxies(keep, names, imodel)
         pair_names = name_pairs(
             activations,
@@ -375,9 +437,26 @@ def name_features(
             [names[int(k)] for k in keep],
             imodel.head.weight,
             feature_names=[row[0]["concept"] for row in table],
-            settings=pairs if isinstance(pairs, PairSettings) else None,
+            settings=settings,
+            split=(naming_rows, testing_rows),
         )
         imodel.pair_concepts = pair_names
+    reliability = {
+        "q": q,
+        "procedure": procedure,
+        "images": {"naming": len(naming_rows), "testing": len(testing_rows)},
+        "features": features_test,
+        "pairs": pair_reliability(pair_names) if pair_names else None,
+        "vocabulary": shown.summary(names) if shown is not None else None,
+        "encoder_fit": (
+            encoder_fit(image_embeddings, probe_labels, naming_rows, testing_rows)
+            if shown is not None and probe_labels is not None
+            else None
+        ),
+    }
+    headline = reliability["pairs"] or features_test
+    reliability["estimated_precision"] = headline.get("estimated_precision")
+    _log_reliability(reliability, enc.spec if enc is not None else None)
     return NamingResult(
         method=method,
         concepts=names,
@@ -389,7 +468,76 @@ def name_features(
         encoder=enc.spec if enc is not None else None,
         align=alignment(scores) if method == "delta" else None,
         pairs=pair_names,
+        reliability=reliability,
     )
+
+
+def test_global_names(
+    table: list[list[dict[str, Any]]],
+    activations: torch.Tensor,
+    signal: torch.Tensor,
+    best: torch.Tensor,
+    method: str,
+    q: float,
+    procedure: str,
+) -> dict[str, Any]:
+    """Test each feature's global name (its best concept, chosen on the naming images) on the
+    testing images and accept names under FDR control; marks `table[j][0]` with its evidence
+    and `accepted`. The test: AUC of the feature against the label's presence (delta), else
+    Spearman correlation with the concept's similarity column."""
+    x, columns = activations.float(), signal[:, best].float()
+    n = x.shape[0]
+    if method == "delta":
+        statistic = torch.nan_to_num(
+            torch.diagonal(auc_matrix(x, columns.bool())).double(), nan=0.5
+        )
+        n_pos = columns.bool().sum(dim=0)
+        p = auc_p_values(statistic, n_pos, n - n_pos)
+        kind = "held_out_auc"
+    else:
+        rx, ry = average_ranks(x.double()), average_ranks(columns.double())
+        rx, ry = rx - rx.mean(dim=0), ry - ry.mean(dim=0)
+        statistic = (rx * ry).sum(dim=0) / (rx.norm(dim=0) * ry.norm(dim=0)).clamp_min(1e-12)
+        p = correlation_p_values(statistic, n)
+        kind = "held_out_spearman"
+    accepted, q_values = fdr_accept(p, q, procedure)
+    for j, row in enumerate(table):
+        row[0]["held_out"] = {
+            kind: round(float(statistic[j]), 4),
+            "p_value": float(p[j]),
+            "q_value": float(q_values[j]),
+            "test_images": n,
+        }
+        row[0]["accepted"] = bool(accepted[j])
+    return {"tested": len(table), "named": int(accepted.sum()), **estimated_precision(p, accepted)}
+
+
+def _log_reliability(reliability: dict[str, Any], spec: str | None) -> None:
+    """One honest line: how many names held on fresh images, and how sure they are."""
+    part = reliability["pairs"] or reliability["features"]
+    estimate = part.get("estimated_precision")
+    words = reliability.get("vocabulary")
+    fit = reliability.get("encoder_fit")
+    logger.info(
+        "names: %d of %d held on %d held-out images (q = %g)%s%s%s",
+        part["named"],
+        part["tested"],
+        reliability["images"]["testing"],
+        reliability["q"],
+        f", estimated precision {estimate:.2f}" if estimate is not None else "",
+        f"; {words['shown']} of {words['words']} words shown" if words else "",
+        (
+            f"; {spec} separates the classes {fit['class_accuracy']:.2f} (chance {fit['chance']:.2f})"
+            if fit
+            else ""
+        ),
+    )
+    if fit and words and not words["shown"] and fit["class_accuracy"] <= 2 * fit["chance"]:
+        logger.warning(
+            "%s sees nothing on these images (no word shown, classes barely separated): pass "
+            "an encoder that fits the data; every feature is left unexplained",
+            spec,
+        )
 
 
 def _without_proxies(keep: torch.Tensor, names: list[str], imodel: Any) -> torch.Tensor:
@@ -406,7 +554,9 @@ class ConceptSettings:
 
     encoder + vocabulary: CLIP naming (either may be None for its default); labels (N, K) +
     label_names: annotation naming by Δ-contrast. `align=True` then fine-tunes the bottleneck
-    towards the names (needs linear_mix=True). `options` go to `name_features`.
+    towards the names (needs linear_mix=True). `q` is the false-discovery rate every name is
+    accepted under (`procedure` "bh": Benjamini–Hochberg, "by": Benjamini–Yekutieli), also
+    the level at which words count as shown on the images. `options` go to `name_features`.
     """
 
     encoder: ConceptEncoder | str | None = None
@@ -417,6 +567,8 @@ class ConceptSettings:
     top_k: int = 5
     align: bool = False
     max_accuracy_drop: float = 0.01
+    q: float = DEFAULT_Q
+    procedure: str = "bh"
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -432,6 +584,8 @@ class ConceptSettings:
             raise ConfigError("Concept labels are scored with method='delta' only.")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}.")
+        check_q(self.q)
+        check_procedure(self.procedure)
         if not 0 <= self.max_accuracy_drop < 1:
             raise ConfigError(
                 f"max_accuracy_drop must be in [0, 1), got {self.max_accuracy_drop!r}."
@@ -456,6 +610,8 @@ class ConceptSettings:
             "top_k": self.top_k,
             "align": self.align,
             "max_accuracy_drop": self.max_accuracy_drop,
+            "q": self.q,
+            "procedure": self.procedure,
             "options": dict(self.options),
         }
 
@@ -528,6 +684,8 @@ def apply_concepts(
         return None
     common: dict[str, Any] = {
         "top_k": settings.top_k,
+        "q": settings.q,
+        "procedure": settings.procedure,
         "seed": seed,
         "cache_dir": cache_dir,
         "batch_size": batch_size,
@@ -552,7 +710,7 @@ def apply_concepts(
             images=loader if features is not None and not reuse else None,
             image_embeddings=image_embeddings if reuse else None,
             concepts=settings.vocabulary,
-            encoder=(settings.encoder or "tiny") if reuse else settings.encoder,
+            encoder=resolve_encoder(settings.encoder, loader) if reuse else settings.encoder,
             method=settings.method,
             input_mean=settings.input_mean,
             input_std=settings.input_std,

@@ -10,7 +10,11 @@ class uses it. For every (class c, feature j) pair with a positive weight:
    so a feature that merely fires on class c cannot ground every concept of c;
 3. within a class, features are matched to distinct grounded concepts (maximum total AUC), a
    feature left over keeps its best grounded concept (status "duplicate"), and a feature with no
-   grounded concept of the class is reported as "unexplained" instead of a confident wrong word.
+   grounded concept of the class is reported as "unexplained" instead of a confident wrong word;
+4. steps 1-3 read only the naming half of the probe images; each chosen name is then tested on
+   the other half and kept only when accepted under false-discovery-rate control
+   (retrofit.concepts.evidence): a name that does not hold on fresh images becomes
+   "unexplained", with its evidence (held-out AUC, p- and q-value, images) beside it.
 """
 
 from __future__ import annotations
@@ -22,20 +26,26 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from retrofit.concepts.evidence import (
+    DEFAULT_Q,
+    DEFAULT_TEST_SHARE,
+    ShownWords,
+    auc_p_values,
+    average_ranks,
+    check_procedure,
+    check_q,
+    estimated_precision,
+    fdr_accept,
+    proportion_p_values,
+    shown_words,
+    split_rows,
+)
 from retrofit.errors import ConfigError, DataError
 
 MIN_AUC = 0.75  # the grounding bar: the feature must really respond to the concept
 MIN_FREQUENCY = 0.5  # a class's concept is present in at least half of its images ...
 MIN_LIFT = 0.2  # ... and in clearly more of them than of other classes' images
 SAME_CONCEPT = 0.8  # presence Jaccard above which two concepts are one for these images
-# A word the images show splits them into two groups: the Otsu cut of its similarity column
-# explains at least this share of the column's variance (`separability`). Any unimodal column
-# explains less: 2/π ≈ 0.64 for a Gaussian, 0.75 for a uniform one. A word the images never
-# show still gets an Otsu split of its noise, which a probe then learns as a mixture of real
-# concepts ("knitted" = some red + some sand background). With the tiny CLIP on three worlds
-# every world concept scored 0.87-0.98 and every absent word at most 0.72 (median 0.64-0.65),
-# but for one mixture of white objects, "white background" (0.84-0.86).
-SHOWN_SEPARABILITY = 0.8
 MIN_GROUP = 5  # fewest images with (and without) a concept for an AUC to be meaningful
 CANDIDATES_KEPT = 3
 
@@ -47,8 +57,16 @@ class PairSettings:
     min_auc: float = MIN_AUC
     min_frequency: float = MIN_FREQUENCY
     min_lift: float = MIN_LIFT
+    q: float = DEFAULT_Q
+    procedure: str = "bh"
+    test_share: float = DEFAULT_TEST_SHARE
+    seed: int = 0
 
     def __post_init__(self) -> None:
+        check_q(self.q)
+        check_procedure(self.procedure)
+        if not 0 < self.test_share < 1:
+            raise ConfigError(f"test_share must be in (0, 1), got {self.test_share!r}.")
         for name in ("min_auc", "min_frequency"):
             value = getattr(self, name)
             if not 0 < value < 1:
@@ -100,13 +118,22 @@ def distinct_concepts(presence: torch.Tensor, quality: torch.Tensor) -> torch.Te
 
 
 def shown_concepts(
-    similarity: torch.Tensor, presence: torch.Tensor, min_separability: float = SHOWN_SEPARABILITY
-) -> torch.Tensor:
-    """Indices of the distinct words (`distinct_concepts`) whose similarity splits the images
-    in two (`separability` ≥ `min_separability`): the words the images show."""
-    split = separability(similarity, presence)
-    keep = distinct_concepts(presence, split)
-    return keep[split[keep] >= min_separability]
+    similarity: torch.Tensor,
+    null_similarity: torch.Tensor,
+    q: float = DEFAULT_Q,
+    procedure: str = "bh",
+) -> tuple[torch.Tensor, ShownWords, torch.Tensor]:
+    """(indices of the distinct words the images show, the test behind it, (N, V) presence).
+
+    A word is shown when its similarity column splits the images more clearly than the
+    encoder's similarity to concept-free prompts (`null_similarity`, (N, P)) does
+    (retrofit.concepts.evidence.shown_words); of words present on nearly the same images, the
+    clearer one is kept (`distinct_concepts`)."""
+    presence = presence_from_similarity(similarity)
+    null_split = separability(null_similarity, presence_from_similarity(null_similarity))
+    shown = shown_words(separability(similarity, presence), null_split, q, procedure)
+    keep = distinct_concepts(presence, shown.statistic)
+    return keep[torch.isin(keep, shown.index)], shown, presence
 
 
 def class_concepts(
@@ -128,7 +155,7 @@ def auc_matrix(activations: torch.Tensor, presence: torch.Tensor) -> torch.Tenso
     half; NaN where a concept has fewer than MIN_GROUP images with or without it)."""
     x = activations.double()
     p = presence.double()
-    ranks = _average_ranks(x)  # (N, F), 1-based
+    ranks = average_ranks(x)  # (N, F), 1-based
     n_pos = p.sum(dim=0)  # (V,)
     n_neg = p.shape[0] - n_pos
     u = ranks.T @ p - (n_pos * (n_pos + 1) / 2)[None]  # (F, V)
@@ -136,17 +163,6 @@ def auc_matrix(activations: torch.Tensor, presence: torch.Tensor) -> torch.Tenso
     valid = (n_pos >= MIN_GROUP) & (n_neg >= MIN_GROUP)
     auc[:, ~valid] = float("nan")
     return auc.float()
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Column-wise ranks with ties averaged (so constant features get AUC 0.5)."""
-    out = torch.empty_like(x)
-    for j in range(x.shape[1]):
-        values, inverse, counts = torch.unique(x[:, j], return_inverse=True, return_counts=True)
-        ends = torch.cumsum(counts, 0).double()
-        average = ends - (counts.double() - 1) / 2
-        out[:, j] = average[inverse]
-    return out
 
 
 def name_pairs(
@@ -157,8 +173,11 @@ def name_pairs(
     weight: torch.Tensor,
     feature_names: list[str] | None = None,
     settings: PairSettings | None = None,
+    split: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[tuple[int, int], dict[str, Any]]:
-    """Names for every (class, feature) pair with a non-zero weight (see the module docstring).
+    """Names for every (class, feature) pair with a non-zero weight (see the module docstring),
+    each a tested claim: chosen on the naming rows of `split` (default: a seeded half of each
+    class), tested on the others, accepted under FDR control (`settings.q`).
 
     `activations` (N, F) are the head's inputs on the probe images, `labels` (N,) their
     classes, `presence` (N, V) which concepts each image shows, `weight` (C, F) the head.
@@ -183,13 +202,16 @@ def name_pairs(
     labels = labels.long().cpu()
     activations = activations.float().cpu()
     weight = weight.detach().float().cpu()
-    shown, frequency = class_concepts(presence, labels, num_classes, settings)
+    naming, testing = (
+        split if split is not None else split_rows(labels, settings.test_share, settings.seed)
+    )
+    shown, frequency = class_concepts(presence[naming], labels[naming], num_classes, settings)
     pairs: dict[tuple[int, int], dict[str, Any]] = {}
     for c in range(num_classes):
         used = torch.nonzero(weight[c]).flatten().tolist()
         if not used:
             continue
-        others = labels != c
+        others = naming[labels[naming] != c]
         auc = auc_matrix(activations[others][:, used], presence[others])  # (len(used), V)
         candidates = torch.nonzero(shown[c]).flatten().tolist()
         for j in used:
@@ -199,7 +221,76 @@ def name_pairs(
         pairs.update(
             _match_class(positive, auc, candidates, frequency[c], concept_names, c, settings)
         )
+    _test_pairs(pairs, activations, labels, presence, testing, concept_names, settings)
     return pairs
+
+
+def _test_pairs(
+    pairs: dict[tuple[int, int], dict[str, Any]],
+    activations: torch.Tensor,
+    labels: torch.Tensor,
+    presence: torch.Tensor,
+    testing: torch.Tensor,
+    concept_names: list[str],
+    settings: PairSettings,
+) -> None:
+    """Test every chosen name on the testing rows and keep those accepted under FDR control.
+
+    The claim "class c uses feature j because it shows v" holds when both parts hold on images
+    not used to choose it: c's images show v more often than other classes' do (a two-
+    proportion test), and j separates v's presence on other classes' images (AUC > 0.5, the
+    Mann–Whitney test). Its p-value is the larger of the two (an intersection–union test)."""
+    index = {name: v for v, name in enumerate(concept_names)}
+    chosen = [key for key, pair in pairs.items() if pair["status"] in NAMED]
+    if not chosen:
+        return
+    y, x, present = labels[testing], activations[testing], presence[testing]
+    rows = []
+    for c, j in chosen:
+        v = index[pairs[(c, j)]["concept"]]
+        inside = y == c
+        n_in, n_out = int(inside.sum()), int((~inside).sum())
+        hits_in, hits_out = int(present[inside, v].sum()), int(present[~inside, v].sum())
+        auc = auc_matrix(x[~inside][:, j : j + 1], present[~inside][:, v : v + 1])[0, 0]
+        rows.append((auc, hits_out, n_out - hits_out, hits_in, n_in, n_out))
+    table = torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+    auc, n_pos, n_neg, hits_in, n_in, n_out = table.unbind(dim=1)
+    p_feature = auc_p_values(auc, n_pos, n_neg)
+    p_class = proportion_p_values(hits_in, n_in, n_pos, n_out)
+    p = torch.maximum(p_feature, p_class)
+    accepted, q_values = fdr_accept(p, settings.q, settings.procedure)
+    for r, key in enumerate(chosen):
+        pair = pairs[key]
+        pair["evidence"] = {
+            "held_out_auc": None if torch.isnan(auc[r]) else round(float(auc[r]), 4),
+            "class_share": [
+                round(float(hits_in[r] / max(1.0, float(n_in[r]))), 4),
+                round(float(n_pos[r] / max(1.0, float(n_out[r]))), 4),
+            ],
+            "p_value": float(p[r]),
+            "q_value": float(q_values[r]),
+            "test_images": int(n_in[r] + n_out[r]),
+        }
+        if not bool(accepted[r]):
+            pair["rejected"] = pair["concept"]
+            pair["concept"] = pair["status"] = "unexplained"
+
+
+NAMED = ("explained", "duplicate")
+
+
+def pair_reliability(pairs: dict[tuple[int, int], dict[str, Any]]) -> dict[str, Any]:
+    """How sure the pair names are, from their evidence alone (no ground truth): how many were
+    tested and named, and Storey's estimate of the share of named ones that are true."""
+    tested = [pair for pair in pairs.values() if "evidence" in pair]
+    p = torch.tensor([pair["evidence"]["p_value"] for pair in tested], dtype=torch.float64)
+    accepted = torch.tensor([pair["status"] in NAMED for pair in tested], dtype=torch.bool)
+    return {
+        "tested": len(tested),
+        "named": int(accepted.sum()),
+        "positive": sum(pair["status"] != "negative" for pair in pairs.values()),
+        **estimated_precision(p, accepted),
+    }
 
 
 def _negative(j: int, feature_names: list[str] | None) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class SpuriousBackgroundDataset(Dataset):
     pixels and `mask(i)` are rendered on access and are a pure function of (seed, split, index).
     """
 
+    synthetic_world = True  # the tiny CLIP's world (retrofit.concepts.guard)
+
     def __init__(
         self,
         n_images: int,

@@ -549,6 +549,8 @@ class SyntheticConceptDataset(Dataset):
     `n_classes` and `seed` are taken from it).
     """
 
+    synthetic_world = True  # the tiny CLIP's world (retrofit.concepts.guard)
+
     def __init__(
         self,
         n_images: int,

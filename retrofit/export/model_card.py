@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrofit.concepts.evidence import reliability_sentences
+
 if TYPE_CHECKING:  # retrofit.model imports the export lazily; a runtime import would be circular
     from retrofit.model import InterpretableModel
 
@@ -86,21 +88,34 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
     for name, features in imodel.global_explanation().items():
         parts = [("+" if f["sign"] > 0 else "−") + f["name"] for f in features]
         lines.append(f"| {_cell(name)} | {_cell(', '.join(parts) or '(none)')} |")
+    reliability = ((config.get("stats") or {}).get("concepts") or {}).get("naming", {})
+    sentences = reliability_sentences(reliability.get("reliability"))
+    if sentences:
+        lines += [
+            "",
+            "## How sure the names are",
+            "",
+            *sentences,
+            "Every name is a claim tested on images not used to choose it; a feature or pair "
+            'whose name did not hold reads "unexplained".',
+        ]
     lines += [
         "",
         "## Features",
         "",
         "| feature | backbone index"
         + (" (where its mix started)" if mixed else "")
-        + " | concept | score |",
-        "|---|---|---|---|",
+        + " | concept | score | held-out q |",
+        "|---|---|---|---|---|",
     ]
     for feature in config["features"]:
         best = feature["concepts"][0] if feature["concepts"] else {}
         score = best.get("score")
+        q_value = (best.get("held_out") or {}).get("q_value")
         lines.append(
             f"| {feature['feature']} | {feature['backbone_index']} | {_cell(feature['name'])} | "
-            f"{f'{score:.3f}' if isinstance(score, (int, float)) else '-'} |"
+            f"{f'{score:.3f}' if isinstance(score, (int, float)) else '-'} | "
+            f"{f'{q_value:.2g}' if isinstance(q_value, (int, float)) else '-'} |"
         )
     lines += [
         "",

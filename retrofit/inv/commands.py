@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from retrofit.concepts.guard import resolve_encoder
 from retrofit.errors import ConfigError
 from retrofit.inv.answers import read_answers, score_answers
 from retrofit.inv.explanation import auto_label_records, layer_explanation
@@ -52,7 +53,8 @@ def make_reveal_game(
     """Cluster maps of the first `images` images, the game page at `out` and, next to it, a
     JSON summary of the maps and their reveal curves (OUT with suffix .json). With `concepts`
     (a vocabulary as concept naming takes it) the maps also get automatic labels, and their
-    explanation by layer goes into the summary and OUT-layers.html."""
+    explanation by layer goes into the summary and OUT-layers.html. `encoder` names them
+    (default: the tiny CLIP, on the synthetic world only; retrofit.concepts.guard)."""
     out = Path(out)
     summary = out.with_suffix(".json")
     report = out.with_name(out.stem + "-layers.html")
@@ -71,7 +73,7 @@ def make_reveal_game(
     content = {**result.to_dict(), "reveal": curves}
     section = None
     if concepts is not None:
-        labels = auto_labels(result, concepts, encoder, mean, std)
+        labels = auto_labels(result, concepts, resolve_encoder(encoder, data), mean, std)
         explanation = layer_explanation(auto_label_records(result, labels))
         content.update(auto_labels=labels, by_layer=explanation)
         section = layer_explanation_section(explanation, result, input_mean=mean, input_std=std)
