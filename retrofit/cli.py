@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retrofit.concepts.evidence import reliability_sentences
 from retrofit.errors import ConfigError, RetrofitError
 
 DEMO_MODEL = "demo"
@@ -108,6 +109,8 @@ def _print_headline(imodel: Any, report: Any | None) -> None:
         f"{stats.get('original_accuracy', float('nan')):.3f}, agreement {stats.get('agreement', float('nan')):.3f})"
     )
     print(line)
+    for sentence in reliability_sentences(imodel.naming_reliability):
+        print(f"names: {sentence}")
     if report is not None:
         print(report.summary())
 

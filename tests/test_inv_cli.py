@@ -70,7 +70,12 @@ def test_reveal_then_import(export_and_data: tuple[Path, Path], tmp_path: Path, 
     game = tmp_path / "game.html"
     args = ["--quiet", "reveal", str(folder), "--data", str(data), "--out", str(game)]
     args.append("--trust-remote-code")  # the export names a python: factory
-    assert main([*args, "--images", "4", "--concepts", "curated"]) == 0
+    unnamed = ["--quiet", "reveal", str(folder), "--data", str(data), "--trust-remote-code"]
+    unnamed += ["--out", str(tmp_path / "other.html"), "--images", "4", "--concepts", "curated"]
+    assert main(unnamed) == 2, "these are not the synthetic world: the tiny CLIP is no default"
+    assert "open_clip:ViT-B-32" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="synthetic scenes only"):
+        assert main([*args, "--images", "4", "--concepts", "curated", "--encoder", "tiny"]) == 0
     summary = json.loads(game.with_suffix(".json").read_text())
     assert len(summary["auto_labels"]) == len(summary["maps"])
     assert set(summary["by_layer"]["classes"]) <= set(CLASSES)

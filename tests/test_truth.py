@@ -232,7 +232,11 @@ def test_consistency_reweighting_refits_on_the_concept_features() -> None:
     assert int((best >= 0.95).sum()) >= 10, best
 
 
-def test_truth_check_on_the_synthetic_world() -> None:
+def tensors_of(data: SyntheticConceptDataset, n: int) -> torch.Tensor:
+    return torch.stack([data[i][0] for i in range(n)])
+
+
+def test_truth_check_on_the_synthetic_world(tmp_path) -> None:
     """check() reads the world's concept labels itself and reports pair and global truth;
     without ground truth it says why it skipped."""
     world = {"n_classes": 50, "image_size": 64, "seed": 0}
@@ -272,7 +276,33 @@ def test_truth_check_on_the_synthetic_world() -> None:
     assert 0 <= truth["pair"]["precision"] <= 1
     assert report.passed
     assert "Truth of the explanation" in render_report(report)
-    tensors = torch.stack([test[i][0] for i in range(20)])
+    # every name is a tested claim: its evidence is in the pairs, the report and the explanation
+    reliability = imodel.naming_reliability
+    assert reliability["q"] == 0.05 and reliability["images"] == {"naming": 250, "testing": 250}
+    assert 0.9 <= reliability["estimated_precision"] <= 1
+    assert reliability["vocabulary"]["shown"] >= 10
+    assert reliability["encoder_fit"]["class_accuracy"] > 2 * reliability["encoder_fit"]["chance"]
+    named = [p for p in imodel.pair_concepts.values() if p["status"] in ("explained", "duplicate")]
+    assert named and all(p["evidence"]["q_value"] <= 0.05 for p in named)
+    assert report.results["names"]["estimated_precision"] == reliability["estimated_precision"]
+    assert "How sure the names are" in render_report(report)
+    strict = retrofit.check(
+        imodel, DataLoader(test, batch_size=100), pixel_methods=(), max_pixel_images=0,
+        top_images=0, progress=False, thresholds={"min_name_precision": 0.999999},
+    )  # fmt: skip
+    assert strict.passed == (reliability["estimated_precision"] >= 0.999999)
+    explanation = imodel.explain(tensors_of(test, 2))[0]
+    assert explanation.name_precision == reliability["estimated_precision"]
+    tested = [f for f in explanation.features if f.evidence is not None]
+    assert tested and all("q_value" in f.evidence for f in tested)
+    assert "estimated precision" in str(explanation)
+    imodel.save_pretrained(tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "## How sure the names are" in card and "held-out q" in card
+    loaded = retrofit.load(tmp_path / "export", model=model)
+    assert loaded.naming_reliability == reliability
+    assert loaded.name_evidence(*next(iter(imodel.pair_concepts))) is not None
+    tensors = tensors_of(test, 20)
     bare = retrofit.check(
         imodel,
         DataLoader(torch.utils.data.TensorDataset(tensors, test.labels[:20]), batch_size=20),
