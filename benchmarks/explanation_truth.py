@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader
 
 import retrofit
 from benchmarks.common import RESULTS, commit, machine, write_result
-from benchmarks.encoders import NoisyEncoder
 from retrofit.check.truth import explanation_truth, model_names
 from retrofit.concepts.encoders import load_encoder
 from retrofit.datasets.demo import DemoCNN, load_demo_classifier
@@ -102,6 +101,8 @@ def concept_encoder(name: str) -> Any:
     if name == "weak":
         return f"tiny:{WEAK_CLIP}"
     if name.startswith("noise"):
+        from benchmarks.encoders import NoisyEncoder
+
         return NoisyEncoder(load_encoder("tiny"), sigma=float(name[len("noise") :]), seed=0)
     raise ValueError(f"unknown encoder row {name!r}; known: {ENCODERS}")
 

@@ -8,9 +8,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import retrofit
+from benchmarks.encoders import NoisyEncoder
 from retrofit.check.html import render_report
 from retrofit.check.truth import class_truth_from_labels, explanation_truth, model_names
 from retrofit.concepts.basis import fit_concept_basis, fold_bottleneck
+from retrofit.concepts.encoders import load_tiny_clip
+from retrofit.concepts.naming import name_features
 from retrofit.concepts.pairs import (
     PairSettings,
     auc_matrix,
@@ -302,6 +305,7 @@ def test_truth_check_on_the_synthetic_world(tmp_path) -> None:
     loaded = retrofit.load(tmp_path / "export", model=model)
     assert loaded.naming_reliability == reliability
     assert loaded.name_evidence(*next(iter(imodel.pair_concepts))) is not None
+
     tensors = tensors_of(test, 20)
     bare = retrofit.check(
         imodel,
@@ -311,3 +315,26 @@ def test_truth_check_on_the_synthetic_world(tmp_path) -> None:
     assert "skipped" in bare.results["truth"]
     names = model_names(imodel)
     assert len(names) == 100
+    _names_with_weak_and_blind_encoders(imodel, train)
+
+
+def _names_with_weak_and_blind_encoders(imodel, train: SyntheticConceptDataset) -> None:
+    """The tiny CLIP's image embeddings degraded by seeded noise: a weak encoder names fewer
+    pairs, each still a concept of its class; a blind one sees no word and names nothing."""
+    tiny = load_tiny_clip()
+    loader = DataLoader(train, batch_size=250)
+    counts = {}
+    for sigma in (0.0, 1.0, 8.0):
+        result = name_features(
+            imodel, loader, encoder=NoisyEncoder(tiny, sigma), concepts="curated", progress=False
+        )
+        named = {k: p for k, p in result.pairs.items() if p["status"] in ("explained", "duplicate")}
+        counts[sigma] = len(named)
+        for (c, _), pair in named.items():
+            assert pair["evidence"]["q_value"] <= 0.05
+            column = train.concept_names.index(pair["concept"])
+            assert bool(train.class_signatures[c, column]), (sigma, c, pair["concept"])
+        if sigma == 8.0:
+            assert result.reliability["vocabulary"]["shown"] == 0
+            assert result.reliability["estimated_precision"] is None
+    assert counts[0.0] >= counts[1.0] > 0 == counts[8.0]

@@ -66,16 +66,20 @@ def correlation_p_values(rho: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def proportion_p_values(
-    hits_in: torch.Tensor, n_in: torch.Tensor, hits_out: torch.Tensor, n_out: torch.Tensor
+    hits_in: torch.Tensor,
+    n_in: torch.Tensor,
+    hits_out: torch.Tensor,
+    n_out: torch.Tensor,
+    margin: float = 0.0,
 ) -> torch.Tensor:
-    """One-sided p-values that a share inside a group exceeds the share outside it (pooled
-    two-proportion z-test): "class c shows concept v more often than other classes"."""
-    n1, n0 = n_in.double().clamp_min(1), n_out.double().clamp_min(1)
-    p1, p0 = hits_in.double() / n1, hits_out.double() / n0
-    pooled = (hits_in.double() + hits_out.double()) / (n1 + n0)
-    se = (pooled * (1 - pooled) * (1 / n1 + 1 / n0)).clamp_min(1e-300).sqrt()
-    p = _normal_sf((p1 - p0) / se)
-    return torch.where((pooled <= 0) | (pooled >= 1), torch.ones_like(p), p)
+    """One-sided p-values that a share inside a group exceeds the share outside it by more
+    than `margin` ("class c shows concept v clearly more often than other classes"): the
+    Agresti–Caffo interval's Wald test (one success and one failure added to each group, so
+    a share of 0 or 1 still has a spread)."""
+    n1, n0 = n_in.double() + 2, n_out.double() + 2
+    p1, p0 = (hits_in.double() + 1) / n1, (hits_out.double() + 1) / n0
+    se = (p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0).sqrt()
+    return _normal_sf((p1 - p0 - margin) / se)
 
 
 def fdr_accept(

@@ -236,10 +236,13 @@ def _test_pairs(
 ) -> None:
     """Test every chosen name on the testing rows and keep those accepted under FDR control.
 
-    The claim "class c uses feature j because it shows v" holds when both parts hold on images
-    not used to choose it: c's images show v more often than other classes' do (a two-
-    proportion test), and j separates v's presence on other classes' images (AUC > 0.5, the
-    Mann–Whitney test). Its p-value is the larger of the two (an intersection–union test)."""
+    The claim "class c uses feature j because it shows v" is the naming rule's own, and it
+    must hold on images not used to choose it: c's images show v more often than other
+    classes' by more than `min_lift` (a two-proportion test), and j separates v's presence on
+    other classes' images with AUC above `min_auc` (the Mann–Whitney test at that null). Its
+    p-value is the larger of the two (an intersection–union test). The margins are what a name
+    means, not bars on an encoder's scores: a weak encoder's presence only makes them harder
+    to show, so it names less, not worse."""
     index = {name: v for v, name in enumerate(concept_names)}
     chosen = [key for key, pair in pairs.items() if pair["status"] in NAMED]
     if not chosen:
@@ -255,8 +258,8 @@ def _test_pairs(
         rows.append((auc, hits_out, n_out - hits_out, hits_in, n_in, n_out))
     table = torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
     auc, n_pos, n_neg, hits_in, n_in, n_out = table.unbind(dim=1)
-    p_feature = auc_p_values(auc, n_pos, n_neg)
-    p_class = proportion_p_values(hits_in, n_in, n_pos, n_out)
+    p_feature = auc_p_values(auc, n_pos, n_neg, null=settings.min_auc)
+    p_class = proportion_p_values(hits_in, n_in, n_pos, n_out, margin=settings.min_lift)
     p = torch.maximum(p_feature, p_class)
     accepted, q_values = fdr_accept(p, settings.q, settings.procedure)
     for r, key in enumerate(chosen):
