@@ -185,3 +185,27 @@ def test_only_words_that_beat_the_encoders_null_get_a_probe() -> None:
 def test_a_bad_false_discovery_rate_is_refused(value) -> None:
     with pytest.raises(ConfigError, match="q must be a number in"):
         parse_concepts({"labels": torch.ones(4, 2), "label_names": ["red", "star"], "q": value})
+
+
+def test_a_blind_encoder_shows_no_word_and_the_head_falls_back_to_channels(caplog) -> None:
+    """An encoder that sees nothing on the images (the tiny CLIP drowned in noise) gets no
+    concept feature, and says so in one log line."""
+    from torch.utils.data import DataLoader
+
+    from benchmarks.encoders import NoisyEncoder
+    from retrofit.concepts.basis import concept_presence
+    from retrofit.concepts.encoders import load_tiny_clip
+    from retrofit.datasets import SyntheticConceptDataset
+
+    data = SyntheticConceptDataset(300, n_classes=10, seed=0)
+    for sigma, blind in ((0.0, False), (8.0, True)):
+        settings = parse_concepts(
+            {"encoder": NoisyEncoder(load_tiny_clip(), sigma), "vocabulary": "curated"}
+        )
+        with caplog.at_level("WARNING", logger="retrofit.concepts.basis"):
+            names, presence, _ = concept_presence(
+                settings, DataLoader(data, batch_size=100), data.labels, cache_dir=None,
+                batch_size=100, progress=False,
+            )  # fmt: skip
+        assert (names == []) == blind and presence.shape == (300, len(names))
+        assert ("no word of the vocabulary is detectably shown" in caplog.text) == blind

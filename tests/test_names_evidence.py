@@ -138,3 +138,13 @@ def test_the_tiny_clip_is_the_default_only_on_its_own_world() -> None:
     with pytest.warns(UserWarning, match="synthetic scenes only"):
         assert resolve_encoder("tiny", photos) == "tiny"
     assert resolve_encoder("hf:/some/dir", photos) == "hf:/some/dir"
+
+
+def test_an_explanation_that_abstains_everywhere_has_no_precision_and_no_recall() -> None:
+    from retrofit.check.truth import explanation_truth
+
+    weight = torch.tensor([[1.0, 0], [0, 1]])
+    names = {(0, 0): ("unexplained", "unexplained"), (1, 1): ("unexplained", "unexplained")}
+    truth = torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)
+    result = explanation_truth(weight, names, truth, ["red", "star"], ["a", "b"])
+    assert result["precision"] is None and result["recall"] == 0 and result["coverage"] == 0

@@ -68,8 +68,8 @@ def explanation_truth(
             f"concepts), got shape {tuple(class_truth.shape)}."
         )
     column = {_normalise(n): k for k, n in enumerate(concept_names)}
-    shown = {_normalise(name) for name, _ in names.values()}
-    if names and not shown & set(column):
+    shown = {_normalise(name) for name, _ in names.values()} - set(ABSTAINED)
+    if shown and not shown & set(column):  # every name abstaining is an answer, not a mismatch
         raise DataError(
             "None of the explanation's concept names is among the ground-truth concepts "
             f"(e.g. {sorted(shown)[:3]} vs {list(concept_names)[:3]}): name the features with a "

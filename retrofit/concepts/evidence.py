@@ -182,19 +182,23 @@ def shown_words(
     null_statistic: torch.Tensor,
     q: float = DEFAULT_Q,
     procedure: str = "bh",
+    sampling_std: float = 0.0,
 ) -> ShownWords:
     """Words whose statistic (the separability of their similarity column) clearly exceeds the
     encoder's null on these images, under FDR control across the vocabulary. The null is the
     same statistic for concept-free prompts, fitted by a normal; a new draw from it is judged
     with Student's t (its predictive distribution), so a word needs more than the null's
     spread. No bar is tied to one encoder: a CLIP whose columns are rarely bimodal has a null
-    that is rarely bimodal too."""
+    that is rarely bimodal too. The null prompts share much of their text direction, so their
+    spread can understate how much one column's statistic varies with the images drawn;
+    `sampling_std` (that variation for a unimodal column of as many images) is added to it."""
     from scipy import stats
 
     null = null_statistic.double()
     if null.numel() < 3:
         raise ConfigError("The encoder's null needs at least 3 concept-free prompts.")
-    mean, std = float(null.mean()), max(float(null.std()), 1e-6)
+    mean = float(null.mean())
+    std = max(math.hypot(float(null.std()), sampling_std), 1e-6)
     z = (statistic.double() - mean) / (std * math.sqrt(1 + 1 / null.numel()))
     p = torch.from_numpy(stats.t.sf(z.numpy(), df=null.numel() - 1))
     accepted, _ = fdr_accept(p, q, procedure)

@@ -131,9 +131,24 @@ def shown_concepts(
     clearer one is kept (`distinct_concepts`)."""
     presence = presence_from_similarity(similarity)
     null_split = separability(null_similarity, presence_from_similarity(null_similarity))
-    shown = shown_words(separability(similarity, presence), null_split, q, procedure)
+    shown = shown_words(
+        separability(similarity, presence),
+        null_split,
+        q,
+        procedure,
+        sampling_std=gaussian_separability_std(len(similarity)),
+    )
     keep = distinct_concepts(presence, shown.statistic)
     return keep[torch.isin(keep, shown.index)], shown, presence
+
+
+def gaussian_separability_std(n: int, columns: int = 64, max_rows: int = 4000) -> float:
+    """How much the separability of a unimodal (Gaussian) column of `n` images varies from one
+    draw of images to the next (simulated, seeded; beyond `max_rows` scaled as 1/√n)."""
+    rows = max(2, min(n, max_rows))
+    sample = torch.randn(rows, columns, generator=torch.Generator().manual_seed(0))
+    spread = float(separability(sample, presence_from_similarity(sample)).std())
+    return spread * (rows / max(n, rows)) ** 0.5
 
 
 def class_concepts(
