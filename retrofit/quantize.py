@@ -17,7 +17,10 @@ logger = logging.getLogger(__name__)
 
 
 def ternary_quantise(
-    weight: torch.Tensor, per_class: int, balanced: bool = False
+    weight: torch.Tensor,
+    per_class: int,
+    balanced: bool = False,
+    penalty: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Return (assignment int8 in {−1, 0, 1}, shared magnitude a) for a (C, F) weight.
 
@@ -25,7 +28,8 @@ def ternary_quantise(
     t = (v[g−1] + v[g]) / 2), or exactly the top per_class of each row when `balanced`.
     Equal magnitudes are ranked by row-major position, so the count is exact. Only non-zero
     weights can be kept; when there are fewer than the target a warning says so.
-    a = mean of the kept |w| (0.0 when nothing is kept).
+    a = mean of the kept |w| (0.0 when nothing is kept). `penalty` (C, F), the elastic net's
+    L1 factors, ranks by |w| / factor instead: the weights the fit's prior favours are kept first.
     """
     if weight.ndim != 2:
         raise ConfigError(
@@ -42,9 +46,10 @@ def ternary_quantise(
     if not bool(torch.isfinite(w).all()):
         raise ConfigError("weight contains NaN or infinite values; the fitted head is broken.")
     magnitude = w.abs()
+    rank = magnitude if penalty is None else magnitude / penalty.to(w.device)
     keep = torch.zeros(c, f, dtype=torch.bool, device=w.device)
     if balanced:
-        order = torch.argsort(-magnitude, dim=1, stable=True)[:, :per_class]
+        order = torch.argsort(-rank, dim=1, stable=True)[:, :per_class]
         keep.scatter_(1, order, True)
         keep &= magnitude > 0
         short = (keep.sum(dim=1) < per_class).nonzero().squeeze(1).tolist()
@@ -56,7 +61,7 @@ def ternary_quantise(
             )
     else:
         target = per_class * c
-        flat = magnitude.reshape(-1)
+        flat = rank.reshape(-1)
         order = torch.argsort(-flat, stable=True)[:target]
         keep.view(-1)[order] = True
         keep &= magnitude > 0
@@ -99,8 +104,12 @@ def bias_ramp(assignment: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 def quantise_head(
-    weight: torch.Tensor, bias: torch.Tensor, per_class: int, balanced: bool = False
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    per_class: int,
+    balanced: bool = False,
+    penalty: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Ternary assignment, shared magnitude and ramped bias of a fitted (C, F) head."""
-    assignment, scale = ternary_quantise(weight, per_class, balanced)
+    assignment, scale = ternary_quantise(weight, per_class, balanced, penalty)
     return assignment, scale, bias_ramp(assignment, bias)

@@ -36,6 +36,7 @@ import torch
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, DataError, FeatureError
 from retrofit.heads.base import HeadResult, register_head
+from retrofit.heads.prior import check_prior, concept_prior_weight
 from retrofit.solvers.cliques import clique_threshold, greedy_assignment, perturbed_search
 from retrofit.solvers.deadline import Deadline
 from retrofit.solvers.qpm_constants import (
@@ -57,7 +58,6 @@ from retrofit.solvers.stats import MIN_STD
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_ROUNDS = 200
-DEFAULT_CONCEPT_PRIOR = 0.5
 # the pass that computes A may take this share of time_limit; past it, rows are subsampled
 CONSTANTS_SHARE = 0.4
 # the clique and the iterated local search may use this share of the time the constants leave
@@ -95,7 +95,7 @@ def fit_qpm(
     constants = correlation_with_moments(features, labels, n_classes, rows=constant_rows)
     assoc_all = constants.assoc
     if prior is not None:
-        weight = float(extra.get("concept_prior", DEFAULT_CONCEPT_PRIOR))
+        weight = concept_prior_weight(config)
         assoc_all = assoc_all + weight * prior.to(assoc_all.device, assoc_all.dtype)
     candidates = select_candidates(
         assoc_all,
@@ -209,15 +209,8 @@ def _validate(
                 f"label {n_classes - 1} found but only {len(config.class_names)} class_names given."
             )
         n_classes = len(config.class_names)
-    if prior is not None and tuple(prior.shape) != (int(features.shape[1]), n_classes):
-        raise FeatureError(
-            f"prior must be (D, C) = ({features.shape[1]}, {n_classes}), got {tuple(prior.shape)}."
-        )
-    weight = config.extra.get("concept_prior", DEFAULT_CONCEPT_PRIOR)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise ConfigError(
-            f"extra['concept_prior'] must be a number >= 0 (0 ignores the prior), got {weight!r}."
-        )
+    check_prior(prior, int(features.shape[1]), n_classes)
+    concept_prior_weight(config)
     if config.extra.get("locality"):
         if maps is None:
             raise ConfigError(

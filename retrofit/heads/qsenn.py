@@ -6,9 +6,16 @@ import logging
 
 import torch
 
-from retrofit.bottleneck import Bottleneck, FixedHead, finetune_bottleneck
+from retrofit.bottleneck import (
+    CONCEPT_RETENTION,
+    Bottleneck,
+    FixedHead,
+    finetune_bottleneck,
+    retention_default,
+)
 from retrofit.config import RetrofitConfig
 from retrofit.heads.base import HeadResult, linear_accuracy, register_head
+from retrofit.heads.prior import penalty_factors
 from retrofit.quantize import quantise_head
 from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net, lambda_max, select_features
 from retrofit.streaming import Standardised, column_stats
@@ -28,6 +35,7 @@ def fit_qsenn(
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
 ) -> HeadResult:
     """Select n_features, then per round: fit, quantise to {−a, 0, a}, ramp the bias, fine-tune.
 
@@ -43,6 +51,11 @@ def fit_qsenn(
     config.linear_mix). `logits` (the original model's) enable config.distill; `maps` enable
     the Feature Diversity Loss. The features are only read in row chunks (standardised on the
     fly, see retrofit.streaming), so a memory-mapped cache is never copied whole.
+    A class–concept `prior` (D, C) (retrofit.heads.prior) scales the L1 penalty of the
+    selection (per column: its most favourable class) and of every round's fit (per weight);
+    the quantiser keeps the largest |w| / factor; and the features whose concept a class shows
+    are held to it while the bottleneck trains (extra["concept_retention"], on when concepts
+    are named), since cross-entropy alone moves them onto whatever separates the classes.
     """
     mean, std = column_stats(features)
     z, y, c = check_inputs(
@@ -50,10 +63,21 @@ def fit_qsenn(
         labels,
         len(config.class_names) if config.class_names else None,
     )
+    factors = penalty_factors(prior, config, int(features.shape[1]), c)
     x = features  # read in chunks by the bottleneck, in whatever dtype the cache holds
     selected, selection = select_features(
-        z, y, config.n_features, alpha=SELECTION_ALPHA, num_classes=c, progress=config.progress
+        z,
+        y,
+        config.n_features,
+        alpha=SELECTION_ALPHA,
+        num_classes=c,
+        penalty=None if factors is None else factors.min(dim=0).values,
+        progress=config.progress,
     )
+    factors = None if factors is None else factors[:, selected.cpu()]
+    # features the prior says a class shows keep meaning their concept (as layer_fit holds them)
+    retain = None if prior is None else (prior[selected.cpu()] > 0).any(dim=1)
+    retention = CONCEPT_RETENTION if retain is None else retention_default(config)
     bottleneck = Bottleneck(
         selected, mean[selected], std[selected], x.shape[1], linear_mix=config.linear_mix
     ).to(x.device)
@@ -63,11 +87,13 @@ def fit_qsenn(
     history = []
     for r in range(rounds):
         zs = bottleneck.transform(x)
-        lam = PATH_EPSILON * lambda_max(zs, y, PATH_ALPHA, num_classes=c)
-        point = fit_elastic_net(zs, y, lam, PATH_ALPHA, num_classes=c, weight=warm_w, bias=warm_b)
+        lam = PATH_EPSILON * lambda_max(zs, y, PATH_ALPHA, num_classes=c, penalty=factors)
+        point = fit_elastic_net(
+            zs, y, lam, PATH_ALPHA, num_classes=c, weight=warm_w, bias=warm_b, penalty=factors
+        )
         warm_w, warm_b = point.weight, point.bias
         assignment, scale, bias = quantise_head(
-            point.weight, point.bias, config.per_class, config.balanced
+            point.weight, point.bias, config.per_class, config.balanced, factors
         )
         head = FixedHead(scale * assignment.float(), bias)
         record = {
@@ -79,7 +105,16 @@ def fit_qsenn(
         }
         if tune:
             trained = finetune_bottleneck(
-                bottleneck, head, x, y, config, logits=logits, maps=maps, lr=config.lr * LR_DECAY**r
+                bottleneck,
+                head,
+                x,
+                y,
+                config,
+                logits=logits,
+                maps=maps,
+                lr=config.lr * LR_DECAY**r,
+                retain=retain,
+                retention=retention,
             )
             record["accuracy_finetuned"] = trained["accuracy"][-1]
             record["finetune"] = trained

@@ -9,6 +9,7 @@ import torch
 from retrofit.config import RetrofitConfig
 from retrofit.featureset import split_rows
 from retrofit.heads.base import HeadResult, linear_accuracy, register_head
+from retrofit.heads.prior import penalty_factors
 from retrofit.solvers.elastic_net import check_inputs, elastic_net_path, select_features
 from retrofit.streaming import Standardised, column_stats
 
@@ -26,6 +27,7 @@ def fit_sparse(
     config: RetrofitConfig,
     maps: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
 ) -> HeadResult:
     """Select n_features, fit the α = 0.99 path on them, keep the best point within budget.
 
@@ -34,7 +36,9 @@ def fit_sparse(
     λ). λ_max's all-zero point is always within budget, so a choice always exists. Selection
     and path are fitted on the 90 % part; the returned weights are that path point's. The
     features are only read in row chunks, standardised on the fly (retrofit.streaming), so a
-    memory-mapped cache is never copied whole.
+    memory-mapped cache is never copied whole. A class–concept `prior` (D, C) scales the L1
+    penalty of the selection (per column: its most favourable class) and of the path (per
+    weight), retrofit.heads.prior.
     """
     mean, std = column_stats(features)
     x, y, c = check_inputs(
@@ -45,12 +49,14 @@ def fit_sparse(
     train_rows, val_rows = split_rows(len(y), VAL_FRACTION, seed=config.seed)
     train_y, val_y = y[train_rows.to(y.device)], y[val_rows.to(y.device)]
     train = Standardised(features, mean, std, rows=train_rows)
+    factors = penalty_factors(prior, config, int(features.shape[1]), c)
     selected, selection = select_features(
         train,
         train_y,
         config.n_features,
         alpha=SELECTION_ALPHA,
         num_classes=c,
+        penalty=None if factors is None else factors.min(dim=0).values,
         progress=config.progress,
     )
     path = elastic_net_path(
@@ -58,6 +64,7 @@ def fit_sparse(
         train_y,
         alpha=PATH_ALPHA,
         num_classes=c,
+        penalty=None if factors is None else factors[:, selected.cpu()],
         progress=config.progress,
     )
     budget = config.per_class * c

@@ -2,7 +2,9 @@
 
 The objective per λ is glm-saga's (ALGORITHMS §2):
     mean cross-entropy + λα‖W‖₁ + ½λ(1−α)‖W‖²_F, bias unpenalised,
-with ‖W‖₁ replaced by Σ_j ‖W_·j‖₂ (columns over classes) in the group variant.
+with ‖W‖₁ replaced by Σ_j ‖W_·j‖₂ (columns over classes) in the group variant. An optional
+`penalty` scales the L1 term per weight, Σ ω_cj |W_cj| (per column, Σ ω_j ‖W_·j‖₂, in the group
+variant), as glmnet's penalty factors do: a head uses it to prefer the features a prior favours.
 
 The solver is not SAGA but full-batch accelerated proximal gradient (FISTA) with backtracking
 and gradient-based adaptive restart. The data are processed in row chunks, so the memory beyond
@@ -64,10 +66,11 @@ def lambda_max(
     *,
     group: bool = False,
     num_classes: int | None = None,
+    penalty: torch.Tensor | None = None,
 ) -> float:
-    """Smallest λ at which every weight is zero: max_j |X_jᵀ(Y − Ȳ)| / N / max(α, 1e-3)."""
+    """Smallest λ at which every weight is zero: max_j |X_jᵀ(Y − Ȳ)| / ω / N / max(α, 1e-3)."""
     x, y, c = check_inputs(features, labels, num_classes)
-    return _lambda_max(x, y, c, alpha, group)
+    return _lambda_max(x, y, c, alpha, group, _factors(penalty, c, x.shape[1], group, x.device))
 
 
 def lambda_path(
@@ -96,6 +99,7 @@ def fit_elastic_net(
     num_classes: int | None = None,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    penalty: torch.Tensor | None = None,
     tol: float = 1e-4,
     lookbehind: int = 5,
     max_iter: int = 1000,
@@ -110,6 +114,7 @@ def fit_elastic_net(
         num_classes=num_classes,
         weight=weight,
         bias=bias,
+        penalty=penalty,
         tol=tol,
         lookbehind=lookbehind,
         max_iter=max_iter,
@@ -129,6 +134,7 @@ def elastic_net_path(
     num_classes: int | None = None,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    penalty: torch.Tensor | None = None,
     tol: float = 1e-4,
     lookbehind: int = 5,
     max_iter: int = 1000,
@@ -136,13 +142,16 @@ def elastic_net_path(
 ) -> list[PathPoint]:
     """Warm-started path over `lambdas` (default: `lambda_path(lambda_max(...), k, epsilon)`).
 
-    Features should be standardised. Runs on the device of `features`.
+    Features should be standardised. Runs on the device of `features`. `penalty`: L1 factors
+    > 0, (C, D) per weight or (D,) per column (the only form the group variant takes).
     """
     x, y, c = check_inputs(features, labels, num_classes)
     _check_alpha(alpha)
-    problem = _Problem(x, y, c)
+    problem = _Problem(x, y, c, _factors(penalty, c, x.shape[1], group, x.device))
     if lambdas is None:
-        lambdas = lambda_path(_lambda_max(x, y, c, alpha, group), k, epsilon, include_zero)
+        lambdas = lambda_path(
+            _lambda_max(x, y, c, alpha, group, problem.factor), k, epsilon, include_zero
+        )
     w, b = problem.initial(weight, bias)
     score = None  # KKT scores of the previous λ, for the strong rule
     prev_lam = None
@@ -168,7 +177,7 @@ def elastic_net_path(
             if not bool(violated.any()):
                 break
             keep |= violated
-        objective = loss + _penalty(w, lam, alpha, group)
+        objective = loss + _penalty(w, lam, alpha, group, problem.factor)
         points.append(
             PathPoint(float(lam), w.clone(), b.clone(), objective, loss, total_iter, converged)
         )
@@ -188,6 +197,7 @@ def select_features(
     k: int = 100,
     epsilon: float = 1e-3,
     num_classes: int | None = None,
+    penalty: torch.Tensor | None = None,
     tol: float = 1e-4,
     lookbehind: int = 5,
     max_iter: int = 1000,
@@ -199,8 +209,9 @@ def select_features(
     weights; the solutions above the current λ cannot change by admitting a feature that was
     zero there (the problem is strictly convex in W for α < 1), so re-solving at the same λ
     until no new feature violates optimality gives the same order for a fraction of the work.
-    The entering feature is the one whose group gradient norm exceeds λα most. Returns the
-    ranked (n_features,) indices and stats (λ of entry per feature, path steps).
+    The entering feature is the one whose group gradient norm exceeds λα most (divided by its
+    `penalty` factor ω_j, (D,), when given: a smaller factor ranks a column earlier). Returns
+    the ranked (n_features,) indices and stats (λ of entry per feature, path steps).
     """
     x, y, c = check_inputs(features, labels, num_classes)
     _check_alpha(alpha)
@@ -209,9 +220,9 @@ def select_features(
         raise InfeasibleSettingsError(
             f"n_features={n_features} is larger than the {d} available features; lower n_features."
         )
-    problem = _Problem(x, y, c)
+    problem = _Problem(x, y, c, _factors(penalty, c, d, True, x.device))
     w, b = problem.initial(None, None)
-    lambdas = lambda_path(_lambda_max(x, y, c, alpha, True), k, epsilon, True)
+    lambdas = lambda_path(_lambda_max(x, y, c, alpha, True, problem.factor), k, epsilon, True)
     order: list[int] = []
     entry_lams: list[float] = []
     chosen = torch.zeros(d, dtype=torch.bool, device=x.device)
@@ -283,7 +294,29 @@ def _check_alpha(alpha: float) -> None:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha!r}.")
 
 
-def _lambda_max(x: torch.Tensor, y: torch.Tensor, c: int, alpha: float, group: bool) -> float:
+def _factors(
+    penalty: torch.Tensor | None, c: int, d: int, group: bool, device: torch.device
+) -> torch.Tensor | None:
+    """Validated L1 factors as a (C, D) or, per column, (1, D) float32 tensor (None: all 1)."""
+    if penalty is None:
+        return None
+    shapes = [(d,)] if group else [(d,), (c, d)]
+    if tuple(penalty.shape) not in shapes or not bool((penalty > 0).all()):
+        raise ConfigError(
+            f"penalty must hold factors > 0 of shape {' or '.join(map(str, shapes))}, "
+            f"got shape {tuple(penalty.shape)}."
+        )
+    return penalty.to(device=device, dtype=torch.float32).reshape(-1, d)
+
+
+def _lambda_max(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c: int,
+    alpha: float,
+    group: bool,
+    factor: torch.Tensor | None = None,
+) -> float:
     n, d = x.shape
     prior = torch.bincount(y, minlength=c).double() / n
     # X^T (Y - Ybar) = X^T Y - (X^T 1) Ybar^T, without forming the N x C one-hot matrix
@@ -295,17 +328,25 @@ def _lambda_max(x: torch.Tensor, y: torch.Tensor, c: int, alpha: float, group: b
         xty.index_add_(1, y[s : s + rows], chunk.T)
         col_sum += chunk.sum(dim=0)
     inner = xty - col_sum[:, None] * prior[None, :]
+    if factor is not None:
+        inner = inner / factor.T.double()
     score = inner.norm(dim=1) if group else inner.abs().amax(dim=1)
     return float(score.max().item()) / n / max(alpha, 1e-3)
 
 
-def _penalty(w: torch.Tensor, lam: float, alpha: float, group: bool) -> float:
-    sparse = w.norm(dim=0).sum() if group else w.abs().sum()
+def _penalty(
+    w: torch.Tensor, lam: float, alpha: float, group: bool, factor: torch.Tensor | None = None
+) -> float:
+    size = w.norm(dim=0, keepdim=True) if group else w.abs()
+    sparse = size.sum() if factor is None else (size * factor).sum()
     return float((lam * alpha * sparse + 0.5 * lam * (1 - alpha) * w.square().sum()).item())
 
 
-def _prox(w: torch.Tensor, thresh: float, shrink: float, group: bool) -> torch.Tensor:
-    """Soft-threshold (by element or by column norm), then the ridge shrinkage 1/(1+shrink)."""
+def _prox(
+    w: torch.Tensor, thresh: float | torch.Tensor, shrink: float, group: bool
+) -> torch.Tensor:
+    """Soft-threshold (by element or by column norm; `thresh` a number or per-weight factors
+    that broadcast to w), then the ridge shrinkage 1/(1+shrink)."""
     if group:
         norm = w.norm(dim=0, keepdim=True)
         factor = (1 - thresh / norm.clamp_min(torch.finfo(w.dtype).tiny)).clamp_min(0)
@@ -330,10 +371,13 @@ def _progress(items: list[float], enabled: bool, desc: str):
 
 
 class _Problem:
-    """Multinomial logistic loss over row chunks of a fixed (N, D) design."""
+    """Multinomial logistic loss over row chunks of a fixed (N, D) design, with the L1 factors
+    `factor` ((C, D) or (1, D); None: all 1) of its penalty."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, c: int) -> None:
-        self.x, self.y, self.c = x, y, c
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, c: int, factor: torch.Tensor | None = None
+    ) -> None:
+        self.x, self.y, self.c, self.factor = x, y, c, factor
         self.n, self.d = x.shape
         rows = max(1, _CHUNK_ELEMENTS // max(self.d, c, 1))
         self.chunks = [slice(s, min(s + rows, self.n)) for s in range(0, self.n, rows)]
@@ -417,7 +461,8 @@ class _Problem:
     def kkt_scores(
         self, w: torch.Tensor, b: torch.Tensor, group: bool
     ) -> tuple[torch.Tensor, float]:
-        """Per-column size of the loss gradient (max over classes, or L2 norm) and the loss."""
+        """Per-column size of the loss gradient (max over classes, or L2 norm), each entry
+        divided by its L1 factor, and the loss."""
         cols = w.ne(0).any(dim=0).nonzero().squeeze(1)
         xs = self.x if cols.numel() == self.d else self.x[:, cols]  # all columns: no copy
         if self.tables:
@@ -426,6 +471,8 @@ class _Problem:
             loss, g, _ = self.gradient(self.x, z)
         else:
             loss, g, _ = self.gradient_at(xs, w[:, cols], b, self.x)
+        if self.factor is not None:
+            g = g / self.factor
         return (g.norm(dim=0) if group else g.abs().amax(dim=0)), loss
 
     def lipschitz(self, xs: torch.Tensor) -> float:
@@ -460,6 +507,7 @@ class _Problem:
         """FISTA with backtracking and adaptive restart on the columns `cols`."""
         xs = self.x if cols.numel() == self.d else self.x[:, cols]
         l1, l2 = lam * alpha, lam * (1 - alpha)
+        factor = None if self.factor is None else self.factor[:, cols]
         bound = self.lipschitz(xs)
         floor = bound * _MIN_L_FRACTION
         big_l = bound if self.step_l is None else min(max(self.step_l, floor), bound)
@@ -478,7 +526,8 @@ class _Problem:
             it += 1
             while True:
                 step = 1.0 / big_l
-                w_new = _prox(wy - step * gw, step * l1, step * l2, group)
+                thresh = step * l1 if factor is None else step * l1 * factor
+                w_new = _prox(wy - step * gw, thresh, step * l2, group)
                 b_new = by - step * gb
                 f_new = self.forward(xs, w_new, b_new, z_new)
                 dw, db = w_new - wy, b_new - by
@@ -487,7 +536,7 @@ class _Problem:
                 if f_new <= model + _BACKTRACK_SLACK * max(1.0, abs(f_y)):
                     break
                 big_l *= 2.0
-            objective = f_new + _penalty(w_new, lam, alpha, group)
+            objective = f_new + _penalty(w_new, lam, alpha, group, factor)
             if objective < best[0]:
                 best = (objective, w_new, b_new)
             if objective < tracked - tol:
