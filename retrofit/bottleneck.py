@@ -117,6 +117,13 @@ class Bottleneck(nn.Module):
             return maps[:, self.selected]
         return torch.einsum("fd,bdhw->bfhw", self.mix, maps)
 
+    def extra_repr(self) -> str:
+        source = "attributes" if self.attributes is not None else "channels"
+        how = "a learned linear mix" if self.mix is not None else "a selection"
+        return (
+            f"{len(self.selected)} features from {self.in_features} {source} ({how}), standardised"
+        )
+
     @torch.no_grad()
     def transform(self, features: torch.Tensor) -> torch.Tensor:
         """forward() over a whole cache in chunks, without autograd."""
@@ -136,6 +143,21 @@ class FixedHead(nn.Module):
             )
         self.register_buffer("weight", weight.detach().float().clone())
         self.register_buffer("bias", bias.detach().float().clone())
+
+    def extra_repr(self) -> str:
+        classes, n_f = self.weight.shape
+        nonzero = int((self.weight != 0).sum())
+        values = torch.unique(self.weight[self.weight != 0].abs())
+        kind = (
+            "binary"
+            if len(values) == 1 and bool((self.weight >= 0).all())
+            else ("ternary" if len(values) == 1 else "real-valued")
+        )
+        return (
+            f"{classes} classes x {n_f} features, {nonzero} non-zero "
+            f"({nonzero / max(1, classes):.1f} per class, sparsity "
+            f"{1 - nonzero / max(1, classes * n_f):.2f}), {kind} weights"
+        )
 
     @classmethod
     def from_result(cls, result: HeadResult) -> FixedHead:

@@ -61,6 +61,24 @@ class InterpretableModel(nn.Module):
         # how the base model reads an image (input size, mean/std, ...), from the export
         self.preprocessing: dict[str, Any] | None = None
 
+    def __repr__(self) -> str:
+        """The interpretable parts in a few lines; the backbone by class and hooked layer only
+        (`print(imodel.backbone)` shows all of it)."""
+        named = sum(1 for row in self.concepts if row and row[0].get("accepted", True))
+        names = (
+            f"{named} of {self.n_features} features named"
+            if any(self.concepts)
+            else "none (convert with concepts=...)"
+        )
+        return (
+            f"InterpretableModel(\n  method: {self.config.method}, {self.num_classes} classes, "
+            f"{self.config.per_class} features per class\n"
+            f"  (backbone): {type(self.backbone).__name__} (features read at "
+            f"{self.spec.name!r})\n  (bottleneck): Bottleneck({self.bottleneck.extra_repr()})\n"
+            f"  (head): FixedHead({self.head.extra_repr()})\n"
+            f"  concept names: {names}\n)"
+        )
+
     @property
     def n_features(self) -> int:
         return int(self.head.weight.shape[1])

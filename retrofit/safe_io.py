@@ -56,6 +56,14 @@ SAFETENSORS_DTYPES = {
 # ------------------------------------------------------------------------------ atomic writes
 
 
+def as_umask_allows(path: str | os.PathLike) -> None:
+    """Give a file the mode an ordinary `open()` would (0666 less the umask): safetensors
+    writes 0600, which leaves an export copied to a shared folder unreadable to others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "wb") as handle:
@@ -78,6 +86,7 @@ def atomic_save_safetensors(
         if not path.parent.is_dir():  # removed meanwhile (by another process): callers retry
             raise FileNotFoundError(f"{path.parent} no longer exists") from error
         raise OSError(f"could not write {path.name} ({error})") from error
+    as_umask_allows(tmp)
     os.replace(tmp, path)
 
 

@@ -254,3 +254,6 @@ def test_report_json_is_strict_and_summary_names_the_verdict(tmp_path) -> None:
     assert data["thresholds"][0]["name"] == "min_accuracy"
     summary = report.summary()
     assert summary.startswith("retrofit check: PASSED") and "min_accuracy" in summary
+    unchecked = _report(results).summary()
+    assert unchecked.startswith("retrofit check: measured only: no threshold was set")
+    assert "PASSED" not in unchecked

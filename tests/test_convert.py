@@ -67,6 +67,12 @@ def test_every_method_converts_and_runs_on_images(method: str, data) -> None:
         assert len({tuple(row.tolist()) for row in imodel.assignment}) == C
     table = imodel.global_explanation()
     assert list(table) == imodel.class_names and all(isinstance(v, list) for v in table.values())
+    shown = repr(imodel)  # the interpretable parts, not the backbone's every layer
+    assert len(shown.splitlines()) == 7 and f"method: {method}" in shown
+    nonzero = int((imodel.head.weight != 0).sum())
+    assert f"{n_features} features from 24 channels" in shown and f"{nonzero} non-zero" in shown
+    kind = {"qpm": "binary", "qsenn": "ternary"}.get(method)
+    assert kind is None or f"{kind} weights" in shown
 
 
 def test_same_seed_gives_the_same_model_and_distillation_reaches_qsenn(data) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -148,6 +149,20 @@ def test_an_export_of_schema_version_1_still_loads(cnn_export, tmp_path) -> None
     _assert_same_logits(retrofit.load(old, model=model), imodel, torch.rand(2, 3, 16, 16))
 
 
+def test_export_files_keep_the_users_umask(data, tmp_path) -> None:
+    """safetensors writes 0600; an export copied to a shared folder must stay readable."""
+    model = SmallCNN()
+    imodel = _convert(model, data)
+    old = os.umask(0o022)
+    try:
+        folder = imodel.save_pretrained(tmp_path / "shared")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir() if p.is_file()}
+    assert "model.safetensors" in modes
+    assert set(modes.values()) == {0o644}, modes
+
+
 def test_float_head_and_linear_mix_round_trip(data, tmp_path) -> None:
     model = SmallCNN()
     imodel = _convert(model, data, method="sparse", linear_mix=True, finetune="bottleneck")
@@ -169,6 +184,9 @@ def test_python_factory_spec_with_the_backbone_stands_alone(data, tmp_path, monk
     imodel = _convert(build_model(spec), data)
     folder = imodel.save_pretrained("out", include_backbone=True, base_model=spec)
     assert (folder / "backbone.safetensors").is_file()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (folder / "backbone.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     with pytest.raises(retrofit.UntrustedCodeError, match="trust_remote_code=True"):
         load(folder)
     _assert_same_logits(load(folder, trust_remote_code=True), imodel, data[0])

@@ -238,10 +238,15 @@ class Report:
         """A few lines of plain text with the headline numbers and the threshold verdicts."""
         meta, fid, concept = self.meta, self.fidelity, self.concept_deletion
         metrics = self.metrics
-        verdict = "PASSED" if self.passed else "FAILED"
+        verdict = (
+            f"{'PASSED' if self.passed else 'FAILED'} ({len(self.thresholds)} threshold(s), "
+            f"{len(self.failures)} failed)"
+            if self.thresholds
+            else "measured only: no threshold was set, so nothing was checked against one "
+            "(--min-fidelity, --min-accuracy, --min-name-precision, ...)"
+        )
         lines = [
-            f"retrofit check: {verdict} ({len(self.thresholds)} threshold(s), "
-            f"{len(self.failures)} failed)",
+            f"retrofit check: {verdict}",
             f"images {meta.get('n_images', 'n/a')} (pixel checks on "
             f"{meta.get('n_pixel_images', 0)}), {meta.get('n_classes', 'n/a')} classes, "
             f"{meta.get('n_features', 'n/a')} features",

@@ -39,7 +39,7 @@ from retrofit.export.staging import (
     swap_in,
 )
 from retrofit.fingerprint import model_fingerprint
-from retrofit.safe_io import atomic_write_bytes, sha256_of
+from retrofit.safe_io import as_umask_allows, atomic_write_bytes, sha256_of
 from retrofit.specs import ModelSpec, describe_model, preprocessing_of
 
 if TYPE_CHECKING:
@@ -88,8 +88,10 @@ def save(
     staging.mkdir()
     try:
         save_file(tensors, str(staging / MODEL_FILE), metadata=TENSOR_METADATA)
+        as_umask_allows(staging / MODEL_FILE)
         if include_backbone:
             save_model(backbone, str(staging / BACKBONE_FILE), metadata=TENSOR_METADATA)
+            as_umask_allows(staging / BACKBONE_FILE)
         files = {name: file_info(staging / name) for name in (MODEL_FILE, BACKBONE_FILE)}
         config = _config(imodel, spec, head_info, {k: v for k, v in files.items() if v})
         atomic_write_bytes(

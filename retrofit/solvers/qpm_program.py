@@ -58,6 +58,7 @@ from retrofit.solvers.qpm_projection import ValueCut, seed_cuts, violated_cuts
 from retrofit.solvers.quiet import native_stdout_silenced
 
 logger = logging.getLogger(__name__)
+NO_BOUND = 1e30  # |objective_bound| at or above this is a solver's "no bound" placeholder
 
 _SOLVER_NAMES = {"cbc": mip.CBC, "highs": mip.HIGHS, "gurobi": mip.GUROBI}
 _SOLVER_HINTS = {
@@ -531,7 +532,11 @@ class _Program:
         if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
             return None
         value = self.model.objective_bound
-        return None if value is None or not math.isfinite(value) else float(value)
+        # CBC reports 1e+50 when it proved no bound (e.g. an infeasible LP relaxation at the
+        # root): a placeholder, not a bound, so stats say None rather than a gap of 1e+49
+        if value is None or not math.isfinite(value) or abs(value) >= NO_BOUND:
+            return None
+        return float(value)
 
 
 def _unsolved(
