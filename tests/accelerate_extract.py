@@ -54,6 +54,10 @@ def main(cache: str, out: str) -> None:
     except DistributedError as error:
         report["prepared"] = str(error)
     Path(out, f"rank-{accelerator.process_index}.json").write_text(json.dumps(report))
+    # an explicit teardown: left to interpreter exit, Gloo's threads can abort rank 0
+    # ("terminate called without an active exception") after the work is done
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
