@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from retrofit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from retrofit.specs import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -131,3 +128,52 @@ def plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+@dataclass
+class ModelSpec:
+    """A parsed spec: family, name (model name, hub id, local path or file), weights, extras."""
+
+    family: str
+    name: str
+    weights: str | None = None  # torchvision weights tag or open_clip pretrained tag
+    revision: str | None = None  # HF hub revision
+    factory: str | None = None  # python: the factory function in `name`
+    kwargs: dict[str, Any] = field(default_factory=dict)  # architecture arguments
+    arch_config: dict[str, Any] | None = None  # HF config dict: build offline without weights
+
+    def __str__(self) -> str:
+        adapter = get_adapter(self.family)
+        if adapter.format_spec is not None:
+            return adapter.format_spec(self)
+        return f"{adapter.prefix}:{self.name}" + (f":{self.weights}" if self.weights else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": str(self),
+            "family": self.family,
+            "name": self.name,
+            "weights": self.weights,
+            "revision": self.revision,
+            "factory": self.factory,
+            "kwargs": dict(self.kwargs),
+            "arch_config": self.arch_config,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        family = data.get("family")
+        known = sorted(a.name for a in spec_families().values())
+        if family not in known or not isinstance(data.get("name"), str):
+            raise ConfigError(
+                f"A model spec needs a known family ({known}) and a name; got {data!r}."
+            )
+        return cls(
+            family=family,
+            name=data["name"],
+            weights=data.get("weights"),
+            revision=data.get("revision"),
+            factory=data.get("factory"),
+            kwargs=dict(data.get("kwargs") or {}),
+            arch_config=data.get("arch_config"),
+        )

@@ -8,15 +8,11 @@ spec that names one is portable to any machine with retrofit installed.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.adapters.base import ModelAdapter, ModelSpec, register_adapter
 from retrofit.errors import ModelError
-
-if TYPE_CHECKING:
-    from retrofit.specs import ModelSpec
 
 # retrofit:NAME -> (module, factory) of a model shipped with retrofit
 BUNDLED = {"demo": ("retrofit.datasets.demo", "load_demo_classifier")}

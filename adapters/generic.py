@@ -10,20 +10,14 @@ import hashlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.adapters.base import ModelAdapter, ModelSpec, register_adapter
 from retrofit.errors import ConfigError, ModelError
-
-if TYPE_CHECKING:
-    from retrofit.specs import ModelSpec
 
 
 def parse_python_spec(rest: str, text: str) -> ModelSpec:
-    from retrofit.specs import ModelSpec
-
     path, sep, factory = rest.rpartition(":")
     if not sep or not path.endswith(".py") or not factory.isidentifier():
         raise ConfigError(

@@ -8,18 +8,15 @@ features are the normalised image embeddings, i.e. the output of the visual proj
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, plain, register_adapter
+from retrofit.adapters.base import ModelAdapter, ModelSpec, plain, register_adapter
 from retrofit.errors import ConfigError, ModelError
 from retrofit.safe_io import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
-
-if TYPE_CHECKING:
-    from retrofit.specs import ModelSpec
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.")
 
@@ -87,8 +84,6 @@ def open_clip_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], Any
 
 
 def parse_open_clip_spec(rest: str, text: str) -> ModelSpec:
-    from retrofit.specs import ModelSpec
-
     arch, _, tag = rest.partition(":")
     if not arch:
         raise ConfigError(f"Expected open_clip:ARCH[:TAG], got {text!r}.")

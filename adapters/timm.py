@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, module_name, plain, register_adapter
+from retrofit.adapters.base import ModelAdapter, ModelSpec, module_name, plain, register_adapter
 from retrofit.safe_io import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
-
-if TYPE_CHECKING:
-    from retrofit.specs import ModelSpec
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -57,8 +54,6 @@ def build_timm(spec: ModelSpec, pretrained: bool, trust_remote_code: bool | None
 
 def derive_timm_spec(model: nn.Module) -> ModelSpec | None:
     """timm:ARCH[.TAG] from the model's pretrained_cfg; None when it has none."""
-    from retrofit.specs import ModelSpec
-
     cfg = getattr(model, "pretrained_cfg", None) or {}
     arch = cfg.get("architecture")
     if not arch:

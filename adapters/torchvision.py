@@ -4,17 +4,14 @@ VGG, ViT, Swin, SqueezeNet, ...): built by name with a weights tag."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, last_layer_width, pick, register_adapter
+from retrofit.adapters.base import ModelAdapter, ModelSpec, last_layer_width, pick, register_adapter
 from retrofit.errors import ConfigError
 from retrofit.safe_io import MAX_COUNT, whole
-
-if TYPE_CHECKING:
-    from retrofit.specs import ModelSpec
 
 
 def _is_torchvision(model: nn.Module) -> bool:
@@ -46,8 +43,6 @@ def torchvision_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], A
 
 
 def parse_torchvision_spec(rest: str, text: str) -> ModelSpec:
-    from retrofit.specs import ModelSpec
-
     name, _, weights = rest.partition(":")
     if not name or ":" in weights:
         raise ConfigError(f"Expected torchvision:NAME[:WEIGHTS], got {text!r}.")

@@ -6,15 +6,12 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
-from retrofit.adapters.base import ModelAdapter, register_adapter
+from retrofit.adapters.base import ModelAdapter, ModelSpec, register_adapter
 from retrofit.errors import ConfigError, ModelError
-
-if TYPE_CHECKING:
-    from retrofit.specs import ModelSpec
 
 TWO_HEADS = ["cls_classifier", "distillation_classifier"]
 
@@ -72,8 +69,6 @@ def transformers_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], 
 
 def parse_hf_spec(rest: str, text: str) -> ModelSpec:
     """hf:ORG/NAME[@REVISION], hf:/local/folder, or a bare local folder with a config.json."""
-    from retrofit.specs import ModelSpec
-
     if not Path(rest).is_dir() and "@" in rest:
         name, _, revision = rest.partition("@")
         return ModelSpec("transformers", name, revision=revision or None)
@@ -110,8 +105,6 @@ def build_transformers(
 
 def derive_hf_spec(model: nn.Module) -> ModelSpec | None:
     """hf:NAME_OR_PATH[@COMMIT] from config._name_or_path; None when it is empty."""
-    from retrofit.specs import ModelSpec
-
     config = model.config
     name = getattr(config, "_name_or_path", "") or ""
     if not name:

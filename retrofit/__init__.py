@@ -1,5 +1,6 @@
 """retrofit: turn any trained image classifier into a globally interpretable one, post hoc."""
 
+from retrofit._version import __version__
 from retrofit.api import convert
 from retrofit.check import CheckConfig, CheckFailedError, Report, check
 from retrofit.config import RetrofitConfig
@@ -28,8 +29,6 @@ from retrofit.features import extract
 from retrofit.featureset import FeatureSet
 from retrofit.inv import cluster_maps
 from retrofit.model import InterpretableModel, load
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CacheError",

@@ -63,22 +63,19 @@ def _build_model(
     spec_text: str, weights: str | None, num_classes: int | None = None
 ) -> tuple[Any, Any]:
     """(model, parsed spec or None) for a model spec; `demo` is the bundled demo classifier."""
-    from retrofit.specs import build_model, parse_spec
+    from retrofit.specs import build_model, load_weights, parse_spec
 
     if spec_text == DEMO_MODEL:
         from retrofit.datasets import load_demo_classifier
 
-        return load_demo_classifier(), parse_spec(DEMO_SPEC)
+        model = load_demo_classifier()
+        return (load_weights(model, weights) if weights else model).eval(), parse_spec(DEMO_SPEC)
     spec = parse_spec(spec_text)
     if num_classes is not None:
         spec.kwargs["num_classes"] = num_classes
     model = build_model(spec, pretrained=weights is None and num_classes is None)
     if weights is not None:
-        from safetensors.torch import load_file
-
-        if not Path(weights).is_file():
-            raise UsageError(f"--weights {weights} does not exist.")
-        model.load_state_dict(load_file(weights))
+        load_weights(model, weights)
     return model.eval(), spec
 
 
@@ -93,6 +90,11 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} is not empty; pass --overwrite to replace what is there.")
     check_save_target(out.resolve(), overwrite)
+
+
+def _check_cache_dir(cache_dir: str | None) -> None:
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise UsageError(f"--cache-dir {cache_dir} is a file; pass a folder (or a new path).")
 
 
 def _loader(dataset: Any, batch_size: int = 64) -> Any:
@@ -149,6 +151,7 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
+    _check_cache_dir(args.cache_dir)
     model, _ = _build_model(DEMO_MODEL, None)
     train = open_data(f"synthetic:train:{args.train_images}", None)
     imodel = retrofit.convert(
@@ -185,10 +188,11 @@ def _convert(args: argparse.Namespace) -> int:
     reweight = _reweight_options(args)
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
+    _check_cache_dir(args.cache_dir)
     model, spec = _build_model(args.model, args.weights, args.num_classes)
     transform = None if args.model == DEMO_MODEL else model_transform(model, spec, args.image_size)
-    train = open_data(args.train, transform)
-    val = open_data(args.val, transform) if args.val else None
+    train = open_data(args.train, transform, args.skip_bad_images)
+    val = open_data(args.val, transform, args.skip_bad_images) if args.val else None
     imodel = retrofit.convert(
         model,
         _loader(train, args.batch_size),
@@ -245,9 +249,11 @@ def _transform_for(
     try:
         return model_transform(imodel.backbone, spec, size)
     except (KeyError, ValueError, OSError, TypeError) as error:
+        if image_size:  # what the hint below offers: resize only
+            return model_transform(imodel.backbone, None, image_size)
         raise UsageError(
-            f"cannot build the preprocessing that {folder} records for {spec} ({error}); "
-            "pass --image-size to resize only."
+            f"cannot build the preprocessing that {folder} records for {spec} "
+            f"({' '.join(str(error).split())}); pass --image-size to resize only."
         ) from error
 
 
@@ -318,6 +324,11 @@ def _reveal(args: argparse.Namespace) -> int:
     from retrofit.data_specs import open_data
     from retrofit.inv.commands import make_reveal_game
 
+    if args.encoder is not None and args.concepts is None:
+        raise UsageError(
+            f"--encoder {args.encoder} names the encoder of the automatic labels; pass "
+            "--concepts (their vocabulary) too, or leave --encoder out."
+        )
     imodel = _load(args.dir, args.trust_remote_code)
     synthetic = args.data.startswith("synthetic")
     transform = (
@@ -369,8 +380,8 @@ def _edit(args: argparse.Namespace) -> int:
             "--out is the export itself; write the edited model to a new folder, so the "
             "original stays untouched."
         )
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"{out} is not empty; pass --overwrite to replace what is there.")
+    _prepare_out(out, args.overwrite)
+    _check_cache_dir(args.cache_dir)
     imodel = _load(args.dir, args.trust_remote_code)
     check_fingerprint(document, head_fingerprint(imodel), args.apply)
 
@@ -382,6 +393,11 @@ def _edit(args: argparse.Namespace) -> int:
         )
 
     train = _loader(dataset(args.train)) if args.train else None
+    data = args.data
+    previous = export / CHECK_DATA_FILE
+    if data is None and previous.is_file():
+        data = _recorded_data(previous)
+    check_data = dataset(data) if data else None  # bad data fails before the work, not after
     result = retrofit.edit(
         imodel,
         document["edits"],
@@ -398,12 +414,8 @@ def _edit(args: argparse.Namespace) -> int:
         base_model=build.get("spec"),
     )
     print(result.summary())
-    data = args.data
-    previous = export / CHECK_DATA_FILE
-    if data is None and previous.is_file():
-        data = json.loads(previous.read_text()).get("meta", {}).get("data")
     if data:
-        report = _run_check(result.model, dataset(data), out, args, data)
+        report = _run_check(result.model, check_data, out, args, data)
         print(report.summary())
     print(f"edited model written to {out}/" + (" with report.html" if data else ""))
     return 0
@@ -598,6 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--seed", type=int, default=0)
     convert.add_argument("--batch-size", type=_positive_int, default=64)
     convert.add_argument("--image-size", type=_positive_int, default=224)
+    convert.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out unreadable (truncated, corrupt) images of ImageFolder data, counting "
+        "them in one line; each image is decoded once up front",
+    )
     convert.add_argument("--include-backbone", action="store_true")
     convert.add_argument("--cache-dir", default=".retrofit_cache")
     convert.add_argument(

@@ -157,7 +157,7 @@ class RetrofitConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe settings. Concepts are stored as given when they are plain data; an encoder
         object or label tensor becomes a marked summary (retrofit.concepts.stored)."""
-        from retrofit.concepts.stored import concepts_to_json
+        from retrofit.concepts.settings import concepts_to_json
 
         data = dataclasses.asdict(dataclasses.replace(self, concepts=None))
         data["concepts"] = concepts_to_json(self.concepts)
@@ -166,7 +166,7 @@ class RetrofitConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrofitConfig:
         """The config `to_dict` wrote; stored concept summaries come back as ConceptsSummary."""
-        from retrofit.concepts.stored import concepts_from_json
+        from retrofit.concepts.settings import concepts_from_json
 
         if not isinstance(data, dict):
             raise ConfigError(f"A stored config must be a JSON object, got {type(data).__name__}.")

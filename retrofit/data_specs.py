@@ -38,8 +38,12 @@ def model_transform(model: nn.Module, spec: Any, image_size: int | None) -> Call
     return transforms.Compose([*steps, transforms.ToTensor()])
 
 
-def open_data(spec: str, transform: Callable | None) -> Dataset:
-    """The dataset a data spec names, with `transform` applied to its PIL images."""
+def open_data(spec: str, transform: Callable | None, skip_bad_images: bool = False) -> Dataset:
+    """The dataset a data spec names, with `transform` applied to its PIL images.
+
+    An unreadable image of an ImageFolder raises a DataError naming the file when it is read;
+    skip_bad_images=True leaves such images out up front (ImageFolders only; the dataset's
+    `skipped` lists them and one warning line counts them)."""
     if spec.startswith("synthetic"):
         return _synthetic(spec, transform)
     if spec.startswith("hf:") or (
@@ -52,10 +56,10 @@ def open_data(spec: str, transform: Callable | None) -> Dataset:
             f"Data {spec!r} is not a folder. Pass an ImageFolder directory (one sub-folder per "
             "class), synthetic[:SPLIT[:N]], or hf:NAME[:SPLIT]."
         )
-    from torchvision.datasets import ImageFolder
+    from retrofit.datasets.folders import open_image_folder
 
     try:
-        return ImageFolder(str(path), transform=transform)
+        return open_image_folder(path, transform, skip_bad_images)
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"{spec} is not a usable ImageFolder: {error}") from error
 

@@ -73,3 +73,12 @@ class EditError(ConfigError):
 
 class UntrustedCodeError(ExportError):
     """Loading would run code or read files the export names; needs trust_remote_code=True."""
+
+
+class WeightsFileError(ModelError, ValueError):
+    """A weights file (--weights) is not safetensors, or its tensors do not fit the model."""
+
+
+class TransformersViewError(ModelError, TypeError):
+    """A transformers tool (e.g. pipeline) was given the InterpretableModel instead of its
+    transformers view; pass imodel.to_transformers()."""

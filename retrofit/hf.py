@@ -4,7 +4,9 @@
 (`ImageClassifierOutput` with the cross-entropy loss), while `imodel(images)` keeps returning
 logits for the rest of retrofit. `as_hf_model(imodel)` (or `imodel.to_transformers()`) wraps the
 same modules in a `PreTrainedModel` whose config carries id2label/label2id, so that
-`pipeline("image-classification", model=..., image_processor=...)` runs the converted model.
+`pipeline("image-classification", model=..., image_processor=...)` runs the converted model
+(given the InterpretableModel itself, a pipeline fails at once with a TransformersViewError).
+Tools that need a tensor out (Captum) take `view.logits_only()`, or the InterpretableModel.
 """
 
 from __future__ import annotations
@@ -68,6 +70,14 @@ class RetrofitForImageClassification(PreTrainedModel):
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput | tuple[torch.Tensor, ...]:
         return self.interpretable(pixel_values=pixel_values, labels=labels, return_dict=return_dict)
+
+    def logits_only(self) -> torch.nn.Module:
+        """This model returning the logits tensor instead of an ImageClassifierOutput, for
+        tools that need a tensor: `IntegratedGradients(view.logits_only())`,
+        `LayerGradCam(view.logits_only(), layer)` (Captum); it shares every module."""
+        from retrofit.outputs import LogitsOnly
+
+        return LogitsOnly(self)
 
     def save_pretrained(
         self,

@@ -21,6 +21,12 @@ from torch import nn
 
 from retrofit.errors import LayerNotFoundError, ModelError
 from retrofit.outputs import logits_of
+from retrofit.pooled_layers import (
+    broadcast_pooled,
+    pool_features,
+    pool_output,
+    resolve_pooled_layers,
+)
 
 MAX_PREFIX_TOKENS = 4
 
@@ -239,7 +245,6 @@ def detect_layers(
     spec, logits, events = _detect(model, images, feature_layer, preferred_heads)
     if not pooled_layers:
         return spec, logits
-    from retrofit.pooled_layers import resolve_pooled_layers
 
     taken = (spec.module,) if spec.module and not spec.use_input else ()
     names = resolve_pooled_layers(model, pooled_layers, events, images.shape[0], taken)
@@ -308,17 +313,6 @@ def maps_to_grid(value: torch.Tensor, layout: str) -> torch.Tensor:
     return grid.transpose(1, 2).reshape(value.shape[0], value.shape[2], side, side)
 
 
-def pool_features(value: torch.Tensor) -> torch.Tensor:
-    """(N, D) pooled features from a 2-D, spatial (N, D, H, W) or token (N, T, D) tensor."""
-    if value.ndim == 2:
-        return value
-    if value.ndim == 4:
-        return value.mean(dim=(2, 3))
-    if value.ndim == 3:
-        return value.mean(dim=1)
-    return value.flatten(1)
-
-
 class FeatureCapture:
     """Hooks that capture the pooled features (and optionally the maps) during a forward pass."""
 
@@ -337,7 +331,6 @@ class FeatureCapture:
         pooled features constant over the positions (so those channels average to them too)."""
         if self.grid is None or not self.spec.pooled_layers:
             return self.grid
-        from retrofit.pooled_layers import broadcast_pooled
 
         return broadcast_pooled(self.grid, self._pooled_parts())
 
@@ -377,7 +370,6 @@ class FeatureCapture:
 
         def grab_pooled(name: str):
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
-                from retrofit.pooled_layers import pool_output
 
                 batch = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) else None
                 self.pooled[name] = pool_output(name, output, batch)

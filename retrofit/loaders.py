@@ -8,6 +8,7 @@ integers; how images are adapted to the model is in retrofit.inputs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -65,8 +66,27 @@ def _read_item(dataset: Dataset, index: int) -> Any:
 
     try:
         return dataset[index]
+    except DataError:
+        raise
     except Image.DecompressionBombError as error:
         raise DataError(f"Dataset item {index} is not a usable image: {error}") from error
+    except (OSError, SyntaxError) as error:  # PIL: truncated, corrupt or not an image
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DataError(
+            f"Dataset item {index}{_item_file(dataset, index)} cannot be read ({reason:.200}); "
+            "replace or remove the file (retrofit.data_specs.open_data(..., "
+            "skip_bad_images=True) opens an ImageFolder without its unreadable images)."
+        ) from error
+
+
+def _item_file(dataset: Dataset, index: int) -> str:
+    """' (PATH)' for the file behind an ImageFolder-like dataset's item, else ''."""
+    samples = getattr(dataset, "samples", None)
+    try:
+        path = samples[index][0] if samples is not None else None
+    except (IndexError, KeyError, TypeError):
+        return ""
+    return f" ({path})" if isinstance(path, (str, os.PathLike)) else ""
 
 
 def _label(label: Any, index: int) -> int:
@@ -157,6 +177,14 @@ def iterate(data: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             raise DataError(
                 f"The loader read an image too large to decode safely: {error} Check the "
                 "dataset (or raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)."
+            ) from error
+        except (OSError, SyntaxError) as error:  # PIL: a truncated, corrupt or non-image file
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise DataError(
+                f"The loader could not read an image ({reason:.200}); a file of the dataset is "
+                "truncated or corrupt. Replace or remove it, or open an ImageFolder with "
+                "retrofit.data_specs.open_data(DIR, transform, skip_bad_images=True), which "
+                "names and skips unreadable files."
             ) from error
         yield split_batch(batch)
 

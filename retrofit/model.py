@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 
 from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.config import RetrofitConfig
-from retrofit.errors import ConfigError
+from retrofit.errors import ConfigError, TransformersViewError
 from retrofit.explanation import Explanation, explain
 from retrofit.export import push_to_hub, read_export, resolve_export, save
 from retrofit.hooks import FeatureCapture, LayerSpec
@@ -117,13 +118,17 @@ class InterpretableModel(nn.Module):
     def forward(
         self,
         images: torch.Tensor | None = None,
-        *,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> Any:
         """Logits of `images`; called the transformers way (`pixel_values=`, optional `labels`),
-        an ImageClassifierOutput with the cross-entropy loss (a tuple with return_dict=False)."""
+        an ImageClassifierOutput with the cross-entropy loss (a tuple with return_dict=False).
+
+        The transformers arguments are not keyword-only so that exporters which pass every
+        default positionally (torch.onnx.export(..., dynamo=False), torch.jit.trace) can call
+        it; `imodel(images)` with them left None is the plain logits call.
+        """
         if pixel_values is None:
             if images is None or labels is not None or return_dict is not None:
                 raise ConfigError(
@@ -137,6 +142,26 @@ class InterpretableModel(nn.Module):
 
         logits = self.forward_features(self.backbone_features(pixel_values))
         return classifier_output(logits, labels, return_dict)
+
+    @property
+    def hf_device_map(self) -> Any:
+        """Absent unless set (accelerate's dispatch_model sets it), as on any nn.Module; but
+        transformers' Pipeline reads it first, so a pipeline given this model (not its
+        transformers view) fails here, at once, saying what to pass."""
+        if "_hf_device_map" in self.__dict__:
+            return self.__dict__["_hf_device_map"]
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("transformers.pipelines"):
+            raise TransformersViewError(
+                "transformers.pipeline needs a transformers PreTrainedModel: pass "
+                "model=imodel.to_transformers() (with image_processor=..., e.g. "
+                "retrofit.hf.image_processor(imodel) or the base model's own processor)."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute 'hf_device_map'")
+
+    @hf_device_map.setter
+    def hf_device_map(self, value: Any) -> None:
+        self.__dict__["_hf_device_map"] = value
 
     @property
     def device(self) -> torch.device:

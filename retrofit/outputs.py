@@ -29,3 +29,16 @@ def logits_of(output: Any) -> torch.Tensor:
         f"Cannot find logits in the model output of type {type(output).__name__}. Return a tensor, "
         "a tuple whose first item is the logits, a dict with 'logits', or an HF ModelOutput."
     )
+
+
+class LogitsOnly(torch.nn.Module):
+    """`model` returning only its logits tensor (see logits_of), for tools that need a tensor
+    out: Captum's attribution methods, torch.onnx.export, torch.jit.trace. It shares `model`'s
+    modules, so Captum's layer methods take its layers (e.g. LayerGradCam(wrapper, layer))."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(pixel_values))

@@ -2,7 +2,7 @@
 
 FLINT's attributes may read more than the penultimate layer (`flint_layers=[...]`, ALGORITHMS
 §9.1): each named module's output is pooled per image to (N, C), the way the feature layer is
-pooled (retrofit.hooks.pool_features: mean over H, W of (N, C, H, W), mean over the tokens of
+pooled (pool_features: mean over H, W of (N, C, H, W), mean over the tokens of
 (N, T, C), (N, C) as it is), and concatenated after the penultimate features in the order given.
 This module checks the names against a probe forward pass before anything is extracted.
 """
@@ -20,6 +20,17 @@ from retrofit.errors import ConfigError, LayerNotFoundError
 
 MAX_POOLED_LAYERS = 64
 POOLABLE_DIMS = (2, 3, 4)
+
+
+def pool_features(value: torch.Tensor) -> torch.Tensor:
+    """(N, D) pooled features from a 2-D, spatial (N, D, H, W) or token (N, T, D) tensor."""
+    if value.ndim == 2:
+        return value
+    if value.ndim == 4:
+        return value.mean(dim=(2, 3))
+    if value.ndim == 3:
+        return value.mean(dim=1)
+    return value.flatten(1)
 
 
 def check_layer_names(names: Any, setting: str = "flint_layers") -> tuple[str, ...]:
@@ -53,8 +64,6 @@ def pooled_width(shape: tuple[int, ...] | None) -> int | None:
 def pool_output(name: str, value: Any, batch: int | None = None) -> torch.Tensor:
     """(N, C) from a module's output (its first element when a tuple), or LayerNotFoundError;
     `batch`, when known, is the N the output must start with."""
-    from retrofit.hooks import pool_features
-
     if isinstance(value, (tuple, list)) and value:
         value = value[0]
     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None

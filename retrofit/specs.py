@@ -17,68 +17,18 @@ module only dispatches, so a new family registers its own prefix there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from retrofit.adapters import adapter_for, get_adapter
-from retrofit.adapters.base import ModelAdapter, last_layer_width, spec_families
+from retrofit.adapters.base import ModelAdapter, ModelSpec, last_layer_width, spec_families
 from retrofit.errors import ConfigError, ModelError
 
 
 def spec_forms() -> str:
     """The spec forms of every registered family, for error messages."""
     return ", ".join(a.spec_forms or f"{a.prefix}:NAME" for a in spec_families().values())
-
-
-@dataclass
-class ModelSpec:
-    """A parsed spec: family, name (model name, hub id, local path or file), weights, extras."""
-
-    family: str
-    name: str
-    weights: str | None = None  # torchvision weights tag or open_clip pretrained tag
-    revision: str | None = None  # HF hub revision
-    factory: str | None = None  # python: the factory function in `name`
-    kwargs: dict[str, Any] = field(default_factory=dict)  # architecture arguments
-    arch_config: dict[str, Any] | None = None  # HF config dict: build offline without weights
-
-    def __str__(self) -> str:
-        adapter = get_adapter(self.family)
-        if adapter.format_spec is not None:
-            return adapter.format_spec(self)
-        return f"{adapter.prefix}:{self.name}" + (f":{self.weights}" if self.weights else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec": str(self),
-            "family": self.family,
-            "name": self.name,
-            "weights": self.weights,
-            "revision": self.revision,
-            "factory": self.factory,
-            "kwargs": dict(self.kwargs),
-            "arch_config": self.arch_config,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        family = data.get("family")
-        known = sorted(a.name for a in spec_families().values())
-        if family not in known or not isinstance(data.get("name"), str):
-            raise ConfigError(
-                f"A model spec needs a known family ({known}) and a name; got {data!r}."
-            )
-        return cls(
-            family=family,
-            name=data["name"],
-            weights=data.get("weights"),
-            revision=data.get("revision"),
-            factory=data.get("factory"),
-            kwargs=dict(data.get("kwargs") or {}),
-            arch_config=data.get("arch_config"),
-        )
 
 
 def parse_spec(text: str) -> ModelSpec:
@@ -133,10 +83,13 @@ def build_model(
     try:
         adapter = get_adapter(spec.family)
         if adapter.build is not None:
-            return adapter.build(spec, pretrained, trust_remote_code)
-        if adapter.load is None:
+            model = adapter.build(spec, pretrained, trust_remote_code)
+        elif adapter.load is None:
             raise ModelError(f"The {spec.family} family cannot rebuild a model from a spec.")
-        return adapter.load(spec.name, **spec.kwargs)
+        else:
+            model = adapter.load(spec.name, **spec.kwargs)
+        record_spec(model, spec, _weights_from_spec(spec, pretrained))
+        return model
     except (ConfigError, ModelError):
         raise
     except Exception as error:  # the family's own loader failed: say which spec and why
@@ -144,6 +97,49 @@ def build_model(
             f"Could not build the model {spec} ({type(error).__name__}: {error}). Check the "
             "name and weights, that the files are reachable offline, or pass the model itself."
         ) from error
+
+
+# the attribute build_model sets on the models it builds: (spec, weights_from_spec)
+_RECORD = "_retrofit_built_from"
+
+
+def _weights_from_spec(spec: ModelSpec, pretrained: bool) -> bool | None:
+    """Whether building `spec` again gives these weights: True (pretrained weights, retrofit's
+    shipped ones), False (an architecture with random weights), None (unknown: a factory)."""
+    if spec.family == "bundled":
+        return True
+    if spec.family == "generic":
+        return None
+    if spec.family == "transformers":
+        return pretrained or spec.arch_config is None
+    if spec.family == "torchvision":
+        return pretrained and bool(spec.weights)
+    return pretrained
+
+
+def record_spec(model: nn.Module, spec: ModelSpec, weights_from_spec: bool | None) -> None:
+    """Remember on `model` the spec it was built from, so saving it needs no base_model=;
+    `weights_from_spec` says whether that spec rebuilds its weights too (see build_model)."""
+    copy = ModelSpec.from_dict(spec.to_dict())
+    object.__setattr__(model, _RECORD, (copy, weights_from_spec))
+
+
+def recorded_spec(model: nn.Module) -> tuple[ModelSpec, bool | None] | None:
+    """(spec, weights_from_spec) that build_model recorded on `model`, or None."""
+    record = getattr(model, _RECORD, None)
+    if record is None:
+        return None
+    spec, weights = record
+    return ModelSpec.from_dict(spec.to_dict()), weights
+
+
+def weights_from_spec(model: nn.Module, spec: ModelSpec | None) -> bool | None:
+    """Whether rebuilding `spec` gives `model`'s weights, when build_model recorded it (False
+    once other weights were loaded into it); None when unknown."""
+    record = recorded_spec(model)
+    if spec is None or record is None or str(record[0]) != str(spec):
+        return None
+    return record[1]
 
 
 def classifier_width(model: nn.Module) -> int | None:
@@ -155,15 +151,19 @@ def classifier_width(model: nn.Module) -> int | None:
 
 
 def describe_model(model: nn.Module, base_model: str | None = None) -> ModelSpec | None:
-    """The spec that rebuilds `model`: an explicit `base_model` string, else one derived from
-    the model (HF `config._name_or_path`, timm `pretrained_cfg`), else None.
+    """The spec that rebuilds `model`: an explicit `base_model` string, else the spec
+    build_model recorded on it, else one derived from the model (HF `config._name_or_path`,
+    timm `pretrained_cfg`), else None.
 
     The explicit string wins because it is what the user said (e.g. a hub id where the model
     was loaded from a temporary folder). The architecture arguments are always read off the model.
     """
     adapter = adapter_for(model)
+    record = recorded_spec(model)
     if base_model:
         spec = parse_spec(base_model)
+    elif record is not None:  # build_model built it: the spec it was built from
+        spec = record[0]
     else:
         spec = adapter.derive_spec(model) if adapter.derive_spec is not None else None
     if spec is None:
@@ -182,3 +182,63 @@ def preprocessing_of(model: nn.Module, spec: ModelSpec | None) -> dict[str, Any]
         return hook(model, spec)
     except Exception:  # preprocessing is informative only; never fail an export on it
         return None
+
+
+def load_weights(model: nn.Module, path: str, what: str = "--weights") -> nn.Module:
+    """Load the safetensors state dict in `path` into `model`; a WeightsFileError naming the
+    file (and the first mismatching keys) when it is not safetensors or does not fit."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from retrofit.errors import WeightsFileError
+
+    file = Path(path)
+    if not file.is_file():
+        state = "is a folder" if file.is_dir() else "does not exist"
+        raise WeightsFileError(f"{what} {path} {state}; pass a .safetensors file.")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsFileError(
+            f"{what} {path} is not a readable safetensors file ({' '.join(str(error).split())}"
+            "); save the state dict with safetensors.torch.save_file(model.state_dict(), path)."
+        ) from error
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    resized = sorted(
+        k
+        for k in set(expected) & set(tensors)
+        if tuple(expected[k].shape) != tuple(tensors[k].shape)
+    )
+    if missing or unexpected or resized:
+        parts = [
+            f"{label} {len(keys)} ({', '.join(k[:80] for k in keys[:3])}"
+            f"{', ...' if len(keys) > 3 else ''})"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("of another shape", resized),
+            )
+            if keys
+        ]
+        prefixes = {k.split(".", 1)[0] for k in tensors}
+        prefix = f"{prefixes.pop()}." if len(prefixes) == 1 else ""
+        hint = (
+            f" Every key starts with {prefix!r:.40}: strip it when saving."
+            if prefix and {k[len(prefix) :] for k in tensors} == set(expected)
+            else ""
+        )
+        if resized:
+            hint += " A classifier of another width needs --num-classes N."
+        raise WeightsFileError(
+            f"{what} {path} does not fit the model {type(model).__name__}: keys "
+            f"{'; '.join(parts)}. Pass weights saved from this architecture.{hint}"
+        )
+    model.load_state_dict(tensors)
+    record = recorded_spec(model)
+    if record is not None:  # its spec no longer rebuilds these weights
+        record_spec(model, record[0], False)
+    return model

@@ -3,8 +3,11 @@
 Loading rebuilds the backbone from the spec in the export's config. Anything that would run
 code or read files the export names is refused unless the user passes trust_remote_code=True:
   - `python:file.py:factory` specs (they execute a Python file);
-  - local folders (HF `hf:/path`, timm/open_clip `local-dir:`) and open_clip tags that are
-    file paths (they read files outside the export);
+  - local folders (timm/open_clip `local-dir:`) and open_clip tags that are file paths (they
+    read files outside the export);
+  - local HF folders (`hf:/path`) unless they are plain: a config.json (and any
+    preprocessor_config.json) without `auto_map`, safetensors weights, and no Python file or
+    pickle (.bin, .pt, ...) that loading could run; reading plain weights runs no code;
   - HF configs with custom code (`auto_map`);
   - build kwargs outside the family's allow-list (`build_kwargs` of its bottleneck, e.g. timm's
     `checkpoint_path` or `pretrained_cfg_overlay` would read a checkpoint of the export's choice).
@@ -14,17 +17,21 @@ Allow-listed kwargs are checked for type and range even when trusted.
 from __future__ import annotations
 
 import re
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from retrofit.adapters import available_adapters, get_adapter
 from retrofit.adapters.bundled import BUNDLED
-from retrofit.errors import ExportSchemaError, UntrustedCodeError
+from retrofit.errors import ExportSchemaError, RetrofitError, UntrustedCodeError
 from retrofit.specs import ModelSpec
 
 HOW = "Pass trust_remote_code=True (CLI: --trust-remote-code) only if you trust where this export came from."
 _LOCAL_PREFIXES = ("local-dir:", "file:")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_CODE_SUFFIXES = {".py", ".pyc", ".so", ".pyd"}
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"}
+_MAX_FOLDER_FILES = 10_000
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?")
 
 
@@ -55,7 +62,9 @@ def _untrusted(spec: ModelSpec, pretrained: bool) -> str | None:
         if "auto_map" in config:
             return "build a transformers model with custom code (auto_map in its config)"
         if (pretrained or spec.arch_config is None) and not _hub_id(spec.name):
-            return f"read the local model folder {spec.name!r} that the export names"
+            why = _not_plain_hf_folder(Path(spec.name))
+            if why:
+                return f"read the local model folder {spec.name!r} that the export names ({why})"
     if (
         spec.family == "open_clip"
         and pretrained
@@ -69,6 +78,38 @@ def _untrusted(spec: ModelSpec, pretrained: bool) -> str | None:
         raise ExportSchemaError(
             f"base_model.build.weights {spec.weights!r:.100} is not a weights tag."
         )
+    return None
+
+
+def _not_plain_hf_folder(folder: Path) -> str | None:
+    """Why loading the transformers folder could run code (or is no model folder); None when it
+    holds only JSON configs without custom code and safetensors weights."""
+    from retrofit.safe_io import read_json
+
+    if not folder.is_dir():
+        return "not an existing folder"
+    if not (folder / "config.json").is_file():
+        return "it has no config.json"
+    files = [path for path in islice(folder.rglob("*"), _MAX_FOLDER_FILES + 1) if path.is_file()]
+    if len(files) > _MAX_FOLDER_FILES:
+        return f"it holds more than {_MAX_FOLDER_FILES} files to check"
+    code = [p.name for p in files if p.suffix in _CODE_SUFFIXES]
+    if code:
+        return f"it holds the Python file {code[0]!r}, custom model code"
+    pickles = [p.name for p in files if p.suffix in _PICKLE_SUFFIXES]
+    if pickles:
+        return f"it holds the pickle {pickles[0]!r}, which loading could run as code"
+    if not any(p.suffix == ".safetensors" for p in files):
+        return "it holds no safetensors weights"
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (folder / name).is_file():
+            continue
+        try:
+            config = read_json(folder / name)
+        except (RetrofitError, OSError, ValueError):
+            return f"its {name} cannot be read"
+        if not isinstance(config, dict) or "auto_map" in config:
+            return f"its {name} names custom code (auto_map)"
     return None
 
 

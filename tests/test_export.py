@@ -228,6 +228,8 @@ def test_transformers_round_trips_from_a_local_folder_and_standalone(data, tmp_p
     model = transformers.AutoModelForImageClassification.from_pretrained(hf_dir)
     imodel = _convert(model, data)
     folder = imodel.save_pretrained(tmp_path / "from_spec")
+    _assert_same_logits(load(folder), imodel, data[0][:8])  # plain weights run no code
+    (hf_dir / "modeling_resnet.py").write_text("raise SystemExit\n")  # custom code does
     with pytest.raises(retrofit.UntrustedCodeError, match="local model folder"):
         load(folder)
     _assert_same_logits(load(folder, trust_remote_code=True), imodel, data[0][:8])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-import retrofit
+from retrofit._version import __version__
 
 if TYPE_CHECKING:
     from retrofit.check.report import Report
@@ -904,5 +904,5 @@ def render_report(report: Report) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>retrofit check report</title><style>{STYLE}</style></head><body>"
         f"<header><h1>retrofit check report {verdict}</h1><nav>{nav}</nav></header>"
-        f"<main>{body}</main><footer>retrofit {_esc(retrofit.__version__)}</footer></body></html>\n"
+        f"<main>{body}</main><footer>retrofit {_esc(__version__)}</footer></body></html>\n"
     )

@@ -16,14 +16,9 @@ from retrofit.concepts.encoders import (
     tiny_clip_settings,
     unregister_encoder,
 )
-from retrofit.concepts.naming import (
-    ConceptSettings,
-    NamingResult,
-    apply_concepts,
-    name_features,
-    parse_concepts,
-)
+from retrofit.concepts.naming import NamingResult, apply_concepts, name_features
 from retrofit.concepts.scoring import METHODS, auc_scores, score_matrix
+from retrofit.concepts.settings import ConceptSettings, parse_concepts
 from retrofit.concepts.stored import ConceptsNotRestoredWarning, ConceptsSummary
 from retrofit.concepts.vocabulary import (
     CURATED,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,45 +45,6 @@ class ConceptsSummary:
             "a summary was kept). Pass them again: convert(model, loader, config=config, "
             "concepts=...)."
         )
-
-
-def concepts_to_json(value: Any) -> Any:
-    """The JSON form of a `concepts=` value: itself when plain, else a marked summary."""
-    from retrofit.concepts.naming import parse_concepts
-
-    if isinstance(value, ConceptsSummary):
-        return value.to_dict()
-    if value is None or _plain_spec(value):
-        return _as_json(value)
-    settings = parse_concepts(value)
-    reason = _not_plain(settings)
-    if reason is None:
-        return _as_json(value if _json_data(value) else settings.to_dict())
-    return ConceptsSummary(reason, settings.to_dict()).to_dict()
-
-
-def concepts_from_json(value: Any) -> Any:
-    """The `concepts=` value a JSON form stands for; a summary comes back as ConceptsSummary
-    (with a ConceptsNotRestoredWarning)."""
-    if isinstance(value, dict) and SUMMARY_KEY in value:
-        summary = ConceptsSummary(str(value[SUMMARY_KEY]), dict(value.get("settings") or {}))
-    elif isinstance(value, dict) and value.get("labels") is not None:
-        # written before summaries were marked: labels were stored as their shape
-        summary = ConceptsSummary("a concept-label tensor", dict(value))
-    else:
-        reason = _unusable(value)
-        if reason is None:
-            return value
-        summary = ConceptsSummary(
-            reason, dict(value) if isinstance(value, dict) else {"encoder": value}, value
-        )
-    warnings.warn(
-        f"The stored concepts were {summary.reason}; only a summary was kept, so features cannot "
-        "be named again from this config without passing concepts= again.",
-        ConceptsNotRestoredWarning,
-        stacklevel=3,
-    )
-    return summary
 
 
 def _unusable(value: Any) -> str | None:

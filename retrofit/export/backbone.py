@@ -24,7 +24,7 @@ from retrofit.export.layout import BACKBONE_FILE, CONFIG_FILE
 from retrofit.fingerprint import model_fingerprint
 from retrofit.hooks import LayerSpec
 from retrofit.safe_io import check_safetensors_header
-from retrofit.specs import ModelSpec, build_model
+from retrofit.specs import ModelSpec, build_model, spec_forms
 from retrofit.trust import check_spec
 
 
@@ -46,9 +46,18 @@ def load_backbone(
     if spec is None:
         raise ExportError(
             f"{folder} does not say how to rebuild its {base['class']} backbone (no base model "
-            "spec was known when it was saved). Pass the backbone: retrofit.load(folder, model=...)."
+            "spec was known when it was saved). Pass the backbone: retrofit.load(folder, "
+            f"model=...), or save it with base_model='...' (a spec: {spec_forms()}) and "
+            "include_backbone=True so the folder stands alone."
         )
     with_weights = BACKBONE_FILE in config["files"]
+    if not with_weights and base.get("weights_from_spec") is False:
+        raise ExportError(
+            f"{folder} holds no backbone weights, and its base model spec {spec} does not "
+            "rebuild them (the backbone was built without pretrained weights, loaded other "
+            "weights or was fine-tuned). Pass the backbone: retrofit.load(folder, model=...), "
+            "or save with include_backbone=True so the folder stands alone."
+        )
     check_spec(spec, trust_remote_code, pretrained=not with_weights, where=str(folder))
     if with_weights:
         backbone = _rebuild(spec, folder, pretrained=False, trust_remote_code=trust_remote_code)
@@ -74,7 +83,8 @@ def _rebuild(
     except (ModelError, ConfigError) as error:
         raise ExportError(
             f"Cannot rebuild the backbone of {folder}: {error} You can also pass it: "
-            "retrofit.load(folder, model=...)."
+            "retrofit.load(folder, model=...), or save with include_backbone=True so the "
+            "folder stands alone."
         ) from error
 
 
@@ -105,6 +115,11 @@ def _verify_fingerprint(model: nn.Module, expected: str, strict: bool, what: str
         "explanations, would differ."
     )
     if strict:
+        if what.startswith("the model rebuilt from"):
+            message += (
+                " Its spec does not rebuild its weights: pass the backbone, "
+                "retrofit.load(folder, model=...), or save with include_backbone=True."
+            )
         raise FingerprintMismatchError(message + " Pass strict=False to load it anyway.")
     warnings.warn(message, stacklevel=4)
 

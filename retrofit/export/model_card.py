@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,45 @@ def hub_base_model(base_model: dict[str, Any]) -> str | None:
     return None
 
 
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*[]|~"})
+_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
+_EDGE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # class_0 stays as is
+
+
+def _text(text: Any) -> str:
+    """`text` (a class or concept name) as inert Markdown on one line: HTML and Markdown
+    syntax in it are escaped, so it reads as written and cannot add markup or break a table."""
+    plain = " ".join(str(text).split()).translate(_MARKDOWN)
+    return _EDGE_UNDERSCORE.sub(r"\\_", plain).translate(_HTML)
+
+
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _text(text)
+
+
+def _code(text: Any) -> str:
+    """`text` inside a Markdown code span (backticks and line breaks cannot end it)."""
+    return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def loading_needs_trust(base_model: dict[str, Any], files: dict[str, Any]) -> bool:
+    """Whether retrofit.load of the export needs trust_remote_code=True: its base model spec
+    would run code (a `python:` spec, custom HF code) or read files outside the export."""
+    from retrofit.errors import RetrofitError, UntrustedCodeError
+    from retrofit.specs import ModelSpec
+    from retrofit.trust import check_spec
+
+    build = base_model.get("build")
+    if not build:
+        return False
+    try:
+        spec = ModelSpec.from_dict(build)
+        check_spec(spec, False, pretrained="backbone.safetensors" not in files, where="export")
+    except UntrustedCodeError:
+        return True
+    except RetrofitError:
+        return False
+    return False
 
 
 def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str:
@@ -43,7 +81,7 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
         front.append(f"base_model: {json.dumps(hub_id)}")
     front += ["tags:", "- interpretability", "- retrofit", f"- {method}", "---", ""]
     spec = (base.get("build") or {}).get("spec")
-    source = f"`{spec}`" if spec else f"A `{base['class']}` ({base['family']} model)"
+    source = _code(spec) if spec else f"A {_code(base['class'])} ({_text(base['family'])} model)"
     weights = imodel.head.weight
     nnz = int((weights != 0).sum())
     mixed = imodel.bottleneck.mix is not None
@@ -53,11 +91,11 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
         else "features (each one channel"
     )
     lines = [
-        f"# Interpretable {base['class']} ({method}, retrofit)",
+        f"# Interpretable {_text(base['class'])} ({_text(method)}, retrofit)",
         "",
         f"{source} with its classification head replaced, post hoc, by a globally "
         f"interpretable one: {imodel.num_classes} classes read {imodel.n_features} {what} of "
-        f"the backbone's layer `{base['layer_name']}`) through {nnz} non-zero weights "
+        f"the backbone's layer {_code(base['layer_name'])}) through {nnz} non-zero weights "
         f"({nnz / max(1, imodel.num_classes):.1f} per class on average).",
         "",
     ]
@@ -86,8 +124,8 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
         "|---|---|",
     ]
     for name, features in imodel.global_explanation().items():
-        parts = [("+" if f["sign"] > 0 else "−") + f["name"] for f in features]
-        lines.append(f"| {_cell(name)} | {_cell(', '.join(parts) or '(none)')} |")
+        parts = [("+" if f["sign"] > 0 else "−") + _text(f["name"]) for f in features]
+        lines.append(f"| {_cell(name)} | {', '.join(parts) or '(none)'} |")
     reliability = ((config.get("stats") or {}).get("concepts") or {}).get("naming", {})
     sentences = reliability_sentences(reliability.get("reliability"))
     if sentences:
@@ -117,14 +155,29 @@ def render_model_card(imodel: InterpretableModel, config: dict[str, Any]) -> str
             f"{f'{score:.3f}' if isinstance(score, (int, float)) else '-'} | "
             f"{f'{q_value:.2g}' if isinstance(q_value, (int, float)) else '-'} |"
         )
+    needs_trust = loading_needs_trust(base, config.get("files") or {})
+    trust = ", trust_remote_code=True" if needs_trust else ""
+    usage = (
+        [
+            f"Loading rebuilds the backbone from its base model spec {_code(spec)}, which runs "
+            "code on your machine (or reads files outside this folder), so `retrofit.load` needs "
+            "`trust_remote_code=True` (CLI: `--trust-remote-code`): pass it only if you trust "
+            "where this folder came from.",
+            "",
+        ]
+        if needs_trust
+        else []
+    )
     lines += [
         "",
         "## Usage",
         "",
+        *usage,
         "```python",
         "import retrofit",
         "",
-        'imodel = retrofit.load("path/to/this/folder")  # rebuilds the backbone, checks its fingerprint',
+        f'imodel = retrofit.load("path/to/this/folder"{trust})  # rebuilds the backbone, '
+        "checks its fingerprint",
         "logits = imodel(images)",
         "for explanation in imodel.explain(images):",
         "    print(explanation)",
@@ -156,7 +209,7 @@ def _edit_lines(records: list[dict[str, Any]]) -> list[str]:
         cells = [_before_after(before.get(key), after.get(key)) for key in ("accuracy", "fidelity")]
         lines.append(
             f"| {_cell(record.get('time', '-'))} | {_cell(what or '-')} | {cells[0]} | "
-            f"{cells[1]} | `{_cell(str(record.get('previous_fingerprint', '-'))[:12])}` |"
+            f"{cells[1]} | {_code(str(record.get('previous_fingerprint', '-'))[:12])} |"
         )
     return lines + [""]
 

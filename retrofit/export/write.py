@@ -40,7 +40,7 @@ from retrofit.export.staging import (
 )
 from retrofit.fingerprint import model_fingerprint
 from retrofit.safe_io import as_umask_allows, atomic_write_bytes, sha256_of
-from retrofit.specs import ModelSpec, describe_model, preprocessing_of
+from retrofit.specs import ModelSpec, describe_model, preprocessing_of, weights_from_spec
 
 if TYPE_CHECKING:
     from retrofit.model import InterpretableModel
@@ -161,6 +161,10 @@ def _config(
             "family": adapter_for(backbone).name,
             "class": type(backbone).__name__,
             "build": spec.to_dict() if spec is not None else None,
+            # whether rebuilding `build` gives the backbone's weights (None: not known)
+            "weights_from_spec": (
+                False if imodel.config.finetune == "backbone" else weights_from_spec(backbone, spec)
+            ),
             "layer": imodel.spec.to_dict(),
             "layer_name": imodel.spec.name,
             "fingerprint": model_fingerprint(backbone),

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 
 from retrofit.config import RetrofitConfig
-from retrofit.errors import ConfigError
+from retrofit.registry import HEADS
 from retrofit.streaming import chunk_rows, row_slices
 
 
@@ -65,30 +65,19 @@ class HeadMethod(Protocol):
     ) -> HeadResult: ...
 
 
-_REGISTRY: dict[str, HeadMethod] = {}
-
-
 def register_head(name: str) -> Callable[[HeadMethod], HeadMethod]:
-    """Register a head-fitting function under `name` (one file per method)."""
-
-    def decorate(fn: HeadMethod) -> HeadMethod:
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
+    """Register a head-fitting function under `name` (one file per method; retrofit.registry)."""
+    return HEADS.register(name)
 
 
 def unregister_head(name: str) -> None:
     """Remove a registered method (for plugins and tests that register one for a while)."""
-    _REGISTRY.pop(name, None)
+    HEADS.unregister(name)
 
 
 def get_head(name: str) -> HeadMethod:
-    import retrofit.heads  # noqa: F401  (imports every method file so it registers)
-
-    if name not in _REGISTRY:
-        raise ConfigError(f"Unknown method {name!r}; registered methods are {sorted(_REGISTRY)}.")
-    return _REGISTRY[name]
+    """The method `name`; a built-in one's file is imported on first use."""
+    return HEADS.get(name)
 
 
 def fit_head(
@@ -108,6 +97,5 @@ def fit_head(
 
 
 def available_heads() -> list[str]:
-    import retrofit.heads  # noqa: F401
-
-    return sorted(_REGISTRY)
+    """Every method name, built-in or registered, without importing any method file."""
+    return HEADS.names()
