@@ -166,6 +166,7 @@ def _demo(args: argparse.Namespace) -> int:
         concepts=DEMO_CONCEPTS,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        solver_log=args.solver_log,
     )
     imodel.save_pretrained(
         out, include_backbone=True, base_model=DEMO_SPEC, overwrite=args.overwrite
@@ -209,6 +210,7 @@ def _convert(args: argparse.Namespace) -> int:
         concepts=_concepts_option(args),
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        solver_log=args.solver_log,
         **reweight,
     )
     imodel.save_pretrained(
@@ -372,6 +374,7 @@ def _edit(args: argparse.Namespace) -> int:
     from retrofit.edit import head_fingerprint
     from retrofit.edits_file import check_fingerprint, read_edits_file
     from retrofit.export import read_config
+    from retrofit.solvers.quiet import solver_log_shown
 
     document = read_edits_file(args.apply)
     export, out = Path(args.dir), Path(args.out)
@@ -398,14 +401,15 @@ def _edit(args: argparse.Namespace) -> int:
     if data is None and previous.is_file():
         data = _recorded_data(previous)
     check_data = dataset(data) if data else None  # bad data fails before the work, not after
-    result = retrofit.edit(
-        imodel,
-        document["edits"],
-        loader=train,
-        cache_dir=args.cache_dir,
-        time_limit=args.time_limit,
-        progress=not args.quiet,
-    )
+    with solver_log_shown(args.solver_log):
+        result = retrofit.edit(
+            imodel,
+            document["edits"],
+            loader=train,
+            cache_dir=args.cache_dir,
+            time_limit=args.time_limit,
+            progress=not args.quiet,
+        )
     build = read_config(export)["base_model"].get("build") or {}
     _prepare_out(out, args.overwrite)
     result.model.save_pretrained(
@@ -542,6 +546,14 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-consistency-flip-rate", type=float)
 
 
+def _add_solver_log_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--solver-log",
+        action="store_true",
+        help="show the MIP solver's own log (CBC, HiGHS); by default one summary line per solve",
+    )
+
+
 def _add_trust_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code",
@@ -567,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--test-images", type=_positive_int, default=1000)
     demo.add_argument("--time-limit", type=_positive_float, default=30.0)
     demo.add_argument("--cache-dir", default=".retrofit_cache")
+    _add_solver_log_option(demo)
     _add_check_options(demo)
     demo.set_defaults(run=_demo)
 
@@ -591,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune", default="bottleneck", choices=["bottleneck", "none", "backbone"]
     )
     convert.add_argument("--solver", default="cbc", choices=["cbc", "highs", "gurobi"])
+    _add_solver_log_option(convert)
     convert.add_argument(
         "--concepts", help="name features: tiny, open_clip:ARCH:TAG, hf:ID or a vocabulary file"
     )
@@ -683,6 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--train", help="training data; needed for every edit but renames")
     edit.add_argument("--data", help="data to re-check on (default: the export's last check)")
     edit.add_argument("--time-limit", type=_positive_float, help="seconds for the re-solve")
+    _add_solver_log_option(edit)
     edit.add_argument("--cache-dir", default=".retrofit_cache")
     _add_check_options(edit)
     _add_trust_option(edit)

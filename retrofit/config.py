@@ -53,6 +53,9 @@ class RetrofitConfig:
     cache_dir: str | None = None
     device: str | None = None
     progress: bool = True
+    # let the MIP solver's own log (CBC, HiGHS) reach the terminal; off, retrofit prints one
+    # summary line per solve when progress is on
+    solver_log: bool = False
     class_names: list[str] | None = None
     # CLIP naming: an encoder or spec ("tiny", "open_clip:...", "hf:..."), a vocabulary, (N, K)
     # concept labels, or a dict of retrofit.concepts.ConceptSettings fields
@@ -93,6 +96,8 @@ class RetrofitConfig:
             )
         _check_choice("finetune", self.finetune, FINETUNE_MODES)
         _check_choice("solver", self.solver, SOLVERS)
+        if not isinstance(self.solver_log, bool):
+            raise ConfigError(f"solver_log must be True or False, got {self.solver_log!r}.")
         if self.concept_features not in (True, False, "mix"):
             raise ConfigError(
                 f"concept_features must be True, False or 'mix', got {self.concept_features!r}."

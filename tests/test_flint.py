@@ -213,7 +213,12 @@ def test_bad_flint_settings_fail_on_construction(flint, message) -> None:
 
 def test_too_many_attributes_fail_before_training(model, data) -> None:
     with pytest.raises(InfeasibleSettingsError, match="at most 24"):
-        retrofit.convert(model, _loader(data), method="flint", **{**FAST, "n_features": 25})
+        retrofit.convert(
+            model,
+            _loader(data),
+            method="flint",
+            **{**FAST, "flint": {"attributes": 25, "hidden": 32, "lr": 1e-2}},
+        )
     with pytest.raises(InfeasibleSettingsError, match="larger than the 6 FLINT attributes"):
         retrofit.convert(
             model,
@@ -331,3 +336,36 @@ def test_flint_on_a_vision_transformer_and_a_torchvision_resnet(data, tmp_path) 
         )
         with torch.no_grad():
             assert torch.equal(loaded(small[:4]), logits)
+
+
+# ------------------------------------------------------------------ defaults derived from the task
+
+
+def test_default_dictionary_size_follows_the_class_count(model, data) -> None:
+    """J defaults to n_features but at most ATTRIBUTES_PER_CLASS per class (a dictionary much
+    larger than the decisions need loses attributes to the conciseness terms); an explicit
+    flint.attributes wins, and features="flint" keeps n_features for the other head."""
+    from retrofit.attributes import ATTRIBUTES_PER_CLASS, attribute_count
+
+    cap = ATTRIBUTES_PER_CLASS * C
+    many = cap + 4  # more features than C classes need; the SmallCNN has 24
+    imodel = retrofit.convert(model, _loader(data), method="flint", **{**FAST, "n_features": many})
+    j = imodel.bottleneck.attributes.n_attributes
+    assert C <= j == cap < many
+    few = retrofit.RetrofitConfig(method="flint", n_features=cap - 1)
+    assert attribute_count(few, C) == cap - 1, "a smaller n_features is kept"
+    fixed = retrofit.RetrofitConfig(method="flint", n_features=6, flint={"attributes": many})
+    assert attribute_count(fixed, C) == many
+    other = retrofit.RetrofitConfig(method="qpm", features="flint", n_features=many)
+    assert attribute_count(other, C) == many
+
+
+def test_head_is_refitted_on_the_final_attributes(flint_model) -> None:
+    """After Φ is learned, h alone is refitted on Φ(x) for a share of the epochs; the reported
+    training agreement is the final model's."""
+    from retrofit.attributes import HEAD_REFIT_SHARE
+
+    history = flint_model.stats["head"]["history"]
+    assert history["head_refit_epochs"] == max(1, math.ceil(HEAD_REFIT_SHARE * history["epochs"]))
+    assert flint_model.stats["head"]["train_agreement"] == history["final_agreement"]
+    assert history["final_agreement"] >= 0.9

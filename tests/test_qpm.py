@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -286,9 +287,16 @@ def test_check_settings_accepts_the_boundary():
 def test_time_limit_returns_a_feasible_assignment():
     features, labels = planted(n_classes=60, dim=240, per_class_images=20, seed=4)
     cfg = config(n_features=40, per_class=4, time_limit=0.05)
-    with pytest.warns(RuntimeWarning, match="QPM"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = get_head("qpm")(features, labels, cfg)
-    assert result.stats["time_limit_hit"]
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    # on a loaded machine CBC may still prove this program optimal within 0.05 s; then it must
+    # not claim the limit stopped it. Otherwise the limit was hit and a warning said so.
+    if result.stats["status"] == "optimal":
+        assert not result.stats["time_limit_hit"]
+    else:
+        assert result.stats["time_limit_hit"] and any("QPM" in m for m in said), said
     assert result.selected.shape == (40,) and len(set(result.selected.tolist())) == 40
     assert (result.assignment.sum(dim=1) == 4).all()
     assert len(set(class_sets(result.assignment))) == 60

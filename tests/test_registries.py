@@ -343,6 +343,7 @@ SAMPLES = {
     "cache_dir": "/tmp/retrofit-cache",
     "device": "cpu",
     "progress": False,
+    "solver_log": True,
     "class_names": ["cat", "dog", "cow"],
     "concepts": {"encoder": "tiny", "vocabulary": ["red", "striped"], "top_k": 2},
     "concept_features": "mix",

@@ -44,6 +44,7 @@ from retrofit.hooks import FeatureCapture
 from retrofit.loaders import as_batches, dataset_length, iterate
 from retrofit.model import InterpretableModel
 from retrofit.outputs import logits_of
+from retrofit.solvers.quiet import progress_line
 
 logger = logging.getLogger(__name__)
 
@@ -293,11 +294,34 @@ def _gradcam_pairs(
     ).clamp_min(0)
 
 
-def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+def _timed(
+    timings: dict[str, float], name: str, fn: Callable[[], Any], progress: bool = False
+) -> Any:
     start = time.perf_counter()
     value = fn()
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    timings[name] = timings.get(name, 0.0) + seconds
+    if progress:
+        _done(name, seconds)
     return value
+
+
+# how the progress lines name the parts of a check (the forward pass and the pixel checks
+# show their own bars)
+_STAGE_NAMES = {
+    "concept_deletion": "concept deletion",
+    "feature_maps": "Grad-CAM maps",
+    "cards": "feature cards",
+    "metrics": "interpretability metrics and truth",
+    "mas": "MAS image pairs",
+    "am_pi": "AM-PI",
+}
+
+
+def _done(name: str, seconds: float) -> None:
+    """One progress line when a part of the check has finished."""
+    label = _STAGE_NAMES.get(name, name.removeprefix("metric.").replace("_", " "))
+    progress_line(f"check: {label} ... done in {seconds:.1f} s")
 
 
 def check(
@@ -427,6 +451,7 @@ def _check(
             timings,
             "fidelity",
             lambda: fidelity_of_predictions(predicted, labels, reference_predicted),
+            plan.progress,
         ),
         "concept_deletion": _timed(
             timings,
@@ -434,6 +459,7 @@ def _check(
             lambda: concept_deletion(
                 z, weight.cpu(), bias.cpu(), seed=plan.seed, max_images=deletion_images
             ),
+            plan.progress,
         ),
     }
     if tally is not None:
@@ -468,10 +494,12 @@ def _check(
                 lambda: _gradcam_pairs(
                     imodel, pixel_images, rows, features, plan.settings.batch_size
                 ),
+                plan.progress,
             )
             if draw_maps
             else None
         )
+        before = timings.get("feature_maps", 0.0)
         cards = _timed(
             timings,
             "feature_maps",
@@ -479,6 +507,8 @@ def _check(
                 imodel, state, "gradcam" in plan.methods, plan.settings.batch_size
             ),
         )
+        if plan.progress:
+            _done("cards", timings["feature_maps"] - before)
 
     start = time.perf_counter()
     results["metrics"] = _metrics(imodel, z, labels, predicted, state, plan.attributes, plan.seed)
@@ -500,6 +530,8 @@ def _check(
         explicit=plan.truth_given,
     )
     timings["metrics"] = time.perf_counter() - start
+    if plan.progress:
+        _done("metrics", timings["metrics"])
     if plan.consistency is not None:
         results["consistency"], consistency_examples = _timed(
             timings,
@@ -507,6 +539,7 @@ def _check(
             lambda: consistency_report(
                 imodel, loader, reference, plan.consistency, plan.masks, plan.progress
             ),
+            plan.progress,
         )
 
     results.update(
@@ -528,6 +561,9 @@ def _check(
             timings,
         )
     )
+    if plan.progress:
+        for name in [key for key in timings if key.startswith("metric.")]:
+            _done(name, timings[name])
     results["meta"] = {
         "n_images": int(state.seen),
         "n_pixel_images": n_pixel,
@@ -583,6 +619,7 @@ def _check(
                 plan.mas_pairs,
                 plan.settings.batch_size,
             ),
+            plan.progress,
         )
         with torch.enable_grad():
             for pair in [p for p in visuals["mas"] if p["images"]][: plan.am_pi_pairs]:
@@ -594,6 +631,8 @@ def _check(
                     ),
                 )
                 pair["am_pi"], pair["am_pi_values"] = image.cpu(), values
+        if plan.progress and "am_pi" in timings:
+            _done("am_pi", timings["am_pi"])
     if plan.consistency is not None:
         visuals["consistency"] = consistency_examples
     report = Report(results, evaluate_thresholds(results, plan.limits), visuals)

@@ -51,7 +51,7 @@ def fit_flint(
         stats={
             "method": "flint",
             "in_features": int(features.shape[1]),
-            "train_agreement": fit.history["agreement"][-1],
+            "train_agreement": fit.history["final_agreement"],
             "history": fit.history,
         },
         bottleneck=bottleneck,

@@ -26,8 +26,14 @@ import torch
 
 from retrofit.errors import EditError, SolverError
 from retrofit.solvers.cliques import duplicate_class_pairs
-from retrofit.solvers.qpm_program import ProgramResult, _new_model, penalty_pairs
-from retrofit.solvers.quiet import native_stdout_silenced
+from retrofit.solvers.qpm_program import (
+    ProgramResult,
+    _new_model,
+    penalty_pairs,
+    solve_outcome,
+    summary_line,
+)
+from retrofit.solvers.quiet import progress_line, solver_log_wanted, solver_output
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +77,15 @@ def solve_edited_program(
     time_limit: float = DEFAULT_EDIT_TIME_LIMIT,
     seed: int = 0,
     quiet: bool = True,
+    solver_log: bool = False,
 ) -> ProgramResult:
     """Solve over a pool of K features: A (K x C), R (K x K upper triangle), masks of length K
     (fixed_on: must be selected, allowed: may be), K x C masks of pinned and forbidden links,
-    and one count per class. Raises EditError when the edits leave no feasible assignment."""
+    and one count per class. Raises EditError when the edits leave no feasible assignment.
+    Unless `quiet`, one summary line goes to stderr; the solver's own log only with
+    `solver_log` (or inside retrofit.solvers.quiet.solver_log_shown)."""
     k, n_classes = (int(s) for s in assoc.shape)
+    show_log = solver_log_wanted(solver_log)
     began = time.perf_counter()
     model = _new_model(solver)
     model.verbose = 1  # log level 0 crashes cbcbox's CBC; output is silenced below
@@ -106,13 +116,14 @@ def solve_edited_program(
             model += var <= s[j]
             if a[j, c]:
                 terms.append(float(a[j, c]) * var)
-    model.objective = mip.maximize(mip.xsum(terms))
+    with solver_output(show_log):  # HiGHS prints its banner here
+        model.objective = mip.maximize(mip.xsum(terms))
     binary: set[int] = set()
     rounds = 0
     while True:
         remaining = time_limit - (time.perf_counter() - began)
         try:
-            with native_stdout_silenced(quiet):
+            with solver_output(show_log):
                 status = model.optimize(max_seconds=max(remaining, 1e-3))
         except Exception as exc:  # the solver libraries raise their own exception types
             raise SolverError(f"edit re-solve: solver {solver!r} failed: {exc}") from exc
@@ -152,12 +163,17 @@ def solve_edited_program(
                 model += o >= e[c][j] + e[c2][j] - 1
                 shared.append(o)
             model += mip.xsum(shared) <= counts[c] - 1
+    objective = float(model.objective_value)
     stats: dict[str, Any] = {
-        "status": status.name.lower(),
-        "objective": float(model.objective_value),
+        **solve_outcome(status.name.lower(), objective, model.objective_bound),
+        "objective": objective,
         "time": time.perf_counter() - began,
+        "time_limit": time_limit,
+        "time_limit_hit": status == mip.OptimizationStatus.FEASIBLE,
         "uniqueness_rounds": rounds,
         "n_pool": k,
     }
     logger.info("edit re-solve: %s in %.2fs", stats["status"], stats["time"])
+    if not quiet:
+        progress_line(summary_line(stats, "QPM edit re-solve"))
     return ProgramResult(selected=selected, assignment=assignment, stats=stats)

@@ -55,7 +55,7 @@ from retrofit.solvers.cliques import duplicate_class_pairs, make_unique
 from retrofit.solvers.deadline import Deadline
 from retrofit.solvers.qpm_cuts import Cut, separate
 from retrofit.solvers.qpm_projection import ValueCut, seed_cuts, violated_cuts
-from retrofit.solvers.quiet import native_stdout_silenced
+from retrofit.solvers.quiet import progress_line, solver_log_wanted, solver_output
 
 logger = logging.getLogger(__name__)
 NO_BOUND = 1e30  # |objective_bound| at or above this is a solver's "no bound" placeholder
@@ -198,7 +198,8 @@ def solve_program(
     _check_start(start_selected, start_assignment, n_features, per_class)
 
     built = time.perf_counter()
-    program = _Program(assoc, redundancy, tau, config, bias)
+    with solver_output(solver_log_wanted(config.solver_log)):  # HiGHS greets on model set-up
+        program = _Program(assoc, redundancy, tau, config, bias)
     stats: dict[str, Any] = {
         "solver": config.solver,
         "tau": float(tau),
@@ -220,7 +221,10 @@ def solve_program(
     time_limit = DEFAULT_TIME_LIMIT if config.time_limit is None else float(config.time_limit)
     budget = time_limit if deadline is None else min(time_limit, deadline.remaining())
     if budget <= 0:
-        return _unsolved(start_selected, start_assignment, score, stats, time_limit)
+        unsolved = _unsolved(start_selected, start_assignment, score, stats, time_limit)
+        if config.progress:
+            progress_line(summary_line(unsolved.stats))
+        return unsolved
     cut_budget = CUT_TIME_SHARE * budget
     seeded = program.seed_value_cuts(start_selected, time.perf_counter() + cut_budget / 2)
     stats.update(program.tighten(cut_budget - (time.perf_counter() - began)))
@@ -286,8 +290,8 @@ def solve_program(
             program.add_uniqueness_cut(c, c2)
 
     objective = score(best_s, best_e)
-    bound = program.bound(status)
-    gap = None if bound is None else max(0.0, bound - objective) / max(abs(objective), 1e-10)
+    outcome = solve_outcome(status.name.lower(), objective, program.bound(status))
+    gap = outcome["gap"]
     if limit_hit and status == mip.OptimizationStatus.FEASIBLE:
         warnings.warn(
             f"QPM: the time limit ({time_limit:g} s) stopped the solver before optimality; "
@@ -297,10 +301,8 @@ def solve_program(
             stacklevel=2,
         )
     stats.update(
-        status=status.name.lower(),
+        **outcome,
         objective=objective,
-        bound=bound,
-        gap=gap,
         time=spent,
         time_limit=time_limit,
         time_limit_hit=limit_hit,
@@ -315,11 +317,57 @@ def solve_program(
         "QPM program: status=%s objective=%.4f bound=%s time=%.1fs rounds=%d",
         stats["status"],
         objective,
-        bound,
+        stats["bound"],
         spent,
         rounds,
     )
+    if config.progress:
+        progress_line(summary_line(stats))
     return ProgramResult(selected=best_s, assignment=best_e, stats=stats)
+
+
+def solve_outcome(status: str, objective: float, bound: float | None) -> dict[str, Any]:
+    """status, bound and gap for the stats, from the solver's status name, the true objective
+    of the returned assignment and the bound the solver reported.
+
+    A bound of +-1e+50 (CBC's, e.g. when the LP relaxation under the incumbent's cutoff is
+    infeasible) or anything at or above NO_BOUND is a placeholder, not a figure: bound and gap
+    are then None, and a status of "optimal" becomes "feasible", since nothing proves it.
+    """
+    if bound is None or not math.isfinite(bound) or abs(bound) >= NO_BOUND:
+        bound = None
+    if status == "optimal" and bound is None:
+        status = "feasible"
+    gap = None if bound is None else max(0.0, bound - objective) / max(abs(objective), 1e-10)
+    return {"status": status, "bound": None if bound is None else float(bound), "gap": gap}
+
+
+def summary_line(stats: dict[str, Any], what: str = "QPM") -> str:
+    """One honest line about a solve, from its stats: proven or not, and how far from the bound."""
+    status, seconds = stats.get("status"), _seconds(float(stats.get("time") or 0.0))
+    gap = stats.get("gap")
+    tail = "no bound known" if gap is None else f"within {100 * gap:.3g} % of the bound"
+    limit = stats.get("time_limit")
+    if status == "not_solved":
+        return (
+            f"{what}: the time limit ({limit:g} s) ran out before the solver started; the warm "
+            "start was kept, no bound known"
+        )
+    if status == "optimal":
+        return f"{what}: proven optimal (objective {stats['objective']:.6g}) in {seconds} s"
+    kept = stats.get("start_objective") is not None and stats.get("objective") is not None
+    kept = kept and float(stats["objective"]) <= float(stats["start_objective"])
+    if status == "no_solution_found" or kept:
+        return (
+            f"{what}: the warm start was kept (the solver found nothing better in "
+            f"{seconds} s), {tail}"
+        )
+    if stats.get("time_limit_hit") and limit is not None:
+        return f"{what}: stopped at the {limit:g} s time limit, best assignment {tail}"
+    return (
+        f"{what}: best assignment found (objective {stats['objective']:.6g}) in {seconds} s, "
+        f"not proven optimal, {tail}"
+    )
 
 
 class _Program:
@@ -475,7 +523,7 @@ class _Program:
         """Solve the LP relaxation; its value, or None when it did not finish."""
         seconds = max(deadline - time.perf_counter(), 1e-3)
         try:
-            with native_stdout_silenced(not self.config.progress):
+            with solver_output(solver_log_wanted(self.config.solver_log)):
                 status = self.model.optimize(relax=True, max_seconds=seconds)
         except Exception as exc:  # the solver libraries raise their own exception types
             raise SolverError(f"QPM: solver {self.config.solver!r} failed: {exc}") from exc
@@ -515,7 +563,7 @@ class _Program:
     def optimize(self, remaining: float) -> mip.OptimizationStatus:
         seconds = max(remaining, 1e-3)
         try:
-            with native_stdout_silenced(not self.config.progress):
+            with solver_output(solver_log_wanted(self.config.solver_log)):
                 return self.model.optimize(max_seconds=seconds)
         except Exception as exc:  # the solver libraries raise their own exception types
             raise SolverError(f"QPM: solver {self.config.solver!r} failed: {exc}") from exc
@@ -529,14 +577,11 @@ class _Program:
         return s, e
 
     def bound(self, status: mip.OptimizationStatus) -> float | None:
+        """The solver's bound as reported (placeholders included, see solve_outcome)."""
         if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
             return None
         value = self.model.objective_bound
-        # CBC reports 1e+50 when it proved no bound (e.g. an infeasible LP relaxation at the
-        # root): a placeholder, not a bound, so stats say None rather than a gap of 1e+49
-        if value is None or not math.isfinite(value) or abs(value) >= NO_BOUND:
-            return None
-        return float(value)
+        return None if value is None else float(value)
 
 
 def _unsolved(
@@ -566,6 +611,10 @@ def _unsolved(
         value_rounds=0,
     )
     return ProgramResult(selected=selected, assignment=assignment, stats=stats)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
 def _gap_words(gap: float | None) -> str:
