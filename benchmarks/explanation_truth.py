@@ -47,9 +47,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear_mix=False": {"linear_mix": False},
     "finetune=none": {"finetune": "none"},
     "align": {"concepts_extra": {"align": True}},
-    "concept_retention=0": {"extra": {"concept_retention": 0.0}},
-    "concept_prior=0": {"extra": {"concept_prior": 0.0}},
-    "class_diversity=0": {"extra": {"class_diversity": 0.0}},
+    "concept_retention=0": {"bottleneck": {"concept_retention": 0.0}},
+    "concept_prior=0": {"head": {"concept_prior": 0.0}},
+    "class_diversity=0": {"bottleneck": {"class_diversity": 0.0}},
     "concept labels": {"concept_source": "labels"},
 }
 

@@ -43,7 +43,7 @@ def main() -> None:
             time_limit=TIME_LIMIT,
             seed=0,
             progress=False,
-            extra={"candidates": count},
+            qpm={"candidates": count},
         )
         began = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:

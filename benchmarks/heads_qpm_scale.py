@@ -154,7 +154,7 @@ def run_case(
     }
     gap = result.stats["gap"]
     case.update(
-        formulation=config.extra.get("formulation", "projected"),
+        formulation=config.qpm.formulation,
         size={key: result.stats[key] for key in ("n_variables", "n_binaries", "n_constraints")},
         stats=result.stats,
         target_gap_reached=gap is not None and gap <= config.mip_gap,
@@ -220,7 +220,7 @@ def main() -> None:
         "threads": 2,
         "mip_gap": 0.005,
         "seed": 0,
-        "extra": {"formulation": args.formulation},
+        "qpm": {"formulation": args.formulation},
     }
     report = {
         "benchmark": "heads_qpm_scale",

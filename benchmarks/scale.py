@@ -513,7 +513,7 @@ def run_dense(path: str, variant: str, l2: float) -> dict[str, Any]:
 
     tensors = open_pooled(Path(path))
     features, labels = tensors["features"], tensors["labels"]
-    config = RetrofitConfig(method="dense", progress=False, threads=1, extra={"dense_l2": l2})
+    config = RetrofitConfig(method="dense", progress=False, threads=1, dense={"l2": l2})
     with MemoryWatch() as watch:
         began = time.perf_counter()
         if variant == "streamed":

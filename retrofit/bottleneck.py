@@ -18,7 +18,6 @@ from torch import nn
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError, SolverError
 from retrofit.losses import (
-    DIVERSITY_BETA,
     class_decorrelation_loss,
     feature_diversity_loss,
     shared_class_pairs,
@@ -30,12 +29,12 @@ if TYPE_CHECKING:  # retrofit.heads imports this module; a runtime import would 
 
 logger = logging.getLogger(__name__)
 
-CONCEPT_RETENTION = 0.0  # ρ of the retention term (off); config.extra['concept_retention']
+CONCEPT_RETENTION = 0.0  # ρ of the retention term (off); config.bottleneck.concept_retention
 # ρ when the conversion names concepts: its concept features keep meaning their concepts while
 # the bottleneck trains (which ones: retrofit.layer_fit.retained_features)
 NAMED_RETENTION = 1.0
 # γ of the within-class decorrelation term; convert() turns it on (CLASS_DIVERSITY) when it
-# names concepts, config.extra['class_diversity'] overrides
+# names concepts, config.bottleneck.class_diversity overrides
 CLASS_DIVERSITY = 1.0
 _EVAL_ROWS = 8192  # rows per no-grad pass over the cache
 MIN_BOTTLENECK_EPOCHS = 20
@@ -218,15 +217,15 @@ def finetune_bottleneck(
 
     Loss: cross-entropy + config.distill · KL(original ‖ ours) when `logits` are given
     + the Feature Diversity Loss on `bottleneck.project_maps(maps)` when `maps` are given and the
-    bottleneck has a linear mix (β from config.extra["diversity_beta"], default 0.196; without a
+    bottleneck has a linear mix (β from config.bottleneck.diversity_beta, default 0.196; without a
     mix the maps do not depend on any trainable parameter, so the loss would be a constant and
     is skipped). `sample_weights` (N,) weight each sample's cross-entropy (consistency
     reweighting). `retain` (n_f,) bool marks features that must keep meaning what they meant
     before training (concept features): + ρ · mean over them of 1 − corr(z_j, z_j before) per
-    minibatch (ρ = config.extra["concept_retention"], default `retention`), because
+    minibatch (ρ = config.bottleneck.concept_retention, default `retention`), because
     cross-entropy alone moves a concept's feature onto whatever separates the classes best.
     + γ · `class_decorrelation_loss` over the pairs of features one class uses (γ =
-    config.extra["class_diversity"], default `class_diversity`): without it, the features of a
+    config.bottleneck.class_diversity, default `class_diversity`): without it, the features of a
     class drift onto the class's most separating concept together.
     Runs on the device of `features`;
     `maps` may stay on the CPU and are moved per batch. Returns per-epoch mean loss and
@@ -250,7 +249,7 @@ def finetune_bottleneck(
         )
     lr = config.lr if lr is None else lr
     epochs = bottleneck_epochs(config, n) if epochs is None else epochs
-    beta = float(config.extra.get("diversity_beta", DIVERSITY_BETA))
+    beta = float(config.bottleneck.diversity_beta)
     bottleneck.to(device)
     head.to(device)
     for p in head.parameters():
@@ -267,8 +266,8 @@ def finetune_bottleneck(
     params = [p for p in bottleneck.parameters() if p.requires_grad]
     if not params or epochs == 0:
         return history
-    rho = _non_negative(config, "concept_retention", retention)
-    gamma = _non_negative(config, "class_diversity", class_diversity)
+    rho = _setting(config.bottleneck.concept_retention, retention)
+    gamma = _setting(config.bottleneck.class_diversity, class_diversity)
     history["retention"], history["class_diversity"] = [rho], [gamma]
     shared = shared_class_pairs(head.weight).to(device) if gamma > 0 else None
     anchor = _anchor(bottleneck, features, retain) if rho > 0 else None
@@ -328,23 +327,20 @@ def finetune_bottleneck(
 
 
 def retention_default(config: RetrofitConfig) -> float:
-    """ρ of the concept retention term unless config.extra sets it: on when the conversion
+    """ρ of the concept retention term unless config.bottleneck sets it: on when the conversion
     names concepts (NAMED_RETENTION), else off (CONCEPT_RETENTION)."""
     return NAMED_RETENTION if config.concepts is not None else CONCEPT_RETENTION
 
 
 def class_diversity_default(config: RetrofitConfig) -> float:
-    """γ of the within-class decorrelation term unless config.extra sets it: on when the
+    """γ of the within-class decorrelation term unless config.bottleneck sets it: on when the
     conversion names concepts (each feature of a class should name a different one)."""
     return CLASS_DIVERSITY if config.concepts is not None else 0.0
 
 
-def _non_negative(config: RetrofitConfig, key: str, default: float) -> float:
-    """config.extra[key] (default `default`), refused unless a finite number >= 0."""
-    value = config.extra.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ConfigError(f"extra[{key!r}] must be a number >= 0 (0 turns it off), got {value!r}.")
-    return float(value)
+def _setting(value: float | None, default: float) -> float:
+    """A BottleneckSettings weight (validated there: None or a number >= 0), else `default`."""
+    return float(default if value is None else value)
 
 
 def retention_loss(z: torch.Tensor, before: torch.Tensor) -> torch.Tensor:

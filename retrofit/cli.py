@@ -194,24 +194,29 @@ def _convert(args: argparse.Namespace) -> int:
     transform = None if args.model == DEMO_MODEL else model_transform(model, spec, args.image_size)
     train = open_data(args.train, transform, args.skip_bad_images)
     val = open_data(args.val, transform, args.skip_bad_images) if args.val else None
+    flags = {
+        "method": args.method,
+        "n_features": args.n_features,
+        "per_class": args.per_class,
+        "finetune": args.finetune,
+        "solver": args.solver,
+        "time_limit": args.time_limit,
+        "seed": args.seed,
+        "concepts": _concepts_option(args),
+        "cache_dir": args.cache_dir,
+        "solver_log": args.solver_log,
+        **reweight,
+    }
+    settings, config = _settings_file(args, flags)
     imodel = retrofit.convert(
         model,
         _loader(train, args.batch_size),
         _loader(val, args.batch_size) if val is not None else None,
-        method=args.method,
-        n_features=args.n_features,
-        per_class=args.per_class,
-        finetune=args.finetune,
-        solver=args.solver,
-        time_limit=args.time_limit,
-        seed=args.seed,
+        config=config,
         class_names=getattr(train, "classes", None) or getattr(train, "class_names", None),
         base_model=str(spec) if spec is not None else None,
-        concepts=_concepts_option(args),
-        cache_dir=args.cache_dir,
         progress=not args.quiet,
-        solver_log=args.solver_log,
-        **reweight,
+        **settings,
     )
     imodel.save_pretrained(
         out,
@@ -222,6 +227,31 @@ def _convert(args: argparse.Namespace) -> int:
     _print_headline(imodel, None)
     print(f"exported to {out}/")
     return 0
+
+
+def _settings_file(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """--config FILE: the file's settings (a RetrofitConfig JSON, as save_pretrained writes, or
+    an export's config) under the flags given on the command line; flags left at their default
+    do not override the file. Without --config every flag is a setting."""
+    if not args.config:
+        return flags, None
+    from retrofit.config import RetrofitConfig
+
+    config = RetrofitConfig.from_pretrained(args.config)
+    defaults = vars(
+        build_parser().parse_args(["convert", "--model", "m", "--train", "t", "--out", "o"])
+    )
+    given = {
+        name: value
+        for name, value in flags.items()
+        if value is not None and value != defaults.get(name, _NOT_A_FLAG)
+    }
+    if args.concepts is None:
+        given.pop("concepts", None)
+    return given, config
+
+
+_NOT_A_FLAG = object()
 
 
 def _load(folder: str, trust_remote_code: bool = False) -> Any:
@@ -605,6 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--solver", default="cbc", choices=["cbc", "highs", "gurobi"])
     _add_solver_log_option(convert)
+    convert.add_argument(
+        "--config",
+        help="settings as JSON (RetrofitConfig fields, e.g. qpm, head, dense, bottleneck, flint, "
+        "as RetrofitConfig.save_pretrained writes them); flags given on the command line win",
+    )
     convert.add_argument(
         "--concepts", help="name features: tiny, open_clip:ARCH:TAG, hf:ID or a vocabulary file"
     )

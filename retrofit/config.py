@@ -5,11 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retrofit.errors import ConfigError
+from retrofit.settings import (
+    BottleneckSettings,
+    DenseSettings,
+    HeadSettings,
+    QPMSettings,
+    split_legacy_extra,
+)
+from retrofit.validation import reject_unknown
 
 # the file save_pretrained writes (an export's retrofit_config.json holds it under "config")
 CONFIG_NAME = "convert_config.json"
@@ -64,7 +73,11 @@ class RetrofitConfig:
     # classes are explained by features that mean one thing; with fewer detectable concepts
     # than n_features (or "mix") the backbone channels are candidates too; False: channels only
     concept_features: bool | str = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    # typed stage settings (retrofit.settings); each also takes a dict of its fields
+    qpm: QPMSettings = field(default_factory=QPMSettings)
+    head: HeadSettings = field(default_factory=HeadSettings)
+    dense: DenseSettings = field(default_factory=DenseSettings)
+    bottleneck: BottleneckSettings = field(default_factory=BottleneckSettings)
     # FLINT attributes: a dict of retrofit.attributes.FlintSettings fields (J, loss weights, ...)
     flint: dict[str, Any] | None = None
     features: str = "backbone"  # "flint": qpm/qsenn/sparse/dense fit on learned FLINT attributes
@@ -84,8 +97,18 @@ class RetrofitConfig:
     # FLINT attributes also read these earlier modules' outputs, pooled per image (by name, as
     # named_modules() lists them); only with method="flint" or features="flint"
     flint_layers: list[str] | None = None
+    # the old home of the stage settings: read into qpm/head/dense/bottleneck (deprecated)
+    extra: InitVar[dict[str, Any] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, extra: dict[str, Any] | None = None) -> None:
+        if extra:
+            warnings.warn(
+                "RetrofitConfig(extra=...) is deprecated; its keys now live in typed settings: "
+                + _legacy_hint(extra),
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        self._read_stage_settings(extra)
         if self.finetune == "adapter":  # its name before "adapter" came to mean model families
             self.finetune = "bottleneck"
         if self.method not in _registered_heads():
@@ -159,6 +182,15 @@ class RetrofitConfig:
 
             self.flint_layers = check_flint_layers(self)
 
+    def _read_stage_settings(self, extra: dict[str, Any] | None) -> None:
+        """qpm/head/dense/bottleneck as typed settings, old `extra` keys read over them."""
+        legacy = split_legacy_extra(extra) if extra else {}
+        for name, kind in _STAGE_SETTINGS.items():
+            settings = kind.parse(getattr(self, name))
+            if name in legacy:
+                settings = kind.parse({**settings.to_dict(), **legacy[name]})
+            setattr(self, name, settings)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe settings. Concepts are stored as given when they are plain data; an encoder
         object or label tensor becomes a marked summary (retrofit.concepts.stored)."""
@@ -176,10 +208,13 @@ class RetrofitConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"A stored config must be a JSON object, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"Unknown config keys {unknown}; known keys are {sorted(known)}.")
-        return cls(**{**data, "concepts": concepts_from_json(data.get("concepts"))})
+        reject_unknown("config", data, [*known, "extra"])
+        data = dict(data)
+        legacy = data.pop("extra", None)  # configs and exports written before typed settings
+        config = cls(**{**data, "concepts": concepts_from_json(data.get("concepts"))})
+        if legacy:
+            config._read_stage_settings(legacy)
+        return config
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the config as FOLDER/convert_config.json (atomically); returns the file."""
@@ -191,7 +226,7 @@ class RetrofitConfig:
             text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as error:
             raise ConfigError(
-                f"The config cannot be written as JSON ({error}); keep `extra` and `flint` to "
+                f"The config cannot be written as JSON ({error}); keep `flint` and the stage settings to "
                 "plain numbers, strings, lists and dicts."
             ) from error
         path = folder / CONFIG_NAME
@@ -223,6 +258,19 @@ class RetrofitConfig:
         ):
             data = data["config"]  # an export's config file: its conversion settings
         return cls.from_dict(data)
+
+
+_STAGE_SETTINGS = {
+    "qpm": QPMSettings,
+    "head": HeadSettings,
+    "dense": DenseSettings,
+    "bottleneck": BottleneckSettings,
+}
+
+
+def _legacy_hint(extra: dict[str, Any]) -> str:
+    grouped = split_legacy_extra(extra)
+    return ", ".join(f"{stage}={fields!r}" for stage, fields in grouped.items()) or "(none)"
 
 
 def _registered_heads() -> tuple[str, ...]:

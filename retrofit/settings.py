@@ -65,7 +65,8 @@ class QPMSettings(StageSettings):
     cut_rounds, cuts_per_round: the root loop of clique / stable-set cuts (0 rounds: off).
     formulation: "projected" (one value per class bounded by exact cuts) or "assignment" (a
         variable per feature and class).
-    value_cut_window: how many of a class's best features seed its exact value cuts.
+    value_cut_window: how many of a class's best features seed its exact value cuts (0: none,
+        the cuts are then found lazily).
     """
 
     NAME: ClassVar[str] = "qpm"
@@ -78,7 +79,7 @@ class QPMSettings(StageSettings):
         "cut_rounds": (NON_NEGATIVE_INT,),
         "cuts_per_round": (POSITIVE_INT,),
         "formulation": (Options(*FORMULATIONS),),
-        "value_cut_window": (POSITIVE_INT,),
+        "value_cut_window": (NON_NEGATIVE_INT,),
     }
 
     candidates: int | None = None

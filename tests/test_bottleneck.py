@@ -100,7 +100,7 @@ def test_retention_keeps_marked_features_ordering_the_images_as_before():
         start = bottleneck(x).detach()
         finetune_bottleneck(
             bottleneck, FixedHead.from_result(result), x, y,
-            cfg(linear_mix=True, extra={"concept_retention": rho}),
+            cfg(linear_mix=True, bottleneck={"concept_retention": rho}),
             retain=torch.tensor([True, False, False]),
         )  # fmt: skip
         after = bottleneck(x).detach()
@@ -119,7 +119,7 @@ def test_a_bad_retention_weight_is_a_config_error():
         with pytest.raises(ConfigError, match="concept_retention"):
             finetune_bottleneck(
                 build_bottleneck(result, cfg(linear_mix=True)), FixedHead.from_result(result),
-                x, y, cfg(linear_mix=True, extra={"concept_retention": bad}),
+                x, y, cfg(linear_mix=True, bottleneck={"concept_retention": bad}),
                 retain=torch.tensor([True, False, False]),
             )  # fmt: skip
 
@@ -185,7 +185,7 @@ def test_class_decorrelation_keeps_two_features_of_one_class_from_becoming_one()
         bottleneck = build_bottleneck(result, cfg(linear_mix=True))
         history = finetune_bottleneck(
             bottleneck, FixedHead.from_result(result), x, y,
-            cfg(linear_mix=True, extra={"class_diversity": gamma}),
+            cfg(linear_mix=True, bottleneck={"class_diversity": gamma}),
         )  # fmt: skip
         z = bottleneck(x).detach()
         correlation[gamma] = float(torch.corrcoef(z[:, :2].T)[0, 1])
@@ -211,5 +211,5 @@ def test_a_bad_class_diversity_weight_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="class_diversity"):
         finetune_bottleneck(
             build_bottleneck(result, cfg(linear_mix=True)), FixedHead.from_result(result),
-            x, y, cfg(linear_mix=True, extra={"class_diversity": -0.5}),
+            x, y, cfg(linear_mix=True, bottleneck={"class_diversity": -0.5}),
         )  # fmt: skip

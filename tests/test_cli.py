@@ -178,3 +178,31 @@ def test_installed_entry_point_runs() -> None:
         [sys.executable, "-m", "retrofit.cli", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "convert" in result.stdout
+
+
+def test_convert_reads_typed_settings_from_a_config_file(tmp_path: Path, capsys) -> None:
+    """--config: every typed setting reaches the conversion; flags given on the command line
+    win over the file; a misspelt setting is one line and exit 2."""
+    from retrofit.config import RetrofitConfig
+    from retrofit.datasets.folders import synthetic_image_folder
+    from retrofit.export import read_config
+
+    train = synthetic_image_folder(tmp_path / "train", n_images=40, n_classes=10, image_size=32)
+    settings = RetrofitConfig(
+        method="sparse", n_features=6, per_class=2, dense={"l2": 0.02}, qpm={"candidates": 30}
+    ).save_pretrained(tmp_path / "settings")
+    base = ["--quiet", "convert", "--model", "torchvision:resnet18", "--num-classes", "10"]
+    base += ["--train", str(train), "--image-size", "32", "--finetune", "none"]
+    base += ["--config", str(settings), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*base, "--out", str(tmp_path / "a"), "--per-class", "3"]) == 0
+    stored = read_config(tmp_path / "a")["config"]
+    assert (stored["method"], stored["n_features"], stored["per_class"]) == ("sparse", 6, 3)
+    assert stored["dense"] == {"l2": 0.02} and stored["qpm"]["candidates"] == 30
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"method": "sparse", "qpm": {"canddates": 3}}))
+    capsys.readouterr()
+    argv = [*base[:-4], "--config", str(bad), "--out", str(tmp_path / "b")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'candidates'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b" / "model.safetensors").exists()

@@ -80,9 +80,9 @@ def test_a_widened_bottleneck_computes_the_same_features(linear_mix: bool) -> No
     assert torch.allclose(wide(x), narrow(x[:, columns]), atol=1e-5)
 
 
-def _qpm_config(**extra) -> RetrofitConfig:
+def _qpm_config(**head) -> RetrofitConfig:
     return RetrofitConfig(
-        n_features=6, per_class=2, progress=False, seed=0, threads=1, time_limit=20, extra=extra
+        n_features=6, per_class=2, progress=False, seed=0, threads=1, time_limit=20, head=head
     )
 
 

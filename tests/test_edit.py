@@ -50,7 +50,7 @@ def converted(world, method: str) -> retrofit.InterpretableModel:
             epochs=2,
             rounds=1,
             time_limit=20,
-            extra={"search_rounds": 5, "cut_rounds": 0},
+            qpm={"search_rounds": 5, "cut_rounds": 0},
             progress=False,
         )
     return _MODELS[method]

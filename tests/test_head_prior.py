@@ -40,7 +40,7 @@ def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, y, prior
 
 
-def config(method: str, **extra) -> RetrofitConfig:
+def config(method: str, **head) -> RetrofitConfig:
     return RetrofitConfig(
         method=method,
         n_features=2 * C,
@@ -49,7 +49,8 @@ def config(method: str, **extra) -> RetrofitConfig:
         rounds=2,
         linear_mix=False,
         progress=False,
-        extra=extra,
+        head={k: v for k, v in head.items() if k == "concept_prior"},
+        bottleneck={k: v for k, v in head.items() if k != "concept_prior"},
     )
 
 
@@ -116,7 +117,7 @@ def test_the_quantiser_ranks_by_magnitude_over_factor() -> None:
 
 def test_qsenn_holds_the_features_of_shown_concepts_to_their_concept(data) -> None:
     """With a prior, qsenn's own bottleneck training keeps the concept features ordering the
-    images as before (extra["concept_retention"]); cross-entropy alone moves them more."""
+    images as before (bottleneck.concept_retention); cross-entropy alone moves them more."""
     x, y, prior = data
 
     def kept(retention: float) -> list[float]:

@@ -402,14 +402,14 @@ def test_locality_prefers_central_peaks():
 def test_locality_needs_maps():
     features, labels = planted()
     with pytest.raises(ConfigError, match="locality"):
-        get_head("qpm")(features, labels, config(extra={"locality": True}))
+        get_head("qpm")(features, labels, config(qpm={"locality": True}))
 
 
 def test_locality_enters_the_head():
     features, labels = planted(n_classes=6, dim=20, seed=11)
     maps = torch.rand(len(labels), 20, 5, 5).half()
     result = get_head("qpm")(
-        features, labels, config(n_features=8, extra={"locality": True}), maps=maps
+        features, labels, config(n_features=8, qpm={"locality": True}), maps=maps
     )
     assert result.stats["locality"] and (result.assignment.sum(dim=1) == 3).all()
 
@@ -480,7 +480,7 @@ def test_cuts_and_continuous_e_keep_the_optimum(seed):
     tau, s0, e0 = warm_start(assoc, redund, 4, 2)
     values = []
     for rounds in (0, 50):
-        cfg = config(n_features=4, per_class=2, mip_gap=0.0, extra={"cut_rounds": rounds})
+        cfg = config(n_features=4, per_class=2, mip_gap=0.0, qpm={"cut_rounds": rounds})
         result = solve_program(assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0)
         assert result.stats["status"] == "optimal"
         assert not duplicate_class_pairs(result.assignment)
@@ -556,8 +556,8 @@ def test_projected_and_assignment_forms_reach_the_brute_force_optimum(seed):
     bias = 0.2 * torch.rand(8, generator=g, dtype=torch.float64)
     expected = _brute_force(assoc, redund, tau, bias, 4, 2)
     lazy_only = {"formulation": "projected", "value_cut_window": 0, "cut_rounds": 0}
-    for extra in ({}, lazy_only, {"formulation": "assignment"}):
-        cfg = config(n_features=4, per_class=2, mip_gap=0.0, extra=extra)
+    for qpm in ({}, lazy_only, {"formulation": "assignment"}):
+        cfg = config(n_features=4, per_class=2, mip_gap=0.0, qpm=qpm)
         result = solve_program(
             assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0, bias=bias
         )
@@ -569,16 +569,14 @@ def test_projected_and_assignment_forms_reach_the_brute_force_optimum(seed):
 
 def test_overvalued_theta_is_corrected_after_the_solve():
     assoc, redund, tau, s0, e0, _ = _twin_instance(40, 4, 2)
-    extra = {"formulation": "projected", "value_cut_window": 0, "cut_rounds": 0}
-    cfg = config(n_features=4, per_class=2, mip_gap=0.0, extra=extra)
+    qpm = {"formulation": "projected", "value_cut_window": 0, "cut_rounds": 0}
+    cfg = config(n_features=4, per_class=2, mip_gap=0.0, qpm=qpm)
     result = solve_program(assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0)
     assert result.stats["value_rounds"] > 0  # the first solve's theta exceeded V_c(s)
     expected = _brute_force(assoc, redund, tau, torch.zeros(8), 4, 2)
     assert result.stats["objective"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_unknown_formulation_is_a_config_error():
-    assoc, redund, tau, s0, e0, _ = _twin_instance(40, 4, 2)
-    cfg = config(n_features=4, per_class=2, extra={"formulation": "dense"})
-    with pytest.raises(ConfigError, match="formulation"):
-        solve_program(assoc, redund, tau, cfg, start_selected=s0, start_assignment=e0)
+def test_unknown_formulation_is_a_config_error_before_any_work():
+    with pytest.raises(ConfigError, match="qpm.formulation must be one of"):
+        config(n_features=4, per_class=2, qpm={"formulation": "dense"})

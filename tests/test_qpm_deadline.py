@@ -28,7 +28,7 @@ def _fit(**kw):
 
 def test_a_huge_search_stops_at_its_share_of_the_time_limit():
     limit = 1.5
-    result = _fit(time_limit=limit, extra={"search_rounds": 10**7, "candidates": 160})
+    result = _fit(time_limit=limit, qpm={"search_rounds": 10**7, "candidates": 160})
     stats = result.stats
     assert stats["search_stopped_by_deadline"]
     assert stats["search_rounds_done"] < 10**7
@@ -40,7 +40,7 @@ def test_a_huge_search_stops_at_its_share_of_the_time_limit():
 
 
 def test_a_deadline_already_passed_returns_the_warm_start_unsolved():
-    result = _fit(time_limit=1e-6, extra={"search_rounds": 10**7})
+    result = _fit(time_limit=1e-6, qpm={"search_rounds": 10**7})
     stats = result.stats
     assert stats["status"] == "not_solved" and stats["time_limit_hit"]
     assert stats["search_rounds_done"] == 0

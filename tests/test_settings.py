@@ -77,3 +77,44 @@ def test_every_legacy_extra_key_finds_its_typed_home():
     }
     with pytest.raises(ConfigError, match=r"'dense_l3' \(did you mean 'dense_l2'\?\)"):
         split_legacy_extra({"dense_l3": 1})
+
+
+def test_the_config_holds_typed_stage_settings_and_takes_dicts():
+    from retrofit.config import RetrofitConfig
+    from retrofit.settings import BottleneckSettings, DenseSettings, HeadSettings, QPMSettings
+
+    config = RetrofitConfig(qpm={"candidates": 80}, dense=DenseSettings(l2=0.5))
+    assert isinstance(config.qpm, QPMSettings) and config.qpm.candidates == 80
+    assert config.dense.l2 == 0.5
+    assert isinstance(config.head, HeadSettings) and isinstance(
+        config.bottleneck, BottleneckSettings
+    )
+    data = config.to_dict()
+    assert data["qpm"]["candidates"] == 80 and "extra" not in data
+    assert RetrofitConfig.from_dict(data) == config
+    with pytest.raises(ConfigError, match=r"'canddates' \(did you mean 'candidates'\?\)"):
+        RetrofitConfig(qpm={"canddates": 3})
+    with pytest.raises(ConfigError, match=r"head\.concept_prior must be"):
+        RetrofitConfig(head={"concept_prior": -1})
+
+
+def test_old_extra_keys_are_read_into_the_typed_settings():
+    import warnings
+
+    from retrofit.config import RetrofitConfig
+
+    with pytest.warns(DeprecationWarning, match="qpm=.*search_rounds"):
+        config = RetrofitConfig(extra={"search_rounds": 7, "dense_l2": 0.01, "concept_prior": 0})
+    assert (config.qpm.search_rounds, config.dense.l2, config.head.concept_prior) == (7, 0.01, 0)
+    stored = {**RetrofitConfig().to_dict(), "extra": {"class_diversity": 0.3}}
+    for key in ("qpm", "head", "dense", "bottleneck"):
+        del stored[key]  # what an export written before typed settings holds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading an old export says nothing
+        loaded = RetrofitConfig.from_dict(stored)
+    assert loaded.bottleneck.class_diversity == 0.3
+    with pytest.raises(ConfigError, match=r"'dense_l' \(did you mean 'dense_l2'\?\)"):
+        RetrofitConfig.from_dict({"extra": {"dense_l": 1.0}})
+    assert (
+        RetrofitConfig.from_dict({"extra": {"concept_min_separability": 0.2}}) == RetrofitConfig()
+    )

@@ -6,10 +6,11 @@ import torch
 
 from retrofit.config import RetrofitConfig
 from retrofit.heads.base import HeadResult, linear_accuracy, register_head
+from retrofit.settings import DenseSettings
 from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net
 from retrofit.streaming import Standardised, column_stats
 
-DENSE_L2 = 1e-4  # ridge strength λ of ½λ‖W‖²; config.extra["dense_l2"] overrides it
+DENSE_L2 = DenseSettings().l2  # ridge strength λ of ½λ‖W‖² by default; config.dense.l2
 
 
 @register_head("dense")
@@ -34,7 +35,7 @@ def fit_dense(
         labels,
         len(config.class_names) if config.class_names else None,
     )
-    lam = float(config.extra.get("dense_l2", DENSE_L2))
+    lam = float(config.dense.l2)
     point = fit_elastic_net(x, y, lam, alpha=0.0, num_classes=c, max_iter=2000)
     return HeadResult(
         selected=torch.arange(x.shape[1], device=x.device),

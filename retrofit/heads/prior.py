@@ -1,7 +1,7 @@
 """The class–concept prior (retrofit.concepts.coverage) as the heads read it.
 
 `prior` (D, C) is +1 where class c shows feature j's concept, −1 where it does not, 0 for plain
-channels; `extra["concept_prior"]` weighs it (0 ignores it). qpm adds the weighted prior to its
+channels; `config.head.concept_prior` weighs it (0 ignores it). qpm adds the weighted prior to its
 class–feature correlations. The elastic-net heads (qsenn, sparse) turn it into L1 penalty
 factors (1 + weight)^(−prior): a class's weight on a feature whose concept it shows costs less,
 one on a concept it does not show costs more, so their few non-zeros go to shown concepts
@@ -13,19 +13,12 @@ from __future__ import annotations
 import torch
 
 from retrofit.config import RetrofitConfig
-from retrofit.errors import ConfigError, FeatureError
-
-DEFAULT_CONCEPT_PRIOR = 0.5
+from retrofit.errors import FeatureError
 
 
 def concept_prior_weight(config: RetrofitConfig) -> float:
-    """`extra["concept_prior"]`, checked to be a number >= 0."""
-    weight = config.extra.get("concept_prior", DEFAULT_CONCEPT_PRIOR)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise ConfigError(
-            f"extra['concept_prior'] must be a number >= 0 (0 ignores the prior), got {weight!r}."
-        )
-    return float(weight)
+    """`config.head.concept_prior` (validated by HeadSettings: a number >= 0)."""
+    return float(config.head.concept_prior)
 
 
 def check_prior(prior: torch.Tensor | None, dim: int, n_classes: int) -> None:

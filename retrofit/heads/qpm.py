@@ -9,7 +9,7 @@ Pearson correlation does not change under standardisation, so A is computed from
 features in chunks (no N x D standardised copy); the same pass gives mu and sigma of the
 selected features.
 
-Options read from `config.extra`:
+Options read from `config.qpm` (retrofit.settings.QPMSettings) and `config.head`:
   candidates (int): features the program may choose from (default: 8 * n_features, raised
       towards 2 * C but to no more than 12 * n_features, at most D); D or more disables the
       pre-selection.
@@ -89,7 +89,6 @@ def fit_qpm(
     n_classes = _validate(features, labels, config, maps, prior)
     dim = int(features.shape[1])
     check_settings(n_classes, dim, config.n_features, config.per_class)
-    extra = config.extra
 
     constant_rows = rows_within(features, deadline.share(CONSTANTS_SHARE).remaining(), n_classes)
     constants = correlation_with_moments(features, labels, n_classes, rows=constant_rows)
@@ -101,12 +100,12 @@ def fit_qpm(
         assoc_all,
         config.n_features,
         config.per_class,
-        n_candidates=extra.get("candidates"),
-        duplicate_cut=float(extra.get("duplicate_cut", 0.95)),
+        n_candidates=config.qpm.candidates,
+        duplicate_cut=config.qpm.duplicate_cut,
     )
     assoc = assoc_all[candidates]
     redund = redundancy(assoc)
-    bias = locality_bias(maps)[candidates] if extra.get("locality") else None
+    bias = locality_bias(maps)[candidates] if config.qpm.locality else None
     stage_times = {
         "constants_time": time.perf_counter() - began,
         "constants_rows": len(features) if constant_rows is None else len(constant_rows),
@@ -127,7 +126,7 @@ def fit_qpm(
         clique,
         config.per_class,
         bias,
-        rounds=int(extra.get("search_rounds", DEFAULT_SEARCH_ROUNDS)),
+        rounds=config.qpm.search_rounds,
         seed=int(config.seed),
         deadline=warm_deadline,
         record=search,
@@ -211,10 +210,10 @@ def _validate(
         n_classes = len(config.class_names)
     check_prior(prior, int(features.shape[1]), n_classes)
     concept_prior_weight(config)
-    if config.extra.get("locality"):
+    if config.qpm.locality:
         if maps is None:
             raise ConfigError(
-                "extra['locality']=True needs the spatial feature maps; extract them or drop the option."
+                "qpm.locality=True needs the spatial feature maps; extract them or drop the option."
             )
         if maps.ndim != 4 or tuple(maps.shape[:2]) != tuple(features.shape):
             raise FeatureError(

@@ -54,7 +54,7 @@ def fit_qsenn(
     A class–concept `prior` (D, C) (retrofit.heads.prior) scales the L1 penalty of the
     selection (per column: its most favourable class) and of every round's fit (per weight);
     the quantiser keeps the largest |w| / factor; and the features whose concept a class shows
-    are held to it while the bottleneck trains (extra["concept_retention"], on when concepts
+    are held to it while the bottleneck trains (config.bottleneck.concept_retention, on when concepts
     are named), since cross-entropy alone moves them onto whatever separates the classes.
     """
     mean, std = column_stats(features)

@@ -186,9 +186,9 @@ def select_candidates(
     if n_candidates is None:
         n_candidates = default_candidate_count(n_features, n_classes, dim)
     if not isinstance(n_candidates, int) or isinstance(n_candidates, bool) or n_candidates < 1:
-        raise ConfigError(f"extra['candidates'] must be a positive integer, got {n_candidates!r}.")
+        raise ConfigError(f"qpm.candidates must be a positive integer, got {n_candidates!r}.")
     if not 0 < duplicate_cut <= 1:
-        raise ConfigError(f"extra['duplicate_cut'] must be in (0, 1], got {duplicate_cut!r}.")
+        raise ConfigError(f"qpm.duplicate_cut must be in (0, 1], got {duplicate_cut!r}.")
     target = min(dim, max(n_candidates, n_features))
     if target == dim:
         return torch.arange(dim)

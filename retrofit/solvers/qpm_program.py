@@ -13,7 +13,7 @@ o is continuous in [0, 1]: with binary E the constraints force o_j = 1 on shared
 so binaries would add branching without changing the feasible set.
 
 Exact reformulations that make CBC's job smaller:
-- By default (extra["formulation"] = "projected") E is projected out: one continuous theta_c
+- By default (qpm.formulation = "projected") E is projected out: one continuous theta_c
   per class replaces the K x C columns E and rows E <= s, bounded by the value cuts
   theta_c <= k u + sum_j (A_jc - u)^+ s_j of retrofit.solvers.qpm_projection (LP duality of
   the per-class assignment LP, so the LP bound is unchanged and node LPs are far smaller).
@@ -24,7 +24,7 @@ Exact reformulations that make CBC's job smaller:
   is always the true value of the returned selection; the solver's bound is valid for the true
   program after any round, since every cut is valid. Classes named in a uniqueness cut get
   binary E columns, E <= s, sum_j E_jc = per_class and theta_c <= sum_j A_jc E_jc.
-  extra["formulation"] = "assignment" keeps E for every class, as described next.
+  qpm.formulation = "assignment" keeps E for every class, as described next.
 - E is continuous except for the classes named in a uniqueness cut. For a 0/1 selection s,
   {0 <= E_.c <= s, sum_j E_jc = per_class} is a polytope with 0/1 vertices (a box cut by one
   cardinality row), so the best E for any integer s is a 0/1 top-per_class choice and the
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from retrofit.config import RetrofitConfig
-from retrofit.errors import ConfigError, DataError, InfeasibleSettingsError, SolverError
+from retrofit.errors import DataError, InfeasibleSettingsError, SolverError
 from retrofit.solvers.cliques import duplicate_class_pairs, make_unique
 from retrofit.solvers.deadline import Deadline
 from retrofit.solvers.qpm_cuts import Cut, separate
@@ -66,12 +66,6 @@ _SOLVER_HINTS = {
     "highs": "install HiGHS for python-mip (pip install 'retrofit[highs]', which adds highsbox)",
     "gurobi": "install Gurobi with a licence and set GUROBI_HOME (or pip install gurobipy)",
 }
-DEFAULT_MAX_ROUNDS = 100
-DEFAULT_CUT_ROUNDS = 50
-DEFAULT_CUTS_PER_ROUND = 500
-FORMULATIONS = ("projected", "assignment")
-DEFAULT_FORMULATION = "projected"
-DEFAULT_VALUE_CUT_WINDOW = 3
 CUT_TIME_SHARE = 0.4  # at most this share of the time limit goes to the root cut loop
 DEFAULT_TIME_LIMIT = 600.0  # seconds, when config.time_limit is None
 
@@ -214,7 +208,7 @@ def solve_program(
     def score(selected: torch.Tensor, assignment: torch.Tensor) -> float:
         return program_objective(assoc, redundancy, tau, selected, assignment, bias)
 
-    max_rounds = int(config.extra.get("max_rounds", DEFAULT_MAX_ROUNDS))
+    max_rounds = config.qpm.max_rounds
     best_s, best_e = start_selected, start_assignment
     rounds = value_rounds = 0
     began = time.perf_counter()
@@ -447,7 +441,7 @@ class _Program:
         began = time.perf_counter()
         if not self.projected:
             return 0.0
-        window = int(self.config.extra.get("value_cut_window", DEFAULT_VALUE_CUT_WINDOW))
+        window = self.config.qpm.value_cut_window
         s = selected.to(torch.float64).numpy()
         for cut in seed_cuts(self.a, s, self.config.per_class, window):
             if time.perf_counter() >= until:
@@ -481,9 +475,8 @@ class _Program:
 
         Returns the LP bounds before and after and the counts, for the stats.
         """
-        extra = self.config.extra
-        max_rounds = int(extra.get("cut_rounds", DEFAULT_CUT_ROUNDS))
-        per_round = int(extra.get("cuts_per_round", DEFAULT_CUTS_PER_ROUND))
+        max_rounds = self.config.qpm.cut_rounds
+        per_round = self.config.qpm.cuts_per_round
         info: dict[str, Any] = {"cut_rounds": 0, "n_cuts": 0, "cut_time": 0.0}
         if max_rounds <= 0 or not (self.pairs or self.projected):
             return info
@@ -595,7 +588,7 @@ def _unsolved(
     warnings.warn(
         f"QPM: the time limit ({time_limit:g} s) ran out before the solver started (the "
         "constants and the warm start used it all); returning the warm start. Raise time_limit, "
-        "or lower extra['search_rounds'] / extra['candidates'].",
+        "or lower qpm.search_rounds / qpm.candidates.",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -633,12 +626,7 @@ def _time_limit_advice(solver: str) -> str:
 
 
 def _formulation(config: RetrofitConfig) -> str:
-    name = config.extra.get("formulation", DEFAULT_FORMULATION)
-    if name not in FORMULATIONS:
-        raise ConfigError(
-            f"QPM: unknown extra['formulation'] {name!r}; choose one of {list(FORMULATIONS)}."
-        )
-    return str(name)
+    return config.qpm.formulation  # validated by QPMSettings
 
 
 def _new_model(solver: str) -> mip.Model:
