@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable
 from importlib import metadata
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+# `python -m benchmarks all --quick` points this at a scratch folder: quick runs are smoke tests
+RESULTS = Path(os.environ.get("RETROFIT_BENCHMARK_RESULTS") or Path(__file__).parent / "results")
 
 
 def machine(packages: Iterable[str] = ()) -> dict[str, Any]:
@@ -78,12 +80,24 @@ def interleaved_medians(variants: dict[str, Callable[[], Any]], repeats: int) ->
 def write_result(name: str, payload: dict[str, Any], measured_on: dict | None = None) -> Path:
     """Write results/NAME.json atomically (a crash keeps the old file).
 
-    `measured_on` is machine() taken when the run began; by default it is taken now.
+    `measured_on` is machine() taken when the run began; by default it is taken now. Every
+    file records the commit it was measured at and the command (its settings) that made it.
     """
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    report = {"machine": measured_on or machine(), **payload}
+    report = {
+        "machine": measured_on or machine(),
+        **payload,
+        "commit": commit(),
+        "command": " ".join(["python -m", _module_name(), *sys.argv[1:]]),
+    }
     tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
     tmp.replace(path)
     return path
+
+
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem

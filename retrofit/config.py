@@ -10,7 +10,10 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrofit.consistency_settings import ConsistencySettings
 from retrofit.errors import ConfigError
+from retrofit.flint_settings import check_flint_layers, parse_flint
+from retrofit.registry import HEADS
 from retrofit.settings import (
     BottleneckSettings,
     DenseSettings,
@@ -166,20 +169,14 @@ class RetrofitConfig:
                 raise ConfigError(
                     f"reweight_temperature must be > 0, got {self.reweight_temperature!r}."
                 )
-            from retrofit.check.consistency import ConsistencySettings
-
             ConsistencySettings.parse(dict(self.reweight_consistency))
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         if self.distill < 0:
             raise ConfigError(f"distill must be >= 0, got {self.distill!r}.")
         _check_choice("features", self.features, FEATURE_SOURCES)
         if self.flint is not None:
-            from retrofit.attributes import parse_flint
-
             parse_flint(self.flint)
         if self.flint_layers is not None:
-            from retrofit.attributes import check_flint_layers
-
             self.flint_layers = check_flint_layers(self)
 
     def _read_stage_settings(self, extra: dict[str, Any] | None) -> None:
@@ -275,9 +272,7 @@ def _legacy_hint(extra: dict[str, Any]) -> str:
 
 def _registered_heads() -> tuple[str, ...]:
     """The head registry is the one list of methods (retrofit.heads.register_head)."""
-    from retrofit.heads import available_heads
-
-    return tuple(available_heads())
+    return tuple(HEADS.names())
 
 
 def _is_summary(concepts: Any) -> bool:

@@ -1,4 +1,9 @@
-"""InterpretableModel: backbone ▸ hook ▸ bottleneck ▸ head, as one nn.Module."""
+"""InterpretableModel: backbone ▸ hook ▸ bottleneck ▸ head, as one nn.Module.
+
+Three methods are façades over modules that build on this one and so import it: `edit`
+(retrofit.edit), `to_transformers` and the transformers-style `forward(pixel_values=...)`
+(retrofit.hf). They import inside the method; tests/test_import_graph.py allows exactly these.
+"""
 
 from __future__ import annotations
 

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from retrofit.consistency_settings import FILLS as FILLS
 from retrofit.errors import ConfigError, DataError
-
-FILLS: tuple[str, ...] = ("diffuse", "mean")
 
 
 def fill_foreground(

@@ -10,7 +10,6 @@ assignment, features, explanations, faithfulness, metrics, mas.
 from __future__ import annotations
 
 import base64
-import html
 import io
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,9 @@ import torch
 from PIL import Image
 
 from retrofit._version import __version__
+from retrofit.check.html_parts import esc as _esc
+from retrofit.check.html_parts import num as _num
+from retrofit.check.html_parts import table as _table
 
 if TYPE_CHECKING:
     from retrofit.check.report import Report
@@ -119,20 +121,6 @@ img{max-width:100%;height:auto;image-rendering:auto}
 .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 footer{color:var(--muted);text-align:center;font-size:12px;padding:12px}
 """
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "n/a"
-    if not np.isfinite(value):
-        return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -292,23 +280,6 @@ def _cns_png(cns: dict[str, float]) -> bytes:
     axis.set_title("Conciseness CNS(τ)", fontsize=10)
     axis.grid(alpha=0.3)
     return _figure_png(figure)
-
-
-def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(
-        f'<th class="num">{_esc(h)}</th>' if i in numeric else f"<th>{_esc(h)}</th>"
-        for i, h in enumerate(header)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{cell}</td>' if i in numeric else f"<td>{cell}</td>"
-            for i, cell in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _section(section_id: str, body: str) -> str:

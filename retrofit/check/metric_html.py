@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from retrofit.check.html_parts import esc as _esc
+from retrofit.check.html_parts import num as _num
+from retrofit.check.html_parts import table as _table
 from retrofit.check.registry import CheckMetric, registered_metrics
 
 if TYPE_CHECKING:
@@ -18,8 +21,6 @@ def metric_sections(report: Report) -> list[tuple[str, str]]:
 
 
 def render_metric_sections(report: Report) -> str:
-    from retrofit.check.html import _esc
-
     parts = []
     for metric in _measured(report):
         values = report.results[metric.name]
@@ -39,8 +40,6 @@ def _section_id(metric: CheckMetric) -> str:
 
 
 def _table_of(metric: CheckMetric, values: Mapping[str, Any]) -> str:
-    from retrofit.check.html import _esc, _num, _table
-
     rows = [
         [_esc(key), _num(value), _esc(metric.meanings.get(key, ""))]
         for key, value in _flat(values).items()

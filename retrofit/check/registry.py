@@ -37,6 +37,24 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _OPS = (">=", "<=")
 LOGIT_CHUNK = 4096  # rows of logits MetricInputs.logit_chunks computes at a time
 
+# the built-in results' thresholds: keyword -> (dotted result key, comparison); a registered
+# metric adds its own (register_metric(thresholds=...)), one mechanism for both
+BUILT_IN_THRESHOLDS: dict[str, tuple[str, str]] = {
+    "min_fidelity": ("fidelity.agreement", ">="),
+    "min_accuracy": ("fidelity.accuracy", ">="),
+    "max_accuracy_drop": ("fidelity.accuracy_drop", "<="),
+    "min_mistake_agreement": ("fidelity.agreement_on_reference_mistakes", ">="),
+    "min_concept_deletion_gain": ("concept_deletion.deletion_auc_gain", ">="),
+    "min_pixel_deletion_gain": ("pixel.class.*.deletion_auc_gain", ">="),
+    "min_diversity": ("metrics.diversity@5", ">="),
+    "max_dependence": ("metrics.dependence", "<="),
+    "min_truth_precision": ("truth.pair.precision", ">="),
+    "min_truth_recall": ("truth.pair.recall", ">="),
+    "min_truth_distinct": ("truth.pair.distinct", ">="),
+    "min_consistency": ("consistency.interpretable.mean", ">="),
+    "max_consistency_flip_rate": ("consistency.interpretable.flip_rate", "<="),
+}
+
 
 class MetricInputs:
     """What one check() call collected, for registered metrics to read (never to change).
@@ -137,8 +155,6 @@ def register_metric(
     render: Callable[[Mapping[str, Any]], str] | None = None,
 ) -> Callable[[MetricFunction], MetricFunction]:
     """Register `fn(inputs) -> dict` as the check metric `name` (see the module docstring)."""
-    from retrofit.check.report import THRESHOLDS
-
     if not _NAME.fullmatch(name) or name in BUILT_IN_RESULTS:
         raise ConfigError(
             f"A check metric needs a lower-case name like 'my_metric' that is not one of the "
@@ -147,7 +163,7 @@ def register_metric(
     thresholds = dict(thresholds or {})
     taken = {k for m in _REGISTRY.values() if m.name != name for k in m.thresholds}
     for keyword, (key, op) in thresholds.items():
-        if keyword in THRESHOLDS or keyword in taken:
+        if keyword in BUILT_IN_THRESHOLDS or keyword in taken:
             raise ConfigError(f"The threshold {keyword!r} is already defined; pick another name.")
         if op not in _OPS or not isinstance(key, str) or not key:
             raise ConfigError(

@@ -15,25 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrofit.check.registry import BUILT_IN_THRESHOLDS as THRESHOLDS
 from retrofit.errors import ConfigError, RetrofitError
 from retrofit.safe_io import atomic_write_bytes
 
 # threshold keyword -> (dotted metric path, comparison); "*" expands to every method measured
-THRESHOLDS: dict[str, tuple[str, str]] = {
-    "min_fidelity": ("fidelity.agreement", ">="),
-    "min_accuracy": ("fidelity.accuracy", ">="),
-    "max_accuracy_drop": ("fidelity.accuracy_drop", "<="),
-    "min_mistake_agreement": ("fidelity.agreement_on_reference_mistakes", ">="),
-    "min_concept_deletion_gain": ("concept_deletion.deletion_auc_gain", ">="),
-    "min_pixel_deletion_gain": ("pixel.class.*.deletion_auc_gain", ">="),
-    "min_diversity": ("metrics.diversity@5", ">="),
-    "max_dependence": ("metrics.dependence", "<="),
-    "min_truth_precision": ("truth.pair.precision", ">="),
-    "min_truth_recall": ("truth.pair.recall", ">="),
-    "min_truth_distinct": ("truth.pair.distinct", ">="),
-    "min_consistency": ("consistency.interpretable.mean", ">="),
-    "max_consistency_flip_rate": ("consistency.interpretable.flip_rate", "<="),
-}
 _COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
 
 
