@@ -17,14 +17,14 @@ class ModelAdapter:
 
     `matches` recognises a model of the family; `preferred_heads` names its classification
     module(s) when the family has a convention (detection falls back to the execution trace);
-    `load` rebuilds a model from its name, weights, hub id or local path (see retrofit.specs).
+    `load` rebuilds a model from its name, weights, hub id or local path (see retrofit.io.specs).
     `build_kwargs` is the allow-list of architecture arguments an export may pass to `load`,
     each with a check of its value; anything else (e.g. a checkpoint path) needs
     trust_remote_code=True on load.
     `image_transform` builds, from the preprocessing an export records for the family, the
-    callable that turns a PIL image into the model's input tensor (see retrofit.preprocessing).
+    callable that turns a PIL image into the model's input tensor (see retrofit.extraction.preprocessing).
 
-    Spec strings (retrofit.specs only dispatches to these): `prefix` names the family in
+    Spec strings (retrofit.io.specs only dispatches to these): `prefix` names the family in
     "PREFIX:REST"; `parse_spec(rest, text)` reads REST (default: the name is REST);
     `format_spec` writes it back (default PREFIX:NAME[:WEIGHTS]); `claims_spec(text)` takes a
     spec without a known prefix (a local HF folder); `build(spec, pretrained,

@@ -16,7 +16,7 @@ from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, ModelSpec, plain, register_adapter
 from retrofit.errors import ConfigError, ModelError
-from retrofit.safe_io import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
+from retrofit.io.files import MAX_COUNT, MAX_FEATURE_DIM, flag, real, whole
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.")
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, ModelSpec, module_name, plain, register_adapter
-from retrofit.safe_io import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
+from retrofit.io.files import MAX_COUNT, MAX_IMAGE_SIDE, sizes, whole
 
 
 def _is_timm(model: nn.Module) -> bool:

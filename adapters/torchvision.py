@@ -11,7 +11,7 @@ from torch import nn
 
 from retrofit.adapters.base import ModelAdapter, ModelSpec, last_layer_width, pick, register_adapter
 from retrofit.errors import ConfigError
-from retrofit.safe_io import MAX_COUNT, whole
+from retrofit.io.files import MAX_COUNT, whole
 
 
 def _is_torchvision(model: nn.Module) -> bool:

@@ -41,7 +41,7 @@ from benchmarks.common import RESULTS, machine, timed, write_result
 from retrofit.check.consistency import ConsistencySettings, consistency, heatmap_function
 from retrofit.datasets.spurious import SpuriousBackgroundDataset
 from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
-from retrofit.reweight import consistency_weights
+from retrofit.fitting.reweight import consistency_weights
 
 VARIANTS = (
     "original",

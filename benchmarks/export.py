@@ -22,7 +22,7 @@ import torchvision
 
 import retrofit
 from benchmarks.common import interleaved_medians, timed, write_result
-from retrofit.model import load
+from retrofit.model.interpretable import load
 
 
 def paired_ratio(

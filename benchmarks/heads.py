@@ -155,7 +155,7 @@ MEMORY_CHILD = """
 import json, os, sys, threading, time
 from safetensors.torch import load_file
 from retrofit.config import RetrofitConfig
-from retrofit.heads import get_head
+from retrofit.methods.base import get_head
 
 def rss():
     with open("/proc/self/statm") as f:

@@ -21,8 +21,8 @@ import torch
 from benchmarks.common import machine, write_result
 from benchmarks.heads_qpm_scale import SOLVER_PACKAGES, concept_world
 from retrofit.config import RetrofitConfig
-from retrofit.heads.qpm import fit_qpm
-from retrofit.solvers.qpm_constants import default_candidate_count
+from retrofit.methods.qpm.constants import default_candidate_count
+from retrofit.methods.qpm.head import fit_qpm
 
 COUNTS = (400, 600, 1000, 2000)
 TIME_LIMIT = 60.0

@@ -34,14 +34,14 @@ import torch
 
 from benchmarks.common import machine, write_result
 from retrofit.config import RetrofitConfig
-from retrofit.solvers.cliques import clique_threshold, greedy_assignment, perturbed_search
-from retrofit.solvers.qpm_constants import (
+from retrofit.methods.qpm.cliques import clique_threshold, greedy_assignment, perturbed_search
+from retrofit.methods.qpm.constants import (
     class_correlation,
     kth_largest,
     redundancy,
     select_candidates,
 )
-from retrofit.solvers.qpm_program import (
+from retrofit.methods.qpm.program import (
     penalty_matrix,
     penalty_pairs,
     program_objective,

@@ -153,11 +153,11 @@ def run_extract(rows: int, cache: str, feature_dtype: str) -> dict[str, Any]:
 
 
 def run_fit(store: str, method: str, time_limit: float, epochs: int) -> dict[str, Any]:
-    from retrofit.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
-    from retrofit.cache import Store
     from retrofit.config import RetrofitConfig
-    from retrofit.heads import get_head
-    from retrofit.streaming import chunk_rows, row_slices
+    from retrofit.extraction.cache import Store
+    from retrofit.extraction.streaming import chunk_rows, row_slices
+    from retrofit.fitting.bottleneck import FixedHead, build_bottleneck, finetune_bottleneck
+    from retrofit.methods.base import get_head
 
     config = RetrofitConfig(
         method=method,
@@ -207,8 +207,8 @@ def run_fit(store: str, method: str, time_limit: float, epochs: int) -> dict[str
 
 def run_constants(full: str, half: str) -> dict[str, Any]:
     """The dtype's own effect, free of solver timing: QPM's A and candidates from both caches."""
-    from retrofit.cache import Store
-    from retrofit.solvers.qpm_constants import class_correlation, select_candidates
+    from retrofit.extraction.cache import Store
+    from retrofit.methods.qpm.constants import class_correlation, select_candidates
 
     found = {}
     for name, store in (("float32", full), ("float16", half)):
@@ -227,7 +227,7 @@ def run_constants(full: str, half: str) -> dict[str, Any]:
 def run_convert(rows: int, cache: str, model_path: str, time_limit: float) -> dict[str, Any]:
     """One qpm convert (finetune none) from the cache of `rows`; the model is saved for checks."""
     import retrofit
-    from retrofit.heads import get_head
+    from retrofit.methods.base import get_head
 
     get_head("qpm")
     retrofit.extract(World().eval(), Batches(rows), cache_dir=cache, progress=False)
@@ -311,7 +311,7 @@ def _join(rank: int, world: int, port: int) -> None:
 def _rank(rank: int, world: int, port: int, rows: int, cache: str, queue) -> None:
     import torch.distributed as dist
 
-    from retrofit.features import extract
+    from retrofit.extraction.features import extract
 
     _join(rank, world, port)
     began = time.perf_counter()
@@ -412,7 +412,7 @@ def small_cnn() -> nn.Module:
 def _split_rank(rank: int, world: int, port: int, blobs: str, cache: str, split: bool, queue):
     import torch.distributed as dist
 
-    from retrofit.features import extract
+    from retrofit.extraction.features import extract
 
     _join(rank, world, port)
     dataset = JpegImages(blobs)
@@ -505,9 +505,9 @@ def write_dense_features(rows: int, path: str) -> None:
 def run_dense(path: str, variant: str, l2: float) -> dict[str, Any]:
     """The dense head on memory-mapped features: streamed (fit_dense now) or on an in-memory
     standardised copy (how the head fitted before)."""
-    from retrofit.cache import open_pooled
     from retrofit.config import RetrofitConfig
-    from retrofit.heads.dense import fit_dense
+    from retrofit.extraction.cache import open_pooled
+    from retrofit.methods.dense.head import fit_dense
     from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net
     from retrofit.solvers.stats import standardise
 

@@ -38,17 +38,17 @@ class Benchmark:
 
 
 _CORE = (
-    "retrofit/features.py",
-    "retrofit/hooks.py",
-    "retrofit/cache.py",
-    "retrofit/streaming.py",
-    "retrofit/pooled_layers.py",
+    "retrofit/extraction/features.py",
+    "retrofit/extraction/hooks.py",
+    "retrofit/extraction/cache.py",
+    "retrofit/extraction/streaming.py",
+    "retrofit/extraction/pooled_layers.py",
 )
 _HEADS = (
-    "retrofit/heads",
+    "retrofit/methods",
     "retrofit/solvers",
-    "retrofit/bottleneck.py",
-    "retrofit/api.py",
+    "retrofit/fitting/bottleneck.py",
+    "retrofit/fitting/convert.py",
     "retrofit/settings.py",
 )
 _CHECK = ("retrofit/check",)
@@ -69,13 +69,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "heads_peer",
-        ("retrofit/heads/sparse.py", "retrofit/solvers"),
+        ("retrofit/methods/sparse/head.py", "retrofit/solvers"),
         quick=(("--quick",),),
         summary="our elastic-net path / glm-saga",
     ),
     Benchmark(
         "heads_qpm_scale",
-        ("retrofit/heads/qpm.py", "retrofit/solvers"),
+        ("retrofit/methods/qpm/head.py", "retrofit/solvers"),
         runs=((), ("--max-mix", "1"), ("--max-mix", "2"), ("--value-only",)),
         quick=(("--quick", "--time-limit", "10"),),
         results=(
@@ -91,12 +91,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "heads_qpm_candidates",
-        ("retrofit/heads/qpm.py", "retrofit/solvers"),
+        ("retrofit/methods/qpm/head.py", "retrofit/solvers"),
         summary="QPM at ImageNet scale by candidate count",
     ),
     Benchmark(
         "export",
-        ("retrofit/export", "retrofit/model.py"),
+        ("retrofit/export", "retrofit/model/interpretable.py"),
         quick=(("--images", "64", "--repeats", "3", "--io-repeats", "1"),),
         summary="inference / the original model; export size and exactness",
     ),
@@ -147,10 +147,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "flint",
         (
-            "retrofit/heads/flint.py",
-            "retrofit/attributes.py",
-            "retrofit/flint_losses.py",
-            "retrofit/flint_settings.py",
+            "retrofit/methods/flint/head.py",
+            "retrofit/methods/flint/attributes.py",
+            "retrofit/methods/flint/losses.py",
+            "retrofit/methods/flint/settings.py",
         ),
         quick=(
             (
@@ -168,7 +168,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "flint_layers",
-        ("retrofit/heads/flint.py", "retrofit/attributes.py"),
+        ("retrofit/methods/flint/head.py", "retrofit/methods/flint/attributes.py"),
         quick=(("--train-images", "500", "--test-images", "200", "--seeds", "1"),),
         summary="FLINT reading earlier layers",
     ),
@@ -178,7 +178,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             "retrofit/check/consistency.py",
             "retrofit/check/background_swap.py",
             "retrofit/consistency_settings.py",
-            "retrofit/reweight.py",
+            "retrofit/fitting/reweight.py",
         ),
         runs=((), ("--part", "swap")),
         quick=(
@@ -211,7 +211,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "edit",
-        ("retrofit/edit.py", "retrofit/edits.py", "retrofit/edits_file.py"),
+        ("retrofit/editing/apply.py", "retrofit/editing/parse.py", "retrofit/editing/file.py"),
         quick=(("--train-images", "500", "--test-images", "200"),),
         summary="forbidding background features: accuracy and cost",
     ),

@@ -1,10 +1,10 @@
 """retrofit: turn any trained image classifier into a globally interpretable one, post hoc."""
 
+from retrofit import _moved
 from retrofit._version import __version__
-from retrofit.api import convert
 from retrofit.check import CheckConfig, CheckFailedError, Report, check
 from retrofit.config import RetrofitConfig
-from retrofit.edit import EditResult, edit
+from retrofit.editing.apply import EditResult, edit
 from retrofit.errors import (
     CacheError,
     ConfigError,
@@ -24,11 +24,14 @@ from retrofit.errors import (
     SolverError,
     UntrustedCodeError,
 )
-from retrofit.explanation import Explanation
-from retrofit.features import extract
-from retrofit.featureset import FeatureSet
+from retrofit.extraction.features import extract
+from retrofit.extraction.featureset import FeatureSet
+from retrofit.fitting.convert import convert
 from retrofit.inv import cluster_maps
-from retrofit.model import InterpretableModel, load
+from retrofit.model.explanation import Explanation
+from retrofit.model.interpretable import InterpretableModel, load
+
+_moved.install()
 
 __all__ = [
     "CacheError",

@@ -63,7 +63,7 @@ def _build_model(
     spec_text: str, weights: str | None, num_classes: int | None = None
 ) -> tuple[Any, Any]:
     """(model, parsed spec or None) for a model spec; `demo` is the bundled demo classifier."""
-    from retrofit.specs import build_model, load_weights, parse_spec
+    from retrofit.io.specs import build_model, load_weights, parse_spec
 
     if spec_text == DEMO_MODEL:
         from retrofit.datasets import load_demo_classifier
@@ -146,7 +146,7 @@ def _run_check(
 def _demo(args: argparse.Namespace) -> int:
     """Convert the bundled demo classifier on the synthetic concept world, fully offline."""
     import retrofit
-    from retrofit.data_specs import open_data
+    from retrofit.io.data_specs import open_data
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -184,7 +184,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     import retrofit
-    from retrofit.data_specs import model_transform, open_data
+    from retrofit.io.data_specs import model_transform, open_data
 
     reweight = _reweight_options(args)
     out = Path(args.out)
@@ -268,10 +268,10 @@ def _transform_for(
     imodel: Any, folder: str, image_size: int | None, trust_remote_code: bool = False
 ) -> Any:
     """The preprocessing recorded for the export's base model, else a resize to its input size."""
-    from retrofit.data_specs import model_transform
     from retrofit.export import read_config
-    from retrofit.specs import ModelSpec
-    from retrofit.trust import check_spec
+    from retrofit.io.data_specs import model_transform
+    from retrofit.io.specs import ModelSpec
+    from retrofit.io.trust import check_spec
 
     build = read_config(Path(folder))["base_model"].get("build")
     spec = ModelSpec.from_dict(build) if build else None
@@ -316,7 +316,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from retrofit.data_specs import open_data
+    from retrofit.io.data_specs import open_data
 
     imodel = _load(args.dir, args.trust_remote_code)
     synthetic = args.data.startswith("synthetic")
@@ -353,8 +353,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reveal(args: argparse.Namespace) -> int:
-    from retrofit.data_specs import open_data
     from retrofit.inv.commands import make_reveal_game
+    from retrofit.io.data_specs import open_data
 
     if args.encoder is not None and args.concepts is None:
         raise UsageError(
@@ -400,10 +400,10 @@ def _reveal_import(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace) -> int:
     """Apply an edits file to an export, save the edited model to a new folder, re-check it."""
     import retrofit
-    from retrofit.data_specs import open_data
-    from retrofit.edit import head_fingerprint
-    from retrofit.edits_file import check_fingerprint, read_edits_file
+    from retrofit.editing.apply import head_fingerprint
+    from retrofit.editing.file import check_fingerprint, read_edits_file
     from retrofit.export import read_config
+    from retrofit.io.data_specs import open_data
     from retrofit.solvers.quiet import solver_log_shown
 
     document = read_edits_file(args.apply)
@@ -457,7 +457,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _recorded_data(report_file: Path) -> str | None:
     """The data spec an earlier check recorded in report.json, if it is a bounded string."""
-    from retrofit.safe_io import read_json
+    from retrofit.io.files import read_json
 
     record = read_json(report_file)
     meta = record.get("meta") if isinstance(record, dict) else None
@@ -479,7 +479,7 @@ class _Registered:
 
 
 def _head_names() -> list[str]:
-    from retrofit.heads import available_heads
+    from retrofit.methods.base import available_heads
 
     return available_heads()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from retrofit.consistency_settings import ConsistencySettings
 from retrofit.errors import ConfigError
-from retrofit.flint_settings import check_flint_layers, parse_flint
+from retrofit.methods.flint.settings import check_flint_layers, parse_flint
 from retrofit.registry import HEADS
 from retrofit.settings import (
     BottleneckSettings,
@@ -81,7 +81,7 @@ class RetrofitConfig:
     head: HeadSettings = field(default_factory=HeadSettings)
     dense: DenseSettings = field(default_factory=DenseSettings)
     bottleneck: BottleneckSettings = field(default_factory=BottleneckSettings)
-    # FLINT attributes: a dict of retrofit.attributes.FlintSettings fields (J, loss weights, ...)
+    # FLINT attributes: a dict of retrofit.methods.flint.attributes.FlintSettings fields (J, loss weights, ...)
     flint: dict[str, Any] | None = None
     features: str = "backbone"  # "flint": qpm/qsenn/sparse/dense fit on learned FLINT attributes
     # consistency reweighting (ALGORITHMS §9.2): refit with weights 1 − E, K rounds, E on the
@@ -118,7 +118,7 @@ class RetrofitConfig:
             raise ConfigError(
                 f"method={self.method!r} is not a registered head; choose one of "
                 f"{list(_registered_heads())}, or import the module that registers it "
-                "(retrofit.heads.register_head) before building or loading a config that names it."
+                "(retrofit.methods.base.register_head) before building or loading a config that names it."
             )
         _check_choice("finetune", self.finetune, FINETUNE_MODES)
         _check_choice("solver", self.solver, SOLVERS)
@@ -215,7 +215,7 @@ class RetrofitConfig:
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the config as FOLDER/convert_config.json (atomically); returns the file."""
-        from retrofit.safe_io import atomic_write_bytes
+        from retrofit.io.files import atomic_write_bytes
 
         folder = Path(folder).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ class RetrofitConfig:
     def from_pretrained(cls, path: str | os.PathLike) -> RetrofitConfig:
         """A config from save_pretrained's folder (or its JSON file), or from an export folder."""
         from retrofit.export.layout import CONFIG_FILE
-        from retrofit.safe_io import read_json
+        from retrofit.io.files import read_json
 
         path = Path(path).expanduser()
         if path.is_dir():
@@ -271,7 +271,7 @@ def _legacy_hint(extra: dict[str, Any]) -> str:
 
 
 def _registered_heads() -> tuple[str, ...]:
-    """The head registry is the one list of methods (retrofit.heads.register_head)."""
+    """The head registry is the one list of methods (retrofit.methods.base.register_head)."""
     return tuple(HEADS.names())
 
 

@@ -66,5 +66,8 @@ class Registry(Generic[T]):
 
 HEADS: Registry[Any] = Registry(
     "head method",
-    {name: f"retrofit.heads.{name}" for name in ("dense", "flint", "qpm", "qsenn", "sparse")},
+    {
+        name: f"retrofit.methods.{name}.head"
+        for name in ("dense", "flint", "qpm", "qsenn", "sparse")
+    },
 )

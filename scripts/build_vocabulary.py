@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrofit.safe_io import atomic_write_bytes  # noqa: E402
+from retrofit.io.files import atomic_write_bytes  # noqa: E402
 
 logger = logging.getLogger("build_vocabulary")
 

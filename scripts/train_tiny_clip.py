@@ -62,7 +62,7 @@ from retrofit.concepts.vocabulary import (  # noqa: E402
     general_words,
 )
 from retrofit.datasets import SyntheticConceptDataset, concept_world  # noqa: E402
-from retrofit.safe_io import atomic_save_safetensors, atomic_write_bytes  # noqa: E402
+from retrofit.io.files import atomic_save_safetensors, atomic_write_bytes  # noqa: E402
 
 logger = logging.getLogger("train_tiny_clip")
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrofit.bottleneck import Bottleneck, FixedHead, build_bottleneck, finetune_bottleneck
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
-from retrofit.heads.base import HeadResult
-from retrofit.losses import (
+from retrofit.fitting.bottleneck import Bottleneck, FixedHead, build_bottleneck, finetune_bottleneck
+from retrofit.fitting.losses import (
     class_decorrelation_loss,
     feature_diversity_loss,
     shared_class_pairs,
 )
+from retrofit.methods.base import HeadResult
 
 C, D = 3, 12
 

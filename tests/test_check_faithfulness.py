@@ -9,14 +9,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
-from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.check import CheckFailedError, Report, check
 from retrofit.check.pixel import gradcam
 from retrofit.config import RetrofitConfig
 from retrofit.datasets import SyntheticConceptDataset
 from retrofit.errors import ConfigError
-from retrofit.hooks import FeatureCapture, detect_layers
-from retrofit.model import InterpretableModel
+from retrofit.extraction.hooks import FeatureCapture, detect_layers
+from retrofit.fitting.bottleneck import Bottleneck, FixedHead
+from retrofit.model.interpretable import InterpretableModel
 
 C = 3
 SIZE = 16

@@ -69,8 +69,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     image, _ = SyntheticConceptDataset(1, split="test")[0]
     to_pil(image).save(root / "image.png")
     from retrofit import load
-    from retrofit.edit import head_fingerprint
-    from retrofit.edits_file import edits_document
+    from retrofit.editing.apply import head_fingerprint
+    from retrofit.editing.file import edits_document
 
     edits = edits_document(
         head_fingerprint(load(export)), [{"op": "rename", "feature": 0, "name": "x"}]

@@ -28,7 +28,7 @@ from retrofit.check.consistency import (
 from retrofit.datasets.spurious import SpuriousBackgroundDataset
 from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
 from retrofit.errors import ConfigError, DataError, LayerNotFoundError
-from retrofit.reweight import consistency_weights
+from retrofit.fitting.reweight import consistency_weights
 from tests.test_report_browser import CHROMIUM, PROBE, _chromium, _console
 from tests.tiny import TINY_VIT
 
@@ -363,7 +363,7 @@ def test_the_swap_needs_two_images_and_well_shaped_backgrounds(world) -> None:
 def test_a_rerun_with_a_cache_reuses_the_consistency_scores_and_a_change_recomputes(
     world, tmp_path, caplog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="retrofit.consistency_cache")
+    caplog.set_level(logging.INFO, logger="retrofit.fitting.consistency_cache")
     swap = {"perturbation": "swap", "batch_size": 24}
     settings = {
         "reweight": "consistency",

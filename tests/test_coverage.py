@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrofit.bottleneck import Bottleneck
 from retrofit.concepts.coverage import (
     COVERAGE_BLOCK,
     coverage,
@@ -17,8 +16,9 @@ from retrofit.concepts.naming import parse_concepts
 from retrofit.concepts.pairs import shown_concepts
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
-from retrofit.heads.base import fit_head, get_head, register_head, unregister_head
-from retrofit.layer_fit import retained_features
+from retrofit.fitting.bottleneck import Bottleneck
+from retrofit.fitting.layer_fit import retained_features
+from retrofit.methods.base import fit_head, get_head, register_head, unregister_head
 
 
 def _world(n: int = 800, seed: int = 0):

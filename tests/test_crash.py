@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
 from retrofit.cli import main
-from retrofit.model import load
+from retrofit.model.interpretable import load
 from tests.tiny import SmallCNN, colour_coded_images
 
 C = 3
@@ -236,8 +236,8 @@ def test_a_chunk_is_rewritten_when_another_process_removes_the_folder_meanwhile(
     tmp_path, monkeypatch
 ) -> None:
     """The race behind a flaky CI run: safetensors reports the vanished folder as its own error."""
-    import retrofit.cache as cache_module
-    import retrofit.safe_io as safe_io
+    import retrofit.extraction.cache as cache_module
+    import retrofit.io.files as safe_io
 
     cache = cache_module.FeatureCache(tmp_path, "key")
     real_save, calls = safe_io.save_file, []
@@ -264,7 +264,7 @@ def test_a_corrupted_store_is_detected_and_recomputed(data, tmp_path, caplog) ->
     raw = bytearray(store.read_bytes())
     raw[-3] ^= 0x40  # a flipped bit in the features: same size, valid header
     store.write_bytes(bytes(raw))
-    with caplog.at_level(logging.WARNING, logger="retrofit.cache"):
+    with caplog.at_level(logging.WARNING, logger="retrofit.extraction.cache"):
         again = _extract(model, data, tmp_path)
     assert "corrupted feature cache" in caplog.text
     assert torch.equal(again.features, expected[0]) and torch.equal(again.logits, expected[1])
@@ -273,13 +273,13 @@ def test_a_corrupted_store_is_detected_and_recomputed(data, tmp_path, caplog) ->
 
 
 def test_kill_9_at_every_write_step_of_an_extraction_loses_nothing(data, tmp_path) -> None:
-    import retrofit.safe_io as safe_io
+    import retrofit.io.files as safe_io
 
     torch.manual_seed(0)
     model = SmallCNN().eval()
     reference = _extract(model, data, None)
     patch = {
-        "retrofit.safe_io.save_file": safe_io.save_file,
+        "retrofit.io.files.save_file": safe_io.save_file,
         "os.replace": os.replace,
         "shutil.rmtree": shutil.rmtree,
     }

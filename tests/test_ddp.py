@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import retrofit
-from retrofit.finetune import finetune_backbone
+from retrofit.fitting.finetune import finetune_backbone
 from tests.gloo import free_port, join_gloo
 from tests.test_distributed import CountingDataset, batches_of, decoded
 from tests.tiny import SmallCNN, colour_coded_images

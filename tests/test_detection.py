@@ -13,7 +13,7 @@ from torch import nn
 import retrofit
 from retrofit.adapters import adapter_for
 from retrofit.adapters.open_clip import zero_shot_classifier
-from retrofit.hooks import FeatureCapture, detect_layers
+from retrofit.extraction.hooks import FeatureCapture, detect_layers
 from tests.tiny import TINY_VIT
 
 C = 4

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 import retrofit
 from retrofit.adapters import adapter_for
 from retrofit.errors import ConfigError
-from retrofit.features import PROBE_IMAGES, extract
-from retrofit.rank_batches import loader_over, unsplittable_reason
+from retrofit.extraction.features import PROBE_IMAGES, extract
+from retrofit.extraction.rank_batches import loader_over, unsplittable_reason
 from tests.gloo import free_port, join_gloo
 from tests.test_convert import SmallCNN
 from tests.tiny import colour_coded_images
@@ -118,8 +118,8 @@ def _worker(rank: int, world: int, port: int, scenario: str, cache: str, queue) 
             messages: list[str] = []
             handler = logging.Handler()
             handler.emit = lambda record: messages.append(record.getMessage())
-            logging.getLogger("retrofit.rank_batches").addHandler(handler)
-            logging.getLogger("retrofit.rank_batches").setLevel(logging.INFO)
+            logging.getLogger("retrofit.extraction.rank_batches").addHandler(handler)
+            logging.getLogger("retrofit.extraction.rank_batches").setLevel(logging.INFO)
             report["log"] = messages
         if scenario == "world_size":
             kwargs["world_size"] = 3

@@ -69,7 +69,7 @@ def test_a_results_file_without_a_commit_is_stale_and_with_head_current(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(suite, "COMMITTED_RESULTS", tmp_path)
-    bench = suite.Benchmark("probe", stages=("retrofit/api.py",))
+    bench = suite.Benchmark("probe", stages=("retrofit/fitting/convert.py",))
     (tmp_path / "probe.json").write_text(json.dumps({"figure": 1.0}))
     assert suite.freshness(bench, "probe").startswith("stale")
     head = subprocess.run(

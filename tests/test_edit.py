@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import retrofit
-from retrofit.edit import head_fingerprint
+from retrofit.editing.apply import head_fingerprint
 from retrofit.errors import DataError, EditError
 from tests.tiny import colour_coded_images
 

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 import retrofit
 from retrofit.cli import DEMO_SPEC, main
-from retrofit.data_specs import open_data
 from retrofit.datasets import load_demo_classifier
-from retrofit.edit import head_fingerprint
-from retrofit.edits_file import check_edits_document, check_fingerprint, edits_document
+from retrofit.editing.apply import head_fingerprint
+from retrofit.editing.file import check_edits_document, check_fingerprint, edits_document
+from retrofit.io.data_specs import open_data
 from tests.test_report_browser import CHROMIUM, _chromium, _console
 
 TRAIN = "synthetic:train:120"

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import retrofit
-from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.config import RetrofitConfig
-from retrofit.hooks import LayerSpec
+from retrofit.extraction.hooks import LayerSpec
+from retrofit.fitting.bottleneck import Bottleneck, FixedHead
 
 
 class TinyBackbone(nn.Module):

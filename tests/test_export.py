@@ -22,8 +22,8 @@ from retrofit.errors import (
     ExportVersionError,
     FingerprintMismatchError,
 )
-from retrofit.fingerprint import model_fingerprint
-from retrofit.model import load
+from retrofit.extraction.fingerprint import model_fingerprint
+from retrofit.model.interpretable import load
 from tests.tiny import TINY_VIT, colour_coded_images
 
 C = 3
@@ -176,7 +176,7 @@ def test_float_head_and_linear_mix_round_trip(data, tmp_path) -> None:
 
 
 def test_python_factory_spec_with_the_backbone_stands_alone(data, tmp_path, monkeypatch) -> None:
-    from retrofit.specs import build_model
+    from retrofit.io.specs import build_model
 
     monkeypatch.chdir(tmp_path)
     Path("net_factory.py").write_text(FACTORY_SOURCE)

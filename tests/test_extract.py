@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import retrofit
-from retrofit.features import PROBE_IMAGES
+from retrofit.extraction.features import PROBE_IMAGES
 from tests.conftest import NUM_CLASSES
 
 

@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
-from retrofit.attributes import FlintSettings, parse_flint
 from retrofit.check import check
-from retrofit.check.am_pi import AmPiSettings, am_pi, total_variation
 from retrofit.errors import ConfigError, InfeasibleSettingsError
-from retrofit.flint_losses import conciseness_diversity, entropy, output_fidelity
+from retrofit.methods.flint.am_pi import AmPiSettings, am_pi, total_variation
+from retrofit.methods.flint.attributes import FlintSettings, parse_flint
+from retrofit.methods.flint.losses import conciseness_diversity, entropy, output_fidelity
 from tests.test_report_browser import CHROMIUM, _chromium, _console
 from tests.tiny import colour_coded_images
 
@@ -345,7 +345,7 @@ def test_default_dictionary_size_follows_the_class_count(model, data) -> None:
     """J defaults to n_features but at most ATTRIBUTES_PER_CLASS per class (a dictionary much
     larger than the decisions need loses attributes to the conciseness terms); an explicit
     flint.attributes wins, and features="flint" keeps n_features for the other head."""
-    from retrofit.attributes import ATTRIBUTES_PER_CLASS, attribute_count
+    from retrofit.methods.flint.attributes import ATTRIBUTES_PER_CLASS, attribute_count
 
     cap = ATTRIBUTES_PER_CLASS * C
     many = cap + 4  # more features than C classes need; the SmallCNN has 24
@@ -363,7 +363,7 @@ def test_default_dictionary_size_follows_the_class_count(model, data) -> None:
 def test_head_is_refitted_on_the_final_attributes(flint_model) -> None:
     """After Φ is learned, h alone is refitted on Φ(x) for a share of the epochs; the reported
     training agreement is the final model's."""
-    from retrofit.attributes import HEAD_REFIT_SHARE
+    from retrofit.methods.flint.attributes import HEAD_REFIT_SHARE
 
     history = flint_model.stats["head"]["history"]
     assert history["head_refit_epochs"] == max(1, math.ceil(HEAD_REFIT_SHARE * history["epochs"]))

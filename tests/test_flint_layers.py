@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
 from retrofit.errors import ConfigError, ExportSchemaError, LayerNotFoundError
-from retrofit.hooks import FeatureCapture
+from retrofit.extraction.hooks import FeatureCapture
 from tests.test_flint import FAST, SmallCNN
 from tests.tiny import TINY_VIT, colour_coded_images
 

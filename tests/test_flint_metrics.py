@@ -10,7 +10,7 @@ import torch
 from retrofit.check import metrics as M
 from retrofit.check.attribute_metrics import attribute_entropy, dead_share, fidelity_at_k
 from retrofit.errors import ConfigError
-from retrofit.relevance import check_tau, class_relevance, local_relevance
+from retrofit.methods.flint.relevance import check_tau, class_relevance, local_relevance
 
 
 def test_cns_and_relevance_on_a_hand_built_head() -> None:

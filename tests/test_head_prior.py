@@ -7,8 +7,8 @@ import torch
 
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, FeatureError
-from retrofit.heads.base import HeadResult, fit_head, get_head
-from retrofit.quantize import ternary_quantise
+from retrofit.methods.base import HeadResult, fit_head, get_head
+from retrofit.methods.qsenn.quantize import ternary_quantise
 from retrofit.solvers.elastic_net import fit_elastic_net, lambda_max
 
 C = 4

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 import retrofit
 from retrofit.errors import ConfigError, ExportNotFoundError
-from retrofit.hf import RetrofitForImageClassification, image_processor
+from retrofit.model.hf import RetrofitForImageClassification, image_processor
 from tests.tiny import TINY_VIT, SmallCNN, colour_coded_images
 
 C = 3
@@ -318,7 +318,7 @@ def test_a_torchvision_export_carries_its_weights_transforms(data, tmp_path, cap
 
 
 def test_preprocessing_that_names_foreign_code_is_refused() -> None:
-    from retrofit.preprocessing import image_transform
+    from retrofit.extraction.preprocessing import image_transform
 
     with pytest.raises(ConfigError, match="not an image processor class of transformers"):
         image_transform({"source": "transformers", "image_processor_type": "PreTrainedModel"})
@@ -341,8 +341,8 @@ def test_open_clip_preprocessing_is_open_clips_own(tmp_path) -> None:
     import open_clip
 
     from retrofit.adapters.open_clip import OpenCLIPClassifier
-    from retrofit.preprocessing import image_transform
-    from retrofit.specs import preprocessing_of
+    from retrofit.extraction.preprocessing import image_transform
+    from retrofit.io.specs import preprocessing_of
 
     tiny = {
         "embed_dim": 16,

@@ -23,7 +23,7 @@ import retrofit
 from retrofit.cli import main
 from retrofit.errors import RetrofitError, UntrustedCodeError
 from retrofit.export.write import file_info
-from retrofit.model import load
+from retrofit.model.interpretable import load
 from tests.tiny import colour_coded_images
 
 C = 3
@@ -77,7 +77,7 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def exported(data, tmp_path_factory) -> tuple[nn.Module, retrofit.InterpretableModel, Path]:
-    from retrofit.specs import build_model
+    from retrofit.io.specs import build_model
 
     root = tmp_path_factory.mktemp("hostile")
     (root / "factory.py").write_text(FACTORY)
@@ -242,8 +242,8 @@ def test_malformed_build_specs_are_schema_errors_even_when_trusted(victim, build
 
 
 def test_registry_names_never_count_as_paths_but_local_files_do(tmp_path, monkeypatch) -> None:
-    from retrofit.specs import parse_spec
-    from retrofit.trust import check_spec
+    from retrofit.io.specs import parse_spec
+    from retrofit.io.trust import check_spec
 
     monkeypatch.chdir(tmp_path)
     for name in ("resnet18", "laion2b", "org"):
@@ -260,7 +260,7 @@ def test_registry_names_never_count_as_paths_but_local_files_do(tmp_path, monkey
 
 
 def test_the_demo_spec_is_portable(tmp_path) -> None:
-    from retrofit.specs import build_model, describe_model, parse_spec
+    from retrofit.io.specs import build_model, describe_model, parse_spec
 
     spec = parse_spec("retrofit:demo")
     model = build_model(spec)

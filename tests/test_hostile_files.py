@@ -14,9 +14,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from retrofit.cli import main
-from retrofit.data_specs import open_data
 from retrofit.datasets.folders import BadImageError, write_image_folder
 from retrofit.errors import DataError, UntrustedCodeError, WeightsFileError
+from retrofit.io.data_specs import open_data
 from tests.tiny import colour_coded_images
 
 CONVERT = [
@@ -120,7 +120,7 @@ def test_convert_skips_bad_images_and_counts_them(
 def test_a_user_dataset_with_a_truncated_file_is_a_data_error(folder_with_bad_images) -> None:
     from torchvision.datasets import ImageFolder
 
-    from retrofit.loaders import as_batches, iterate
+    from retrofit.extraction.loaders import as_batches, iterate
 
     root, bad = folder_with_bad_images
     with pytest.raises(DataError, match="cannot be read") as caught:
@@ -145,7 +145,7 @@ def test_weights_that_are_not_safetensors(tmp_path: Path, capsys) -> None:
 def test_weights_whose_keys_do_not_fit_name_them(tmp_path: Path, capsys) -> None:
     import torchvision
 
-    from retrofit.specs import load_weights
+    from retrofit.io.specs import load_weights
 
     state = torchvision.models.resnet18(num_classes=3).state_dict()
     wrong = tmp_path / "wrong.safetensors"
@@ -190,13 +190,13 @@ def _tiny_hf_folder(path: Path) -> Path:
 
 
 def _hf_spec(folder: Path):
-    from retrofit.specs import parse_spec
+    from retrofit.io.specs import parse_spec
 
     return parse_spec(f"hf:{folder}")
 
 
 def test_a_plain_local_transformers_folder_needs_no_trust(tmp_path: Path) -> None:
-    from retrofit.trust import check_spec
+    from retrofit.io.trust import check_spec
 
     folder = _tiny_hf_folder(tmp_path / "hf")
     assert (folder / "model.safetensors").is_file()
@@ -219,7 +219,7 @@ def test_a_plain_local_transformers_folder_needs_no_trust(tmp_path: Path) -> Non
     ],
 )
 def test_a_local_folder_that_could_run_code_still_needs_trust(tmp_path, poison, reason) -> None:
-    from retrofit.trust import check_spec
+    from retrofit.io.trust import check_spec
 
     folder = _tiny_hf_folder(tmp_path / "hf")
     poison(folder)
@@ -230,7 +230,7 @@ def test_a_local_folder_that_could_run_code_still_needs_trust(tmp_path, poison, 
 
 def test_explain_an_export_of_a_local_transformers_folder(tmp_path: Path, capsys) -> None:
     import retrofit
-    from retrofit.specs import build_model
+    from retrofit.io.specs import build_model
 
     folder = _tiny_hf_folder(tmp_path / "hf")
     model = build_model(f"hf:{folder}").eval()
@@ -264,7 +264,7 @@ def test_model_card_escapes_names_and_says_when_trust_is_needed(tmp_path: Path) 
         "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
         "                         nn.Flatten(), nn.Linear(8, 3))\n"
     )
-    from retrofit.specs import build_model
+    from retrofit.io.specs import build_model
 
     spec = f"python:{factory}:build"
     model = build_model(spec).eval()

@@ -1,4 +1,4 @@
-"""The data normalisation policy (retrofit/inputs.py): what is converted, what gets a DataError."""
+"""The data normalisation policy (retrofit/extraction/inputs.py): what is converted, what gets a DataError."""
 
 from __future__ import annotations
 
@@ -45,17 +45,17 @@ def _extract(model: nn.Module, loader, **kwargs) -> retrofit.FeatureSet:
 def test_uint8_and_grayscale_images_are_converted_with_a_log_line(
     model, data, caplog, monkeypatch
 ) -> None:
-    monkeypatch.setattr("retrofit.inputs._LOGGED", set())  # logged once per process
+    monkeypatch.setattr("retrofit.extraction.inputs._LOGGED", set())  # logged once per process
     images, labels = data
     as_uint8 = (images * 255).round().to(torch.uint8)
-    with caplog.at_level(logging.INFO, logger="retrofit.inputs"):
+    with caplog.at_level(logging.INFO, logger="retrofit.extraction.inputs"):
         converted = _extract(model, [(as_uint8, labels)])
     assert "divided by 255" in caplog.text
     expected = _extract(model, [(as_uint8.float() / 255, labels)])
     assert torch.equal(converted.features, expected.features)
 
     gray = images[:, :1]
-    with caplog.at_level(logging.INFO, logger="retrofit.inputs"):
+    with caplog.at_level(logging.INFO, logger="retrofit.extraction.inputs"):
         from_gray = _extract(model, [(gray, labels)])
     assert "repeated to the model's 3 channels" in caplog.text
     assert torch.equal(

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
 from retrofit.errors import ExportError, RetrofitError, TransformersViewError
-from retrofit.specs import ModelSpec, build_model
+from retrofit.io.specs import ModelSpec, build_model
 from tests.tiny import TINY_VIT, SmallCNN, colour_coded_images
 
 C = 3

@@ -12,7 +12,7 @@ from PIL import Image
 
 import retrofit
 from retrofit.cli import main
-from retrofit.specs import build_model
+from retrofit.io.specs import build_model
 from retrofit.web.game import read_game_manifest
 from tests.tiny import colour_coded_images
 

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
-from retrofit.cache import Batch, FeatureCache
 from retrofit.errors import ConfigError, FeatureError
+from retrofit.extraction.cache import Batch, FeatureCache
+from retrofit.extraction.streaming import Standardised, column_stats
 from retrofit.solvers.stats import standardise
-from retrofit.streaming import Standardised, column_stats
 from tests.test_convert import SmallCNN
 from tests.tiny import colour_coded_images
 
@@ -167,7 +167,7 @@ def test_the_elastic_net_without_logit_tables_matches_the_one_with(monkeypatch):
 
 
 def test_the_streamed_dense_head_matches_a_fit_on_the_standardised_copy():
-    from retrofit.heads.dense import DENSE_L2, fit_dense
+    from retrofit.methods.dense.head import DENSE_L2, fit_dense
     from retrofit.solvers.elastic_net import fit_elastic_net
 
     g = torch.Generator().manual_seed(3)

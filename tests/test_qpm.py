@@ -12,8 +12,8 @@ import torch
 
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, InfeasibleSettingsError, SolverError
-from retrofit.heads.base import get_head
-from retrofit.solvers.cliques import (
+from retrofit.methods.base import get_head
+from retrofit.methods.qpm.cliques import (
     clique_threshold,
     duplicate_class_pairs,
     find_clique,
@@ -23,7 +23,7 @@ from retrofit.solvers.cliques import (
     perturbed_search,
     selection_value,
 )
-from retrofit.solvers.qpm_constants import (
+from retrofit.methods.qpm.constants import (
     class_correlation,
     default_candidate_count,
     kth_largest,
@@ -31,14 +31,14 @@ from retrofit.solvers.qpm_constants import (
     redundancy,
     select_candidates,
 )
-from retrofit.solvers.qpm_cuts import (
+from retrofit.methods.qpm.cuts import (
     Cut,
     clique_cut,
     independence_number,
     separate,
     stable_cut,
 )
-from retrofit.solvers.qpm_program import (
+from retrofit.methods.qpm.program import (
     DEFAULT_TIME_LIMIT,
     _gap_words,
     _time_limit_advice,
@@ -47,7 +47,7 @@ from retrofit.solvers.qpm_program import (
     penalty_matrix,
     solve_program,
 )
-from retrofit.solvers.qpm_projection import ValueCut, class_values, violated_cuts
+from retrofit.methods.qpm.projection import ValueCut, class_values, violated_cuts
 from retrofit.solvers.stats import standardise
 
 
@@ -267,7 +267,7 @@ def _never(*args, **kwargs):
 def test_impossible_settings_fail_before_solving(
     monkeypatch, n_classes, dim, n_features, per_class, match
 ):
-    import retrofit.heads.qpm as qpm_module
+    import retrofit.methods.qpm.head as qpm_module
 
     monkeypatch.setattr(qpm_module, "solve_program", _never)
     monkeypatch.setattr(qpm_module, "correlation_with_moments", _never)

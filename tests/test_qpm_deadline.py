@@ -6,16 +6,16 @@ import warnings
 
 import torch
 
-from retrofit.heads import get_head
-from retrofit.solvers.cliques import perturbed_search
-from retrofit.solvers.deadline import Deadline
-from retrofit.solvers.qpm_constants import (
+from retrofit.methods.base import get_head
+from retrofit.methods.qpm.cliques import perturbed_search
+from retrofit.methods.qpm.constants import (
     MIN_ROWS_PER_CLASS,
     class_correlation,
     redundancy,
     rows_within,
 )
-from retrofit.solvers.qpm_program import penalty_matrix
+from retrofit.methods.qpm.program import penalty_matrix
+from retrofit.solvers.deadline import Deadline
 from tests.test_qpm import class_sets, config, planted
 
 

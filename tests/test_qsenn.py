@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.config import RetrofitConfig
-from retrofit.heads.base import HeadResult, get_head
+from retrofit.fitting.bottleneck import Bottleneck, FixedHead
+from retrofit.methods.base import HeadResult, get_head
 
 N_CLASSES, N_FEATURES, PER_CLASS = 5, 8, 2
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retrofit.errors import InfeasibleSettingsError
-from retrofit.quantize import bias_ramp, quantise_head, ternary_quantise
+from retrofit.methods.qsenn.quantize import bias_ramp, quantise_head, ternary_quantise
 
 
 def test_keeps_exactly_the_largest_magnitudes_with_their_signs():
@@ -58,7 +58,7 @@ def test_all_zero_rows_and_too_few_non_zeros(caplog):
     w = torch.zeros(3, 4)
     w[0, 1] = -2.0
     w[2, 3] = 1.0
-    with caplog.at_level(logging.WARNING, logger="retrofit.quantize"):
+    with caplog.at_level(logging.WARNING, logger="retrofit.methods.qsenn.quantize"):
         assignment, scale = ternary_quantise(w, per_class=2)
     assert assignment.tolist() == [[0, -1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
     assert scale == pytest.approx(1.5)

@@ -15,9 +15,9 @@ import retrofit
 from retrofit.cli import build_parser
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError
-from retrofit.solvers.cliques import greedy_assignment
-from retrofit.solvers.qpm_edit import solve_edited_program
-from retrofit.solvers.qpm_program import (
+from retrofit.methods.qpm.cliques import greedy_assignment
+from retrofit.methods.qpm.edit import solve_edited_program
+from retrofit.methods.qpm.program import (
     available_solvers,
     solve_outcome,
     solve_program,

@@ -30,7 +30,7 @@ from retrofit.concepts import (
 )
 from retrofit.config import CONFIG_NAME, RetrofitConfig
 from retrofit.errors import ConfigError
-from retrofit.heads import unregister_head
+from retrofit.methods.base import unregister_head
 from tests.tiny import SmallCNN, colour_coded_images
 
 FAST = {"finetune": "none", "progress": False, "n_features": 4, "per_class": 2}
@@ -63,7 +63,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 HEAD = """
     import torch
-    from retrofit.heads import HeadResult, register_head
+    from retrofit.methods.base import HeadResult, register_head
 
     CALLS = []
 
@@ -173,8 +173,8 @@ FAMILY = """
 
     from retrofit.adapters import ModelAdapter, register_adapter
     from retrofit.errors import ConfigError
-    from retrofit.safe_io import whole
-    from retrofit.specs import ModelSpec
+    from retrofit.io.files import whole
+    from retrofit.io.specs import ModelSpec
 
 
     class StripeNet(nn.Module):
@@ -222,8 +222,8 @@ FAMILY = """
 def test_a_registered_family_parses_builds_describes_exports_and_reloads(
     plugin, tmp_path, loader
 ) -> None:
-    from retrofit.data_specs import model_transform
-    from retrofit.specs import build_model, describe_model, parse_spec
+    from retrofit.io.data_specs import model_transform
+    from retrofit.io.specs import build_model, describe_model, parse_spec
 
     with pytest.raises(ConfigError, match="Cannot parse model spec 'stripe:8'"):
         parse_spec("stripe:8")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from retrofit.errors import ConfigError, ModelError
-from retrofit.specs import (
+from retrofit.io.specs import (
     ModelSpec,
     build_model,
     describe_model,

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from retrofit.errors import ModelError
-from retrofit.state import load_matching_state
+from retrofit.io.weights import load_matching_state
 
 
 def test_matching_weights_load_and_take_the_models_dtype(tmp_path) -> None:

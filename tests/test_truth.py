@@ -170,7 +170,7 @@ def test_concept_basis_detects_planted_concepts_and_folds_exactly() -> None:
     assert all(float(a) > 0.9 for a in basis.auc)
     extended = basis.extend(features)
     assert extended.shape == (600, 15)
-    from retrofit.bottleneck import Bottleneck
+    from retrofit.fitting.bottleneck import Bottleneck
 
     selected = torch.tensor([1, 12, 14])  # a channel and two concept features
     mean, std = extended[:, selected].mean(0), extended[:, selected].std(0)

@@ -11,7 +11,7 @@ import math
 import torch
 
 from retrofit.errors import DataError
-from retrofit.flint_losses import entropy
+from retrofit.methods.flint.losses import entropy
 
 FIDELITY_KS: tuple[int, ...] = (1, 5)
 DEAD_RANGE = 1e-6  # an attribute whose values span less than this on the data is dead

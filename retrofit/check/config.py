@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrofit.check.mas import DEFAULT_MAS_PAIRS
 from retrofit.check.pixel import PIXEL_METHODS, validate_methods
 from retrofit.check.report import THRESHOLDS, validate_thresholds
 from retrofit.errors import ConfigError
+from retrofit.methods.flint.mas import DEFAULT_MAS_PAIRS
 
 _COUNTS = ("max_pixel_images", "top_images", "max_explanations", "mas_pairs", "am_pi_pairs")
 

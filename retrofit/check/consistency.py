@@ -36,10 +36,10 @@ from retrofit.consistency_settings import PERTURBATIONS as PERTURBATIONS
 from retrofit.consistency_settings import SIMILARITIES
 from retrofit.consistency_settings import ConsistencySettings as ConsistencySettings
 from retrofit.errors import ConfigError, DataError, LayerNotFoundError
-from retrofit.hooks import FeatureCapture, LayerSpec, detect_layers
-from retrofit.loaders import as_batches, iterate
-from retrofit.model import InterpretableModel
-from retrofit.outputs import logits_of
+from retrofit.extraction.hooks import FeatureCapture, LayerSpec, detect_layers
+from retrofit.extraction.loaders import as_batches, iterate
+from retrofit.extraction.outputs import logits_of
+from retrofit.model.interpretable import InterpretableModel
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from retrofit.errors import ConfigError
-from retrofit.relevance import local_relevance
+from retrofit.methods.flint.relevance import local_relevance
 
 CNS_TAUS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 DIVERSITY_K = 5
@@ -263,7 +263,7 @@ def conciseness(
     taus: Sequence[float] = CNS_TAUS,
 ) -> dict[str, float]:
     """FLINT's CNS(τ): mean number of features with relevance r_j > 1/τ, r_j = v_j / max_i |v_i|
-    (retrofit.relevance.local_relevance), over the images with a non-zero contribution."""
+    (retrofit.methods.flint.relevance.local_relevance), over the images with a non-zero contribution."""
     relevance = local_relevance(z, weight, predicted)
     ok = relevance.abs().amax(dim=1) > 0
     relevance = relevance[ok]

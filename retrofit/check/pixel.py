@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from retrofit.check.concept_deletion import area
 from retrofit.check.metrics import nanmean
 from retrofit.errors import ConfigError
-from retrofit.hooks import maps_to_grid
-from retrofit.model import InterpretableModel
+from retrofit.extraction.hooks import maps_to_grid
+from retrofit.model.interpretable import InterpretableModel
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from retrofit.errors import ConfigError
 
 if TYPE_CHECKING:
     from retrofit.check.config import CheckConfig
-    from retrofit.model import InterpretableModel
+    from retrofit.model.interpretable import InterpretableModel
 
 # result keys the built-in parts of check() write; a registered metric may not take them
 BUILT_IN_RESULTS = frozenset(

@@ -17,7 +17,7 @@ from typing import Any
 
 from retrofit.check.registry import BUILT_IN_THRESHOLDS as THRESHOLDS
 from retrofit.errors import ConfigError, RetrofitError
-from retrofit.safe_io import atomic_write_bytes
+from retrofit.io.files import atomic_write_bytes
 
 # threshold keyword -> (dotted metric path, comparison); "*" expands to every method measured
 _COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}

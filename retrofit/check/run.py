@@ -21,12 +21,10 @@ from tqdm.auto import tqdm
 
 from retrofit.check import attribute_metrics as AM
 from retrofit.check import metrics as M
-from retrofit.check.am_pi import am_pi
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.config import CheckConfig
 from retrofit.check.consistency import ConsistencySettings, consistency_report
 from retrofit.check.fidelity import fidelity_of_predictions
-from retrofit.check.mas import DEFAULT_MAS_PAIRS, mas_visuals
 from retrofit.check.pixel import (
     PixelSettings,
     batched,
@@ -40,10 +38,12 @@ from retrofit.check.report import Report, evaluate_thresholds
 from retrofit.check.rows import GrowingRows
 from retrofit.check.truth import truth_check
 from retrofit.errors import ConfigError, DataError
-from retrofit.hooks import FeatureCapture
-from retrofit.loaders import as_batches, dataset_length, iterate
-from retrofit.model import InterpretableModel
-from retrofit.outputs import logits_of
+from retrofit.extraction.hooks import FeatureCapture
+from retrofit.extraction.loaders import as_batches, dataset_length, iterate
+from retrofit.extraction.outputs import logits_of
+from retrofit.methods.flint.am_pi import am_pi
+from retrofit.methods.flint.mas import DEFAULT_MAS_PAIRS, mas_visuals
+from retrofit.model.interpretable import InterpretableModel
 from retrofit.solvers.quiet import progress_line
 
 logger = logging.getLogger(__name__)
@@ -785,7 +785,7 @@ def _explanations(
 
 
 def _head_fingerprint(imodel: InterpretableModel) -> str:
-    """Names the model in the report's edits files (see retrofit.edits_file)."""
-    from retrofit.edit import head_fingerprint
+    """Names the model in the report's edits files (see retrofit.editing.file)."""
+    from retrofit.editing.apply import head_fingerprint
 
     return head_fingerprint(imodel)

@@ -184,7 +184,7 @@ def _drop_proxies(
 def fold_bottleneck(bottleneck: Any, basis: ConceptBasis, in_features: int) -> Any:
     """An bottleneck over the D backbone features equal to `bottleneck` over the extended D + V
     ones (retrofit.concepts.coverage.widen_bottleneck puts a head fitted on some of them there)."""
-    from retrofit.bottleneck import Bottleneck
+    from retrofit.fitting.bottleneck import Bottleneck
 
     d = in_features
     device = bottleneck.mean.device

@@ -88,7 +88,7 @@ def head_candidates(
 def widen_bottleneck(bottleneck: Any, columns: torch.Tensor, width: int) -> Any:
     """The same bottleneck over all `width` columns, from one fitted over `columns` of them
     (its selection re-indexed, its mix's columns put back in place; the others weigh 0)."""
-    from retrofit.bottleneck import Bottleneck
+    from retrofit.fitting.bottleneck import Bottleneck
 
     columns = columns.to(bottleneck.selected.device)
     wide = Bottleneck(

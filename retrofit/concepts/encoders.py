@@ -37,10 +37,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retrofit.errors import CacheError, ConfigError, DataError, ModelError
-from retrofit.fingerprint import batch_fingerprint, model_fingerprint, settings_fingerprint
-from retrofit.loaders import as_batches, dataset_length, iterate
-from retrofit.safe_io import atomic_save_safetensors
-from retrofit.state import load_matching_state
+from retrofit.extraction.fingerprint import (
+    batch_fingerprint,
+    model_fingerprint,
+    settings_fingerprint,
+)
+from retrofit.extraction.loaders import as_batches, dataset_length, iterate
+from retrofit.io.files import atomic_save_safetensors
+from retrofit.io.weights import load_matching_state
 
 logger = logging.getLogger(__name__)
 

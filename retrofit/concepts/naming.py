@@ -64,8 +64,8 @@ from retrofit.concepts.scoring import (
 from retrofit.concepts.settings import parse_concepts
 from retrofit.concepts.vocabulary import Vocabulary, filter_vocabulary, load_vocabulary
 from retrofit.errors import ConfigError, DataError
-from retrofit.featureset import FeatureSet
-from retrofit.loaders import as_batches, dataset_length, iterate
+from retrofit.extraction.featureset import FeatureSet
+from retrofit.extraction.loaders import as_batches, dataset_length, iterate
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 
 from retrofit.datasets.demo import DemoCNN
 from retrofit.errors import ConfigError, ModelError
-from retrofit.state import load_matching_state
+from retrofit.io.weights import load_matching_state
 
 logger = logging.getLogger(__name__)
 

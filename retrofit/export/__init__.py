@@ -11,9 +11,9 @@ An export folder holds
 Saving writes a temporary sibling folder and swaps it in (staging.py), so an interrupted save
 leaves the previous export intact. Loading checks every file against the config (schema.py)
 before building anything; nothing in the folder is executed or unpickled, and a base model spec
-that would run code is refused unless trust_remote_code=True (retrofit.trust).
+that would run code is refused unless trust_remote_code=True (retrofit.io.trust).
 
-This package never imports retrofit.model: the model calls in (save_pretrained,
+This package never imports retrofit.model.interpretable: the model calls in (save_pretrained,
 from_pretrained), and reading returns plain parts (ExportParts) that the model assembles.
 """
 

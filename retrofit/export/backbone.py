@@ -21,11 +21,11 @@ from retrofit.errors import (
     ModelError,
 )
 from retrofit.export.layout import BACKBONE_FILE, CONFIG_FILE
-from retrofit.fingerprint import model_fingerprint
-from retrofit.hooks import LayerSpec
-from retrofit.safe_io import check_safetensors_header
-from retrofit.specs import ModelSpec, build_model, spec_forms
-from retrofit.trust import check_spec
+from retrofit.extraction.fingerprint import model_fingerprint
+from retrofit.extraction.hooks import LayerSpec
+from retrofit.io.files import check_safetensors_header
+from retrofit.io.specs import ModelSpec, build_model, spec_forms
+from retrofit.io.trust import check_spec
 
 
 def load_backbone(

@@ -14,7 +14,7 @@ from retrofit.export.staging import recover_interrupted_save
 from retrofit.export.write import save
 
 if TYPE_CHECKING:
-    from retrofit.model import InterpretableModel
+    from retrofit.model.interpretable import InterpretableModel
 
 
 def push_to_hub(

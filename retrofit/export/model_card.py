@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from retrofit.concepts.evidence import reliability_sentences
 
-if TYPE_CHECKING:  # retrofit.model imports the export lazily; a runtime import would be circular
-    from retrofit.model import InterpretableModel
+if (
+    TYPE_CHECKING
+):  # retrofit.model.interpretable imports the export lazily; a runtime import would be circular
+    from retrofit.model.interpretable import InterpretableModel
 
 _METRICS = (
     ("accuracy", "accuracy"),
@@ -55,8 +57,8 @@ def loading_needs_trust(base_model: dict[str, Any], files: dict[str, Any]) -> bo
     """Whether retrofit.load of the export needs trust_remote_code=True: its base model spec
     would run code (a `python:` spec, custom HF code) or read files outside the export."""
     from retrofit.errors import RetrofitError, UntrustedCodeError
-    from retrofit.specs import ModelSpec
-    from retrofit.trust import check_spec
+    from retrofit.io.specs import ModelSpec
+    from retrofit.io.trust import check_spec
 
     build = base_model.get("build")
     if not build:

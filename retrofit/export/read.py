@@ -12,8 +12,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from retrofit.attributes import AttributeMap
-from retrofit.bottleneck import Bottleneck, FixedHead
 from retrofit.config import RetrofitConfig
 from retrofit.errors import ConfigError, ExportCorruptedError, ExportSchemaError
 from retrofit.export.backbone import check_backbone_fits, load_backbone
@@ -27,8 +25,10 @@ from retrofit.export.schema import (
     upgrade_tensors,
     verify_file,
 )
-from retrofit.hooks import LayerSpec
-from retrofit.safe_io import check_safetensors_header, safe_member
+from retrofit.extraction.hooks import LayerSpec
+from retrofit.fitting.bottleneck import Bottleneck, FixedHead
+from retrofit.io.files import check_safetensors_header, safe_member
+from retrofit.methods.flint.attributes import AttributeMap
 
 
 @dataclass
@@ -60,7 +60,7 @@ def read_export(
     The backbone is `model` when given (its fingerprint must match, or with strict=False a
     warning is issued), else backbone.safetensors on the architecture of the base model spec
     when the export includes it, else the base model rebuilt from its spec. A spec that would
-    run code or read files outside the export needs trust_remote_code=True (retrofit.trust).
+    run code or read files outside the export needs trust_remote_code=True (retrofit.io.trust).
     """
     folder = Path(path).expanduser()
     config = read_config(folder)

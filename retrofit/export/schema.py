@@ -2,7 +2,7 @@
 
 An export folder is untrusted input. Before its config or tensors reach any other code:
   - every file it names is a plain name inside the folder and a regular file of bounded size
-    (retrofit.safe_io), whose size and sha256 match the config;
+    (retrofit.io.files), whose size and sha256 match the config;
   - the JSON is bounded in size and depth, has no NaN/Infinity, and every field the loader
     uses has a type and a range (`FIELDS`);
   - the tensors have the names, shapes and dtypes the config implies, and are finite.
@@ -33,7 +33,7 @@ from retrofit.export.layout import (
     package_version,
 )
 from retrofit.export.staging import recover_interrupted_save
-from retrofit.safe_io import (
+from retrofit.io.files import (
     MAX_COUNT,
     MAX_FEATURE_DIM,
     MAX_FILE_BYTES,
@@ -50,7 +50,7 @@ from retrofit.safe_io import (
     text,
     whole,
 )
-from retrofit.specs import ModelSpec
+from retrofit.io.specs import ModelSpec
 
 MAPS_LAYOUTS = ("nchw", "nhwc", "tokens", "head_input")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -435,7 +435,7 @@ def _join(where: str, key: str) -> str:
 def check_pooled_layers(config: dict[str, Any]) -> None:
     """base_model.layer.pooled_layers (FLINT's flint_layers): bounded distinct module names,
     only on a model whose FLINT attributes read them, and the same list as config.flint_layers."""
-    from retrofit.pooled_layers import MAX_POOLED_LAYERS
+    from retrofit.extraction.pooled_layers import MAX_POOLED_LAYERS
 
     names = config["base_model"]["layer"].get("pooled_layers")
     stored = config["config"].get("flint_layers")

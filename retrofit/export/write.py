@@ -38,12 +38,12 @@ from retrofit.export.staging import (
     remove_dead_stagings,
     swap_in,
 )
-from retrofit.fingerprint import model_fingerprint
-from retrofit.safe_io import as_umask_allows, atomic_write_bytes, sha256_of
-from retrofit.specs import ModelSpec, describe_model, preprocessing_of, weights_from_spec
+from retrofit.extraction.fingerprint import model_fingerprint
+from retrofit.io.files import as_umask_allows, atomic_write_bytes, sha256_of
+from retrofit.io.specs import ModelSpec, describe_model, preprocessing_of, weights_from_spec
 
 if TYPE_CHECKING:
-    from retrofit.model import InterpretableModel
+    from retrofit.model.interpretable import InterpretableModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def save(
 ) -> Path:
     """Write an export folder (see the module docstring); returns its path.
 
-    `base_model` (a spec string, see retrofit.specs) overrides config.base_model and what can
+    `base_model` (a spec string, see retrofit.io.specs) overrides config.base_model and what can
     be derived from the model. include_backbone=True stores the backbone's weights so the folder
     stands alone; it needs a spec for the architecture. An existing export is replaced once the
     new one is complete; a folder holding anything else is refused, except that files an export

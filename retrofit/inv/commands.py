@@ -17,7 +17,7 @@ from retrofit.inv.explanation import auto_label_records, layer_explanation
 from retrofit.inv.labels import auto_labels
 from retrofit.inv.maps import cluster_maps
 from retrofit.inv.reveal import reveal_curves
-from retrofit.safe_io import atomic_write_bytes
+from retrofit.io.files import atomic_write_bytes
 from retrofit.web.game import read_game_manifest, write_reveal_game
 from retrofit.web.layers_report import layer_explanation_section, write_layer_report
 

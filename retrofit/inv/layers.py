@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from retrofit.errors import LayerNotFoundError
-from retrofit.hooks import _map_layout, _resolve_override, maps_to_grid, trace_modules
-from retrofit.outputs import logits_of
+from retrofit.extraction.hooks import _map_layout, _resolve_override, maps_to_grid, trace_modules
+from retrofit.extraction.outputs import logits_of
 
 DEFAULT_N_LAYERS = 3
 

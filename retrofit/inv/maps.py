@@ -14,9 +14,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retrofit.errors import ConfigError, DataError
+from retrofit.extraction.loaders import as_batches, iterate
 from retrofit.inv.clustering import K_RANGE, cluster_layer, saliency_map
 from retrofit.inv.layers import DEFAULT_N_LAYERS, activations_and_gradients, resolve_layers
-from retrofit.loaders import as_batches, iterate
 
 logger = logging.getLogger(__name__)
 

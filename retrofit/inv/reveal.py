@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrofit.errors import ConfigError
+from retrofit.extraction.outputs import logits_of
 from retrofit.inv.maps import ClusterMaps, model_device
-from retrofit.outputs import logits_of
 
 REVEAL_FRACTIONS: tuple[float, ...] = (0.02, 0.045, 0.08, 0.13, 0.20, 0.30)
 

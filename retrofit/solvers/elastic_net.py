@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from retrofit.errors import ConfigError, FeatureError, InfeasibleSettingsError
-from retrofit.streaming import Standardised, all_finite
+from retrofit.extraction.streaming import Standardised, all_finite
 
 logger = logging.getLogger(__name__)
 

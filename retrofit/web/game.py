@@ -25,7 +25,7 @@ from retrofit.concepts.encoders import to_unit_range
 from retrofit.errors import ConfigError
 from retrofit.inv.maps import ClusterMaps
 from retrofit.inv.reveal import REVEAL_FRACTIONS, reveal_masks
-from retrofit.safe_io import atomic_write_bytes
+from retrofit.io.files import atomic_write_bytes
 
 GAME_FORMAT = "retrofit-reveal-game"
 PLACEHOLDER = "/*GAME_DATA*/"

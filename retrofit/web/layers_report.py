@@ -13,7 +13,7 @@ import torch
 
 from retrofit.concepts.encoders import to_unit_range
 from retrofit.inv.maps import ClusterMaps
-from retrofit.safe_io import atomic_write_bytes
+from retrofit.io.files import atomic_write_bytes
 from retrofit.web.game import png_data_uri
 
 STYLE = """<style>

@@ -1,0 +1,1 @@
+"""The dense linear probe: the baseline every interpretable head is measured against."""

@@ -1,0 +1,1 @@
+"""Q-SENN: a sparse ternary head; `head` fits it, `quantize` makes it ternary."""

@@ -1,0 +1,1 @@
+"""A sparse linear head along an elastic-net path (the glm-saga problem)."""
