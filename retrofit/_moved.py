@@ -37,7 +37,6 @@ MOVED = {
     "retrofit.fingerprint": "retrofit.extraction.fingerprint",
     "retrofit.flint_losses": "retrofit.methods.flint.losses",
     "retrofit.flint_settings": "retrofit.methods.flint.settings",
-    "retrofit.heads": "retrofit.methods",
     "retrofit.heads.base": "retrofit.methods.base",
     "retrofit.heads.dense": "retrofit.methods.dense.head",
     "retrofit.heads.flint": "retrofit.methods.flint.head",
@@ -72,17 +71,43 @@ MOVED = {
 }
 
 
+# old packages: a stand-in package (so that its old submodules above import) whose names are
+# read from the new module; never the new package itself, whose attributes the import system
+# would overwrite with the old submodules
+MOVED_PACKAGES = {"retrofit.heads": "retrofit.methods.base"}
+
+
+def _warn(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} moved to {new}; the old path stops working in retrofit {REMOVED_IN}: "
+        f"import {new} instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+class _MovedPackageLoader(importlib.abc.Loader):
+    def __init__(self, new: str) -> None:
+        self.new = new
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        _warn(spec.name, self.new)
+        stand_in = ModuleType(spec.name, f"Moved: the names of {self.new}.")
+        target = importlib.import_module(self.new)
+        stand_in.__path__ = []  # a package, so its old submodules resolve through MOVED
+        stand_in.__getattr__ = lambda name: getattr(target, name)  # type: ignore[method-assign]
+        return stand_in
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Nothing to run: the stand-in reads its names from the new module."""
+
+
 class _MovedModuleLoader(importlib.abc.Loader):
     def __init__(self, new: str) -> None:
         self.new = new
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        warnings.warn(
-            f"{spec.name} moved to {self.new}; the old path stops working in retrofit "
-            f"{REMOVED_IN}: import {self.new} instead.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _warn(spec.name, self.new)
         return importlib.import_module(self.new)
 
     def exec_module(self, module: ModuleType) -> None:
@@ -93,6 +118,9 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
     """Finds each old path in MOVED and hands out the module at its new path."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None):
+        if fullname in MOVED_PACKAGES:
+            loader: importlib.abc.Loader = _MovedPackageLoader(MOVED_PACKAGES[fullname])
+            return importlib.machinery.ModuleSpec(fullname, loader, is_package=True)
         new = MOVED.get(fullname)
         if new is None:
             return None

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
+from retrofit.registry import HEADS
 from tests.tiny import colour_coded_images
 
 C = 4
@@ -38,7 +39,7 @@ def _loader(data, batch_size: int = 32) -> DataLoader:
     return DataLoader(TensorDataset(*data), batch_size=batch_size)
 
 
-@pytest.mark.parametrize("method", ["qpm", "qsenn", "sparse", "dense"])
+@pytest.mark.parametrize("method", HEADS.names())
 def test_every_method_converts_and_runs_on_images(method: str, data) -> None:
     model = SmallCNN().eval()
     imodel = retrofit.convert(
@@ -70,7 +71,9 @@ def test_every_method_converts_and_runs_on_images(method: str, data) -> None:
     shown = repr(imodel)  # the interpretable parts, not the backbone's every layer
     assert len(shown.splitlines()) == 7 and f"method: {method}" in shown
     nonzero = int((imodel.head.weight != 0).sum())
-    assert f"{n_features} features from 24 channels" in shown and f"{nonzero} non-zero" in shown
+    read = imodel.bottleneck.attributes  # FLINT's head reads its learned attributes
+    source = "24 channels" if read is None else f"{imodel.bottleneck.in_features} attributes"
+    assert f"{n_features} features from {source}" in shown and f"{nonzero} non-zero" in shown
     kind = {"qpm": "binary", "qsenn": "ternary"}.get(method)
     assert kind is None or f"{kind} weights" in shown
 

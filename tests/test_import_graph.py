@@ -191,3 +191,19 @@ def test_a_moved_module_keeps_its_old_path_for_one_release(old: str) -> None:
         module = importlib.import_module(old)
     assert module is importlib.import_module(_moved.MOVED[old])
     assert not (ROOT / Path(*old.split("."))).with_suffix(".py").exists()
+    # the old path never rebinds the new package's own names
+    new_parent, leaf = _moved.MOVED[old].rsplit(".", 1)
+    assert getattr(importlib.import_module(new_parent), leaf) is module
+
+
+def test_the_old_heads_package_offers_its_names_without_touching_methods() -> None:
+    import retrofit.methods.qpm.head as qpm_head
+
+    for old in ("retrofit.heads", "retrofit.heads.qpm"):
+        sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match="retrofit.methods.base"):
+        import retrofit.heads as old_heads
+    with pytest.warns(DeprecationWarning):
+        from retrofit.heads import qpm  # noqa: F401  (the old submodule path)
+    assert old_heads.get_head is importlib.import_module("retrofit.methods.base").get_head
+    assert importlib.import_module("retrofit.methods.qpm").head is qpm_head

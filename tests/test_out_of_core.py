@@ -13,6 +13,7 @@ import retrofit
 from retrofit.errors import ConfigError, FeatureError
 from retrofit.extraction.cache import Batch, FeatureCache
 from retrofit.extraction.streaming import Standardised, column_stats
+from retrofit.registry import HEADS
 from retrofit.solvers.stats import standardise
 from tests.test_convert import SmallCNN
 from tests.tiny import colour_coded_images
@@ -58,7 +59,7 @@ def _convert(cache_dir, method: str, **kw) -> retrofit.InterpretableModel:
     )
 
 
-@pytest.mark.parametrize("method", ["qpm", "qsenn", "sparse", "dense"])
+@pytest.mark.parametrize("method", HEADS.names())
 def test_out_of_core_fit_gives_the_same_model_as_in_memory(tmp_path, method):
     in_memory = _convert(None, method)
     mapped = _convert(str(tmp_path), method)

@@ -291,12 +291,14 @@ def test_time_limit_returns_a_feasible_assignment():
         warnings.simplefilter("always")
         result = get_head("qpm")(features, labels, cfg)
     said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    # on a loaded machine CBC may still prove this program optimal within 0.05 s; then it must
-    # not claim the limit stopped it. Otherwise the limit was hit and a warning said so.
-    if result.stats["status"] == "optimal":
-        assert not result.stats["time_limit_hit"]
+    # on a loaded machine CBC may still finish this program within 0.05 s (optimal, or
+    # "feasible" when its bound is a placeholder that proves nothing); then nothing may claim
+    # the limit stopped it. Otherwise the limit was hit and a warning said so.
+    if result.stats["time_limit_hit"]:
+        assert any("QPM" in m for m in said), said
     else:
-        assert result.stats["time_limit_hit"] and any("QPM" in m for m in said), said
+        assert result.stats["status"] in ("optimal", "feasible"), result.stats
+        assert not any("time limit" in m for m in said), said
     assert result.selected.shape == (40,) and len(set(result.selected.tolist())) == 40
     assert (result.assignment.sum(dim=1) == 4).all()
     assert len(set(class_sets(result.assignment))) == 60

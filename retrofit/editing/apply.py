@@ -1,9 +1,10 @@
 """edit(): apply human edits to an interpretable model and get back the best model that obeys them.
 
-Renames only change names. Every other edit is a constraint: for qpm the assignment program is
-re-solved under it (retrofit.methods.qpm.edit; the selection is kept, dropped features' slots
-are refilled by the program from the best unused channels), for qsenn / sparse / dense the head
-is refitted on an edited support (retrofit.solvers.masked_refit). The bottleneck is then refitted
+Renames only change names. Every other edit is a constraint: a method that re-solves its head
+under edits says so in its traits (qpm: retrofit.methods.qpm.edit re-solves the assignment
+program, the selection kept, dropped features' slots refilled from the best unused channels);
+for the others (qsenn, sparse, dense) the head is refitted on an edited support
+(retrofit.solvers.masked_refit). The bottleneck is then refitted
 from the cached features, briefly, starting from its trained state. The result carries a diff,
 accuracy and fidelity before and after, and a provenance record that the export keeps.
 """
@@ -21,28 +22,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from retrofit.editing.parse import EditPlan, class_counts, parse_edits, plan_edits
+from retrofit.editing.parse import (
+    DEFAULT_EDIT_TIME_LIMIT,
+    EditPlan,
+    class_counts,
+    parse_edits,
+    plan_edits,
+)
 from retrofit.errors import EditError, FeatureError, SolverError
 from retrofit.extraction.featureset import FeatureSet
 from retrofit.extraction.fingerprint import model_fingerprint
 from retrofit.fitting.bottleneck import (
-    Bottleneck,
     FixedHead,
     bottleneck_epochs,
     class_diversity_default,
     finetune_bottleneck,
 )
-from retrofit.methods.qpm.constants import class_correlation, redundancy
-from retrofit.methods.qpm.edit import DEFAULT_EDIT_TIME_LIMIT, solve_edited_program
+from retrofit.methods.base import method_traits, shared_magnitude
 from retrofit.model.interpretable import InterpretableModel
 from retrofit.solvers.masked_refit import refit_head
-from retrofit.solvers.stats import MIN_STD
 
 logger = logging.getLogger(__name__)
 
 # the edit refits the bottleneck from its trained state: a tenth of a conversion's epochs
 EPOCH_SHARE = 0.1
-MIN_REPLACEMENTS = 10  # replacement channels offered to the program per edit, at least
 
 
 @dataclass
@@ -267,99 +270,15 @@ def _copy(imodel: InterpretableModel) -> InterpretableModel:
     return edited
 
 
-def _head_scale(weight: torch.Tensor) -> float | None:
-    """The one magnitude of a quantised head's non-zeros, None for a continuous head."""
-    values = weight[weight != 0].abs()
-    if not values.numel():
-        return 1.0
-    return float(values[0]) if bool((values == values[0]).all()) else None
-
-
 def _solve(
     imodel: InterpretableModel, plan: EditPlan, train: FeatureSet, limit: float, progress: bool
 ) -> list[int]:
     """Re-solve the head in place under the plan; the feature slots whose channel changed."""
-    if imodel.config.method == "qpm":
-        return _resolve_qpm(imodel, plan, train, limit, progress)
+    resolve = method_traits(imodel.config.method).resolve_edits
+    if resolve is not None:
+        return resolve(imodel, plan, train, limit, progress)
     _refit_linear(imodel, plan, train)
     return []
-
-
-def _resolve_qpm(
-    imodel: InterpretableModel, plan: EditPlan, train: FeatureSet, limit: float, progress: bool
-) -> list[int]:
-    x, y = train.features.float().cpu(), train.labels.cpu()
-    n_f, n_classes = imodel.n_features, imodel.num_classes
-    selected = imodel.bottleneck.selected.cpu()
-    counts = class_counts(imodel, plan)
-    kept = [j for j in range(n_f) if j not in plan.dropped]
-    assoc_all = class_correlation(x, y, n_classes)
-    channels = selected[kept].tolist()
-    if plan.dropped:
-        value = assoc_all.topk(min(max(counts), n_classes), dim=1).values.sum(dim=1)
-        value[selected] = -math.inf
-        n_new = min(int(x.shape[1]) - n_f, max(MIN_REPLACEMENTS, 4 * len(plan.dropped)))
-        if n_new < len(plan.dropped):
-            raise EditError(
-                f"dropping {len(plan.dropped)} features needs as many unused backbone channels, "
-                f"but only {int(x.shape[1]) - n_f} remain: drop fewer."
-            )
-        channels += torch.argsort(-value, stable=True)[:n_new].tolist()
-    assoc = assoc_all[channels]
-    k = len(channels)
-    position = {j: p for p, j in enumerate(kept)}
-    pinned = torch.zeros(k, n_classes, dtype=torch.bool)
-    forbidden = torch.zeros(k, n_classes, dtype=torch.bool)
-    for mask, links in ((pinned, plan.pinned), (forbidden, plan.forbidden)):
-        for c, j in links:
-            if j in position:
-                mask[position[j], c] = True
-    fixed_on = torch.zeros(k, dtype=torch.bool)
-    fixed_on[: len(kept)] = True
-    tau = imodel.stats.get("head", {}).get("tau")
-    result = solve_edited_program(
-        assoc,
-        redundancy(assoc),
-        math.inf if tau is None else float(tau),
-        n_features=n_f,
-        counts=counts,
-        fixed_on=fixed_on,
-        allowed=torch.ones(k, dtype=torch.bool),
-        pinned=pinned,
-        forbidden=forbidden,
-        solver=imodel.config.solver,
-        time_limit=limit,
-        seed=imodel.config.seed,
-        quiet=not progress,
-    )
-    new = torch.nonzero(result.selected[len(kept) :]).flatten() + len(kept)
-    slot_to_pool = torch.zeros(n_f, dtype=torch.long)
-    slot_to_pool[kept] = torch.arange(len(kept))
-    swapped = sorted(plan.dropped)
-    slot_to_pool[swapped] = new
-    scale = _head_scale(imodel.head.weight) or 1.0
-    weight = (scale * result.assignment[slot_to_pool].T.float()).contiguous()
-    imodel.head = FixedHead(weight, imodel.head.bias.detach().cpu()).to(imodel.head.weight.device)
-    _swap_channels(imodel.bottleneck, swapped, [channels[int(p)] for p in new], x)
-    imodel.stats.setdefault("edit_solves", []).append(result.stats)
-    return swapped
-
-
-@torch.no_grad()
-def _swap_channels(
-    bottleneck: Bottleneck, slots: list[int], channels: list[int], x: torch.Tensor
-) -> None:
-    """Point `slots` at new backbone channels, standardised on x, the mix reset to them."""
-    device = bottleneck.mean.device
-    for slot, channel in zip(slots, channels):
-        column = x[:, channel]
-        bottleneck.selected[slot] = channel
-        bottleneck.mean[slot] = column.mean()
-        bottleneck.log_std[slot] = column.std(unbiased=False).clamp_min(MIN_STD).log()
-        if bottleneck.mix is not None:
-            bottleneck.mix[slot] = 0.0
-            bottleneck.mix[slot, channel] = 1.0
-    bottleneck.to(device)
 
 
 def _refit_linear(imodel: InterpretableModel, plan: EditPlan, train: FeatureSet) -> None:
@@ -373,11 +292,12 @@ def _refit_linear(imodel: InterpretableModel, plan: EditPlan, train: FeatureSet)
         allowed[c, j] = False
     for c, j in plan.pinned:
         pinned[c, j] = True
-    if imodel.config.method == "dense":
+    traits = method_traits(imodel.config.method)
+    if traits.free_counts:
         counts = [plan.counts.get(c, int(allowed[c].sum())) for c in range(imodel.num_classes)]
     else:
         counts = class_counts(imodel, plan)
-    scale = _head_scale(weight) if imodel.config.method == "qsenn" else None
+    scale = shared_magnitude(weight) if traits.shared_magnitude else None
     new_weight, new_bias = refit_head(
         z, train.labels.cpu(), weight, bias, allowed, pinned, counts, scale
     )

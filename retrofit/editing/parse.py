@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from retrofit.errors import EditError
 
+DEFAULT_EDIT_TIME_LIMIT = 60.0  # seconds a re-solve under edits may take by default
+
 if TYPE_CHECKING:
     from retrofit.model.interpretable import InterpretableModel
 
@@ -273,7 +275,9 @@ def _check_dropped(imodel: InterpretableModel, plan: EditPlan, seen: dict) -> No
 def _check_counts(imodel: InterpretableModel, plan: EditPlan) -> None:
     """Per class: pins fit its count, enough allowed features remain, pinned sets stay unique."""
     counts = class_counts(imodel, plan)
-    refill = imodel.config.method == "qpm"  # qpm refills dropped slots with new features
+    from retrofit.methods.base import method_traits
+
+    refill = method_traits(imodel.config.method).refills_dropped
     usable = imodel.n_features - (0 if refill else len(plan.dropped))
     full: dict[frozenset[int], int] = {}
     for c, k in enumerate(counts):

@@ -379,3 +379,20 @@ def _accuracy(
             ).sum()
         )
     return correct / max(1, len(features))
+
+
+@torch.no_grad()
+def swap_channels(
+    bottleneck: Bottleneck, slots: list[int], channels: list[int], x: torch.Tensor
+) -> None:
+    """Point `slots` at new backbone channels, standardised on x, the mix reset to them."""
+    device = bottleneck.mean.device
+    for slot, channel in zip(slots, channels):
+        column = x[:, channel]
+        bottleneck.selected[slot] = channel
+        bottleneck.mean[slot] = column.mean()
+        bottleneck.log_std[slot] = column.std(unbiased=False).clamp_min(MIN_STD).log()
+        if bottleneck.mix is not None:
+            bottleneck.mix[slot] = 0.0
+            bottleneck.mix[slot, channel] = 1.0
+    bottleneck.to(device)

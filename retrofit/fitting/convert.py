@@ -29,6 +29,7 @@ from retrofit.extraction.streaming import chunk_rows, row_slices
 from retrofit.fitting.finetune import finetune_backbone
 from retrofit.fitting.layer_fit import HeadInputs, concept_head_inputs, fit_layer
 from retrofit.fitting.reweight import reweight_by_consistency
+from retrofit.methods.base import method_traits
 from retrofit.methods.flint.attributes import attribute_features
 from retrofit.model.interpretable import InterpretableModel
 
@@ -122,7 +123,7 @@ def convert(
     device = resolve_device(model, config.device)
     features = train.features.to(device)
     embeddings = None
-    if config.features == "flint" and config.method != "flint":
+    if config.features == "flint" and not method_traits(config.method).learns_attributes:
         attributes, attribute_feats, maps = attribute_features(
             features, train.labels.to(device), config, train.logits, train.maps
         )
@@ -212,7 +213,7 @@ def _concept_basis(
         config.concepts is None
         or not config.concept_features
         or not config.linear_mix
-        or config.method == "flint"  # FLINT learns its own attribute dictionary
+        or method_traits(config.method).learns_attributes  # FLINT learns its own dictionary
     ):
         return None, None, None
     settings = parse_concepts(config.concepts)

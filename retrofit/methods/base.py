@@ -65,14 +65,66 @@ class HeadMethod(Protocol):
     ) -> HeadResult: ...
 
 
-def register_head(name: str) -> Callable[[HeadMethod], HeadMethod]:
-    """Register a head-fitting function under `name` (one file per method; retrofit.registry)."""
-    return HEADS.register(name)
+@dataclass(frozen=True)
+class MethodTraits:
+    """What the rest of retrofit needs to know of a method beyond fitting it, so that editing,
+    conversion and the model ask the method instead of branching on its name.
+
+    resolve_edits: `fn(imodel, plan, train, time_limit, progress) -> slots whose channel
+        changed`, re-solving the head under human edits; None: the head is refitted on the
+        edited support (retrofit.solvers.masked_refit).
+    refills_dropped: a dropped feature's slot is refilled with a new channel (so dropping one
+        does not shrink the model).
+    shared_magnitude: the head's non-zeros share one magnitude, kept when it is refitted.
+    free_counts: classes may use any number of features (the dense probe).
+    learns_attributes: the method learns its own attribute dictionary (no concept features,
+        no FLINT attributes under another head).
+    relevance_tau: the default tau of the global explanation, whose head reads every feature
+        and lists only the relevant ones (None: every used feature is listed).
+    """
+
+    resolve_edits: Callable[..., list[int]] | None = None
+    refills_dropped: bool = False
+    shared_magnitude: bool = False
+    free_counts: bool = False
+    learns_attributes: bool = False
+    relevance_tau: float | None = None
+
+
+_TRAITS: dict[str, MethodTraits] = {}
+
+
+def register_head(name: str, **traits: Any) -> Callable[[HeadMethod], HeadMethod]:
+    """Register a head-fitting function under `name` (one file per method; retrofit.registry),
+    with its MethodTraits given as keywords (a plugin without any gets the defaults)."""
+    described = MethodTraits(**traits)
+    register = HEADS.register(name)
+
+    def decorate(method: HeadMethod) -> HeadMethod:
+        _TRAITS[name] = described
+        return register(method)
+
+    return decorate
 
 
 def unregister_head(name: str) -> None:
     """Remove a registered method (for plugins and tests that register one for a while)."""
     HEADS.unregister(name)
+    _TRAITS.pop(name, None)
+
+
+def method_traits(name: str) -> MethodTraits:
+    """The traits of method `name`, importing a built-in method's folder on first use."""
+    get_head(name)
+    return _TRAITS.get(name, MethodTraits())
+
+
+def shared_magnitude(weight: torch.Tensor) -> float | None:
+    """The one magnitude of a quantised head's non-zeros, None for a continuous head."""
+    values = weight[weight != 0].abs()
+    if not values.numel():
+        return 1.0
+    return float(values[0]) if bool((values == values[0]).all()) else None
 
 
 def get_head(name: str) -> HeadMethod:

@@ -18,7 +18,8 @@ from retrofit.errors import ConfigError, TransformersViewError
 from retrofit.export import push_to_hub, read_export, resolve_export, save
 from retrofit.extraction.hooks import FeatureCapture, LayerSpec
 from retrofit.fitting.bottleneck import Bottleneck, FixedHead
-from retrofit.methods.flint.relevance import DEFAULT_TAU, check_tau, class_relevance
+from retrofit.methods.base import method_traits
+from retrofit.methods.flint.relevance import check_tau, class_relevance
 from retrofit.model.explanation import Explanation, explain
 
 if TYPE_CHECKING:
@@ -237,14 +238,14 @@ class InterpretableModel(nn.Module):
         class-conditional name (`name`) and the feature's global name (`feature_name`).
 
         When class_relevance is known each entry has its `relevance` r_{j,c}; with `tau` only
-        the relevant ones (r > 1/tau) are listed, most relevant first. A flint model, whose
-        head reads every attribute, uses tau = 2 unless told otherwise.
+        the relevant ones (r > 1/tau) are listed, most relevant first. A method whose
+        head reads every attribute (flint) sets its default tau in its traits (2 for flint).
         """
         table: dict[str, list[dict[str, Any]]] = {}
         weight = self.head.weight.detach().cpu()
         relevance = self.class_relevance
-        if tau is None and relevance is not None and self.config.method == "flint":
-            tau = DEFAULT_TAU
+        if tau is None and relevance is not None:
+            tau = method_traits(self.config.method).relevance_tau
         if tau is not None:
             check_tau(tau)
             if relevance is None:

@@ -13,7 +13,7 @@ from retrofit.solvers.elastic_net import check_inputs, fit_elastic_net
 DENSE_L2 = DenseSettings().l2  # ridge strength λ of ½λ‖W‖² by default; config.dense.l2
 
 
-@register_head("dense")
+@register_head("dense", free_counts=True)
 def fit_dense(
     features: torch.Tensor,
     labels: torch.Tensor,

@@ -16,9 +16,10 @@ from retrofit.errors import DataError
 from retrofit.fitting.bottleneck import Bottleneck
 from retrofit.methods.base import HeadResult, register_head
 from retrofit.methods.flint.attributes import fit_attributes
+from retrofit.methods.flint.relevance import DEFAULT_TAU
 
 
-@register_head("flint")
+@register_head("flint", learns_attributes=True, relevance_tau=DEFAULT_TAU)
 def fit_flint(
     features: torch.Tensor,
     labels: torch.Tensor,

@@ -17,15 +17,21 @@ the class, exactly as in the unedited program.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mip
 import numpy as np
 import torch
 
+from retrofit.editing.parse import DEFAULT_EDIT_TIME_LIMIT, EditPlan, class_counts
 from retrofit.errors import EditError, SolverError
+from retrofit.extraction.featureset import FeatureSet
+from retrofit.fitting.bottleneck import FixedHead, swap_channels
+from retrofit.methods.base import shared_magnitude
 from retrofit.methods.qpm.cliques import duplicate_class_pairs
+from retrofit.methods.qpm.constants import class_correlation, redundancy
 from retrofit.methods.qpm.program import (
     ProgramResult,
     _new_model,
@@ -35,9 +41,12 @@ from retrofit.methods.qpm.program import (
 )
 from retrofit.solvers.quiet import progress_line, solver_log_wanted, solver_output
 
+if TYPE_CHECKING:
+    from retrofit.model.interpretable import InterpretableModel
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_EDIT_TIME_LIMIT = 60.0
+MIN_REPLACEMENTS = 10  # replacement channels offered to the program per edit, at least
 MAX_UNIQUENESS_ROUNDS = 50
 
 
@@ -177,3 +186,64 @@ def solve_edited_program(
     if not quiet:
         progress_line(summary_line(stats, "QPM edit re-solve"))
     return ProgramResult(selected=selected, assignment=assignment, stats=stats)
+
+
+def resolve_edits(
+    imodel: InterpretableModel, plan: EditPlan, train: FeatureSet, limit: float, progress: bool
+) -> list[int]:
+    """Re-solve QPM's assignment program under the plan, in place; the slots refilled."""
+    x, y = train.features.float().cpu(), train.labels.cpu()
+    n_f, n_classes = imodel.n_features, imodel.num_classes
+    selected = imodel.bottleneck.selected.cpu()
+    counts = class_counts(imodel, plan)
+    kept = [j for j in range(n_f) if j not in plan.dropped]
+    assoc_all = class_correlation(x, y, n_classes)
+    channels = selected[kept].tolist()
+    if plan.dropped:
+        value = assoc_all.topk(min(max(counts), n_classes), dim=1).values.sum(dim=1)
+        value[selected] = -math.inf
+        n_new = min(int(x.shape[1]) - n_f, max(MIN_REPLACEMENTS, 4 * len(plan.dropped)))
+        if n_new < len(plan.dropped):
+            raise EditError(
+                f"dropping {len(plan.dropped)} features needs as many unused backbone channels, "
+                f"but only {int(x.shape[1]) - n_f} remain: drop fewer."
+            )
+        channels += torch.argsort(-value, stable=True)[:n_new].tolist()
+    assoc = assoc_all[channels]
+    k = len(channels)
+    position = {j: p for p, j in enumerate(kept)}
+    pinned = torch.zeros(k, n_classes, dtype=torch.bool)
+    forbidden = torch.zeros(k, n_classes, dtype=torch.bool)
+    for mask, links in ((pinned, plan.pinned), (forbidden, plan.forbidden)):
+        for c, j in links:
+            if j in position:
+                mask[position[j], c] = True
+    fixed_on = torch.zeros(k, dtype=torch.bool)
+    fixed_on[: len(kept)] = True
+    tau = imodel.stats.get("head", {}).get("tau")
+    result = solve_edited_program(
+        assoc,
+        redundancy(assoc),
+        math.inf if tau is None else float(tau),
+        n_features=n_f,
+        counts=counts,
+        fixed_on=fixed_on,
+        allowed=torch.ones(k, dtype=torch.bool),
+        pinned=pinned,
+        forbidden=forbidden,
+        solver=imodel.config.solver,
+        time_limit=limit,
+        seed=imodel.config.seed,
+        quiet=not progress,
+    )
+    new = torch.nonzero(result.selected[len(kept) :]).flatten() + len(kept)
+    slot_to_pool = torch.zeros(n_f, dtype=torch.long)
+    slot_to_pool[kept] = torch.arange(len(kept))
+    swapped = sorted(plan.dropped)
+    slot_to_pool[swapped] = new
+    scale = shared_magnitude(imodel.head.weight) or 1.0
+    weight = (scale * result.assignment[slot_to_pool].T.float()).contiguous()
+    imodel.head = FixedHead(weight, imodel.head.bias.detach().cpu()).to(imodel.head.weight.device)
+    swap_channels(imodel.bottleneck, swapped, [channels[int(p)] for p in new], x)
+    imodel.stats.setdefault("edit_solves", []).append(result.stats)
+    return swapped

@@ -46,6 +46,7 @@ from retrofit.methods.qpm.constants import (
     rows_within,
     select_candidates,
 )
+from retrofit.methods.qpm.edit import resolve_edits
 from retrofit.methods.qpm.program import (
     DEFAULT_TIME_LIMIT,
     check_settings,
@@ -64,7 +65,7 @@ CONSTANTS_SHARE = 0.4
 WARM_START_SHARE = 0.3
 
 
-@register_head("qpm")
+@register_head("qpm", resolve_edits=resolve_edits, refills_dropped=True)
 def fit_qpm(
     features: torch.Tensor,
     labels: torch.Tensor,

@@ -28,7 +28,7 @@ PATH_EPSILON = 1e-3  # the smallest non-zero λ of the path is ε·λ_max
 LR_DECAY = 0.9  # per round, as in the reference
 
 
-@register_head("qsenn")
+@register_head("qsenn", shared_magnitude=True)
 def fit_qsenn(
     features: torch.Tensor,
     labels: torch.Tensor,
