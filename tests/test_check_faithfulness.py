@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retrofit
 from retrofit.check import CheckFailedError, Report, check
-from retrofit.check.pixel import gradcam
+from retrofit.check.explainers import gradcam
 from retrofit.config import RetrofitConfig
 from retrofit.datasets import SyntheticConceptDataset
 from retrofit.errors import ConfigError

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerAttribution, LayerGradCam
+from captum.attr import LayerAttribution
 from captum.robust import PGD
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,12 +31,12 @@ from retrofit.check.background_swap import (
     load_backgrounds,
     swap_background,
 )
-from retrofit.check.pixel import gradcam, gradcam_layer
+from retrofit.check.explainers import GradCam, Spatial, gradcam
 from retrofit.consistency_settings import PERTURBATIONS as PERTURBATIONS
 from retrofit.consistency_settings import SIMILARITIES
 from retrofit.consistency_settings import ConsistencySettings as ConsistencySettings
 from retrofit.errors import ConfigError, DataError, LayerNotFoundError
-from retrofit.extraction.hooks import FeatureCapture, LayerSpec, detect_layers
+from retrofit.extraction.hooks import FeatureCapture, detect_layers
 from retrofit.extraction.loaders import as_batches, iterate
 from retrofit.extraction.outputs import logits_of
 from retrofit.model.interpretable import InterpretableModel
@@ -128,14 +128,6 @@ def background_mask(heat: torch.Tensor, quantile: float) -> torch.Tensor:
 # -- heatmaps ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Spatial:
-    """The duck type `gradcam_layer` reads: a network and where its spatial maps are."""
-
-    backbone: nn.Module
-    spec: LayerSpec
-
-
 def _interpolate(cam: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return LayerAttribution.interpolate(cam, size, "bilinear")[:, 0].detach().clamp_min(0)
 
@@ -192,18 +184,10 @@ def heatmap_function(
     spec, _ = detect_layers(network, probe[:2], feature_layer=layer)
     if spec.maps_module is None:
         raise _no_spatial_layer(network)
-    target = _Spatial(network, spec)
-
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        return logits_of(model(images))
+    explain = GradCam(lambda images: logits_of(model(images)), Spatial(network, spec))
 
     def gradcam_heatmaps(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad(), gradcam_layer(target) as (module, to_input):  # type: ignore[arg-type]
-            cam = LayerGradCam(forward, module).attribute(
-                images, target=classes, attribute_to_layer_input=to_input
-            )
-        cam = cam[0] if isinstance(cam, tuple) else cam
-        return _interpolate(cam, tuple(images.shape[2:]))
+        return explain(images, classes).clamp_min(0)
 
     return gradcam_heatmaps, f"Grad-CAM on {spec.maps_module}"
 

@@ -1,8 +1,8 @@
 """Pixel-level faithfulness with Captum: attribution maps per class and per feature.
 
-Methods: `LayerGradCam` on the last spatial layer (the module named by `spec.maps_module`,
-upsampled with `LayerAttribution.interpolate`), `IntegratedGradients` for the class logit and
-`NeuronIntegratedGradients` on the bottleneck outputs for a feature. Each map is scored by deleting
+Methods (retrofit.check.explainers): `LayerGradCam` on the last spatial layer (the module named
+by `spec.maps_module`, upsampled with `LayerAttribution.interpolate`), `IntegratedGradients`
+for the class logit and `NeuronIntegratedGradients` on the bottleneck outputs for a feature. Each map is scored by deleting
 (inserting) pixels in attribution order against a seeded random order, by
 `captum.metrics.infidelity(normalize=True)` and by `captum.metrics.sensitivity_max`.
 
@@ -24,35 +24,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum.attr import (
-    IntegratedGradients,
-    LayerAttribution,
-    LayerGradCam,
-    NeuronIntegratedGradients,
-)
 from captum.metrics import infidelity, sensitivity_max
-from torch import nn
 from tqdm.auto import tqdm
 
 from retrofit.check.concept_deletion import area
+from retrofit.check.explainers import PIXEL_EXPLAINERS, Explainer, batched
 from retrofit.check.metrics import nanmean
 from retrofit.errors import ConfigError
-from retrofit.extraction.hooks import maps_to_grid
 from retrofit.model.interpretable import InterpretableModel
 
 logger = logging.getLogger(__name__)
 
-PIXEL_METHODS: tuple[str, ...] = ("gradcam", "ig", "neuron_ig")
-# (level, method) pairs each method is evaluated at
-_ENTRIES: dict[str, tuple[tuple[str, str], ...]] = {
-    "gradcam": (("class", "gradcam"), ("feature", "gradcam")),
-    "ig": (("class", "ig"),),
-    "neuron_ig": (("feature", "neuron_ig"),),
-}
+PIXEL_METHODS: tuple[str, ...] = tuple(PIXEL_EXPLAINERS)
 NOISE_SCALE = 0.1  # infidelity: Gaussian noise std relative to the images' std
 SENSITIVITY_RADIUS = 0.02  # sensitivity_max: radius relative to the images' value range
-
-Explainer = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -96,120 +81,6 @@ def validate_methods(methods: Sequence[str]) -> tuple[str, ...]:
 def has_spatial_layer(imodel: InterpretableModel) -> bool:
     """Whether the model has spatial maps (needed for Grad-CAM and Diversity@5)."""
     return imodel.spec.maps_module is not None
-
-
-class _GridTap(nn.Module):
-    """An identity the maps pass through as (N, D, H, W), so LayerGradCam sees a grid for any layout."""
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return grid
-
-
-def _restore_layout(grid: torch.Tensor, value: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "nhwc":
-        return grid.permute(0, 2, 3, 1)
-    tokens = grid.flatten(2).transpose(1, 2)
-    prefix = value[:, : value.shape[1] - tokens.shape[1]]
-    return torch.cat([prefix, tokens], dim=1)
-
-
-@contextmanager
-def gradcam_layer(imodel: InterpretableModel) -> Iterator[tuple[nn.Module, bool]]:
-    """(layer, attribute_to_layer_input) for LayerGradCam on the model's last spatial layer."""
-    spec = imodel.spec
-    if spec.maps_module is None:
-        raise ConfigError(
-            "Grad-CAM needs a spatial layer, and this model's LayerSpec has no maps_module; "
-            "drop 'gradcam' from pixel_methods."
-        )
-    module = dict(imodel.backbone.named_modules())[spec.maps_module]
-    layout = spec.maps_layout or "nchw"
-    if layout in ("nchw", "head_input"):
-        yield module, layout == "head_input"
-        return
-    tap = _GridTap()
-
-    def hook(_: nn.Module, __: tuple, output: Any) -> Any:
-        value = output[0] if isinstance(output, (tuple, list)) else output
-        restored = _restore_layout(tap(maps_to_grid(value, layout)), value, layout)
-        if isinstance(output, tuple):
-            return (restored, *output[1:])
-        if isinstance(output, list):
-            return [restored, *output[1:]]
-        return restored
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield tap, False
-    finally:
-        handle.remove()
-
-
-def gradcam(
-    imodel: InterpretableModel, images: torch.Tensor, targets: torch.Tensor, level: str = "class"
-) -> torch.Tensor:
-    """(N, H, W) signed Grad-CAM of a class logit or a feature activation, at input resolution."""
-    forward = imodel if level == "class" else imodel.concept_activations
-    with gradcam_layer(imodel) as (layer, to_input):
-        cam = LayerGradCam(forward, layer).attribute(
-            images, target=targets, attribute_to_layer_input=to_input
-        )
-    cam = cam[0] if isinstance(cam, tuple) else cam
-    return LayerAttribution.interpolate(cam, tuple(images.shape[2:]), "bilinear")[:, 0].detach()
-
-
-def batched(
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    batch_size: int,
-) -> torch.Tensor:
-    """fn over chunks of (images, targets), concatenated."""
-    return torch.cat(
-        [
-            fn(images[s : s + batch_size], targets[s : s + batch_size])
-            for s in range(0, len(images), batch_size)
-        ]
-    )
-
-
-def explainer(
-    imodel: InterpretableModel, method: str, level: str, settings: PixelSettings
-) -> Explainer:
-    """A function (images, target=...) -> attributions shaped like the images."""
-    if method == "gradcam":
-
-        def explain_gradcam(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return gradcam(imodel, images, target, level)[:, None].expand_as(images).contiguous()
-
-        return explain_gradcam
-    if method == "ig":
-        ig = IntegratedGradients(imodel)
-
-        def explain_ig(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return ig.attribute(
-                images,
-                target=target,
-                n_steps=settings.ig_steps,
-                internal_batch_size=settings.internal_batch_size,
-            ).detach()
-
-        return explain_ig
-    neuron_ig = NeuronIntegratedGradients(imodel, imodel.bottleneck)
-
-    def explain_neuron_ig(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(images)
-        for feature in torch.unique(target).tolist():
-            rows = (target == feature).nonzero()[:, 0]
-            out[rows] = neuron_ig.attribute(
-                images[rows],
-                neuron_selector=int(feature),
-                n_steps=settings.ig_steps,
-                internal_batch_size=settings.internal_batch_size,
-            ).detach()
-        return out
-
-    return explain_neuron_ig
 
 
 def score_function(
@@ -344,7 +215,7 @@ def pixel_faithfulness(
         if method == "gradcam" and not has_spatial_layer(imodel):
             results["skipped"]["gradcam"] = "the model has no spatial layer (spec.maps_module)"
             continue
-        entries.extend(_ENTRIES[method])
+        entries.extend(PIXEL_EXPLAINERS[method][1])
     targets = {"class": class_targets.to(device), "feature": feature_targets.to(device)}
     relevance_maps: dict[tuple[str, str], torch.Tensor] = {}
     timings: dict[str, float] = {}
@@ -371,7 +242,8 @@ def pixel_faithfulness(
     n_sens = min(settings.sensitivity_images, images.shape[0])
     for level, method in tqdm(entries, desc="pixel faithfulness", disable=not progress):
         start = time.perf_counter()
-        explain = explainer(imodel, method, level, settings)
+        build = PIXEL_EXPLAINERS[method][0]
+        explain = build(imodel, level, settings.ig_steps, settings.internal_batch_size)
         forward = imodel if level == "class" else imodel.concept_activations
         target = targets[level]
         with seeded(seed, device):

@@ -24,14 +24,9 @@ from retrofit.check import metrics as M
 from retrofit.check.concept_deletion import concept_deletion, contribution_order
 from retrofit.check.config import CheckConfig
 from retrofit.check.consistency import ConsistencySettings, consistency_report
+from retrofit.check.explainers import batched, gradcam
 from retrofit.check.fidelity import fidelity_of_predictions
-from retrofit.check.pixel import (
-    PixelSettings,
-    batched,
-    gradcam,
-    has_spatial_layer,
-    pixel_faithfulness,
-)
+from retrofit.check.pixel import PixelSettings, has_spatial_layer, pixel_faithfulness
 from retrofit.check.reference_pass import MB, ReferenceTally
 from retrofit.check.registry import MetricInputs, registered_metrics, run_metrics
 from retrofit.check.report import Report, evaluate_thresholds
