@@ -1,6 +1,7 @@
 """Explanation consistency on the spurious-background world, and whether reweighting helps.
 
 Run: python -m benchmarks.consistency   (writes benchmarks/results/consistency.json)
+     python -m benchmarks.consistency --part repair   (its "repair" section: ALGORITHMS §12)
 
 Models: the shipped spurious CNN (trained where the background predicts the class) and the
 control CNN (trained on shuffled backgrounds); the spurious CNN converted with Q-SENN (16
@@ -39,6 +40,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import retrofit
 from benchmarks.common import RESULTS, machine, timed, write_result
 from retrofit.check.consistency import ConsistencySettings, consistency, heatmap_function
+from retrofit.check.reliance import background_reliance, feature_activations
 from retrofit.datasets.spurious import SpuriousBackgroundDataset
 from retrofit.datasets.spurious_classifier import load_spurious_classifier, spurious_world_settings
 from retrofit.fitting.reweight import consistency_weights
@@ -61,7 +63,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reweight-images", type=int, default=400)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--part", choices=["pgd", "swap", "swap-weights"], default="pgd")
+    p.add_argument("--part", choices=["pgd", "swap", "swap-weights", "repair"], default="pgd")
+    p.add_argument(
+        "--copies", type=int, default=4, help="counterfactuals per image (--part repair)"
+    )
     p.add_argument("--result", default="consistency", help="results/RESULT.json to write")
     p.add_argument("--pgd-images", type=int, default=200, help="PGD images in --part swap")
     return p.parse_args()
@@ -355,6 +360,150 @@ def swap_weights(args: argparse.Namespace) -> None:
     write_result(args.result, previous, pgd_machine)
 
 
+def eta_squared(activations: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Per feature, the share of its variance that `groups` explain (the correlation ratio)."""
+    centred = activations - activations.mean(dim=0)
+    total = (centred**2).sum(dim=0).clamp_min(1e-12)
+    between = sum(
+        (groups == g).sum() * (activations[groups == g].mean(dim=0) - activations.mean(dim=0)) ** 2
+        for g in groups.unique()
+    )
+    return between / total
+
+
+def auc(scores: torch.Tensor, truth: torch.Tensor) -> float | None:
+    """P(score of a true feature > score of a false one), ties half; None without both kinds."""
+    positive, negative = scores[truth], scores[~truth]
+    if not len(positive) or not len(negative):
+        return None
+    wins = (positive[:, None] > negative[None]).float() + 0.5 * (
+        positive[:, None] == negative[None]
+    ).float()
+    return float(wins.mean())
+
+
+def balanced_rows(labels: torch.Tensor, aligned: torch.Tensor, seed: int) -> list[int]:
+    """As many images of every (class, background aligned or not) group as the smallest has."""
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, (c, a) in enumerate(zip(labels.tolist(), aligned.tolist())):
+        groups.setdefault((c, a), []).append(i)
+    size = min(len(rows) for rows in groups.values())
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for rows in groups.values():
+        keep += torch.tensor(rows)[torch.randperm(len(rows), generator=generator)[:size]].tolist()
+    return sorted(keep)
+
+
+def run_repair_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The shortcut CNN and the control, converted, repaired with counterfactuals, and a
+    group-balanced refit (needs group labels: the upper bound); shuffled-background accuracy,
+    worst group, swap E, energy in the object; feature reliance against the world's truth."""
+    world = spurious_world_settings()
+    common = {"n_classes": world["n_classes"], "image_size": world["image_size"], "seed": seed}
+    train_set = SpuriousBackgroundDataset(
+        args.train_images, split="train", background="spurious", **common
+    )
+    train, train_masks = rendered(train_set)
+    test_set = SpuriousBackgroundDataset(
+        args.test_images, split="test", background="shuffled", **common
+    )
+    test, masks = rendered(test_set)
+    swap = ConsistencySettings(perturbation="swap", max_images=args.test_images, batch_size=100)
+    repair = {
+        "reweight": "counterfactual",
+        "masks": train_masks,
+        "reweight_images": args.train_images,
+        "reweight_copies": args.copies,
+    }
+    rows = balanced_rows(train.tensors[1], train_set.aligned, seed)
+    balanced = TensorDataset(*(t[rows] for t in train.tensors))
+    out: dict[str, Any] = {"balanced_images": len(rows)}
+    for kind in ("spurious", "control"):
+        original = load_spurious_classifier(kind)
+        builders = {
+            "converted": lambda m=original: convert(m, train, seed),
+            "repaired": lambda m=original: convert(m, train, seed, **repair),
+            "group_balanced": lambda m=original: convert(m, balanced, seed),
+        }
+        for name, build in builders.items():
+            start = time.perf_counter()
+            model = build()
+            seconds = time.perf_counter() - start
+            loader = DataLoader(test, batch_size=100)
+            swapped = consistency(model, loader, masks=masks, settings=swap, progress=False)
+            out[f"{kind}/{name}"] = {
+                **accuracy(model, test, test_set.aligned),
+                "swap_consistency": swapped.mean,
+                **localisation(model, test, masks),
+                "build_seconds": seconds,
+            }
+            if name == "converted":
+                images, labels = test.tensors
+                reliance = background_reliance(model, images, labels, masks, seed=seed)
+                activations = feature_activations(model, images)
+                reads_background = eta_squared(activations, test_set.backgrounds) > eta_squared(
+                    activations, labels
+                )
+                out[f"{kind}/reliance"] = {
+                    "reliance": reliance["reliance"],
+                    "reads_background": reads_background.tolist(),
+                    "auc": auc(torch.tensor(reliance["reliance"]), reads_background),
+                    "suggested_drops": [e["feature"] for e in reliance["suggested_edits"]],
+                }
+            print(seed, kind, name, {k: round(v, 3) for k, v in out[f"{kind}/{name}"].items()})
+        out[f"{kind}/repair_cost_vs_conversion"] = (
+            out[f"{kind}/repaired"]["build_seconds"] / out[f"{kind}/converted"]["build_seconds"]
+        )
+    return out
+
+
+def repair_main(args: argparse.Namespace) -> None:
+    measured_on = machine(["captum"])
+    per_seed = {seed: run_repair_seed(seed, args) for seed in args.seeds}
+    seeds = [str(s) for s in args.seeds]
+    rows = {str(s): v for s, v in per_seed.items()}
+
+    def every(test: Any) -> bool:
+        return all(test(rows[s]) for s in seeds)
+
+    targets = {
+        "shuffled_accuracy_at_least_twice_converted": every(
+            lambda r: r["spurious/repaired"]["accuracy"] >= 2 * r["spurious/converted"]["accuracy"]
+        ),
+        "within_0.05_of_group_balanced_or_above": every(
+            lambda r: (
+                r["spurious/repaired"]["accuracy"]
+                >= r["spurious/group_balanced"]["accuracy"] - 0.05
+            )
+        ),
+        "worst_group_above_0": every(lambda r: r["spurious/repaired"]["worst_group_accuracy"] > 0),
+        "control_accuracy_within_0.02": every(
+            lambda r: (
+                abs(r["control/repaired"]["accuracy"] - r["control/converted"]["accuracy"]) <= 0.02
+            )
+        ),
+        "reliance_auc_at_least_0.9": every(lambda r: (r["spurious/reliance"]["auc"] or 0) >= 0.9),
+    }
+    names = [k for k, v in rows[seeds[0]].items() if isinstance(v, dict) and "accuracy" in v]
+    summary = {
+        name: {
+            key: statistics.mean(rows[s][name][key] for s in seeds) for key in rows[seeds[0]][name]
+        }
+        for name in names
+    }
+    previous = _previous(args.result)
+    pgd_machine = previous.pop("machine", None)
+    previous["repair"] = {
+        "machine": measured_on,
+        "settings": vars(args),
+        "summary": summary,
+        "targets_on_every_seed": targets,
+        "per_seed": rows,
+    }
+    write_result(args.result, previous, pgd_machine)
+
+
 def _previous(name: str) -> dict[str, Any]:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -368,6 +517,9 @@ def main() -> None:
         return
     if args.part == "swap-weights":
         swap_weights(args)
+        return
+    if args.part == "repair":
+        repair_main(args)
         return
     measured_on = machine(["captum"])
     per_seed = {seed: run_seed(seed, args) for seed in args.seeds}

@@ -179,8 +179,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             "retrofit/check/background_swap.py",
             "retrofit/consistency_settings.py",
             "retrofit/fitting/reweight.py",
+            "retrofit/fitting/counterfactual.py",
+            "retrofit/check/reliance.py",
         ),
-        runs=((), ("--part", "swap")),
+        runs=((), ("--part", "swap"), ("--part", "repair")),
         quick=(
             (
                 "--seeds",

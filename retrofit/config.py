@@ -29,7 +29,7 @@ CONFIG_NAME = "convert_config.json"
 FEATURE_SOURCES = ("backbone", "flint")
 FINETUNE_MODES = ("bottleneck", "none", "backbone")
 SOLVERS = ("cbc", "highs", "gurobi")
-REWEIGHT_MODES = ("consistency",)
+REWEIGHT_MODES = ("consistency", "counterfactual")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -84,14 +84,17 @@ class RetrofitConfig:
     # FLINT attributes: a dict of retrofit.methods.flint.attributes.FlintSettings fields (J, loss weights, ...)
     flint: dict[str, Any] | None = None
     features: str = "backbone"  # "flint": qpm/qsenn/sparse/dense fit on learned FLINT attributes
-    # consistency reweighting (ALGORITHMS §9.2): refit with weights 1 − E, K rounds, E on the
-    # first reweight_images training images; reweight_consistency: ConsistencySettings fields
+    # reweight="consistency" (ALGORITHMS §9.2): refit with weights 1 − E, K rounds, E on the
+    # first reweight_images training images; reweight_consistency: ConsistencySettings fields.
+    # reweight="counterfactual" (ALGORITHMS §12): refit on the first reweight_images training
+    # images' objects pasted onto reweight_copies backgrounds of other classes (needs masks=)
     reweight: str | None = None
     reweight_rounds: int = 2
     reweight_images: int = 256
     reweight_clip: float = 5.0
     reweight_temperature: float = 1.0
     reweight_consistency: dict[str, Any] = field(default_factory=dict)
+    reweight_copies: int = 2
     # how the pooled features are cached: "float16" / "bfloat16" halve disk and I/O
     cache_dtype: str = "float32"
     # shard extraction and backbone fine-tuning (DDP) over a torch.distributed group: None when
@@ -163,6 +166,7 @@ class RetrofitConfig:
             _check_choice("reweight", self.reweight, REWEIGHT_MODES)
             _check_positive_int("reweight_rounds", self.reweight_rounds)
             _check_positive_int("reweight_images", self.reweight_images)
+            _check_positive_int("reweight_copies", self.reweight_copies)
             if not self.reweight_clip > 1:
                 raise ConfigError(f"reweight_clip must be > 1, got {self.reweight_clip!r}.")
             if not self.reweight_temperature > 0:

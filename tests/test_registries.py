@@ -357,6 +357,7 @@ SAMPLES = {
     "reweight": "consistency",
     "reweight_rounds": 3,
     "reweight_images": 64,
+    "reweight_copies": 3,
     "reweight_clip": 4.0,
     "reweight_temperature": 0.5,
     "reweight_consistency": {"steps": 4},

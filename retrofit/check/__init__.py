@@ -1,6 +1,7 @@
 """Faithfulness checks (Captum), interpretability metrics and the self-contained HTML report."""
 
 from retrofit.check import names as _names  # noqa: F401  (registers the "names" metric)
+from retrofit.check import reliance as _reliance  # noqa: F401  (the "background_reliance" metric)
 from retrofit.check.config import CheckConfig
 from retrofit.check.consistency import ConsistencyResult, ConsistencySettings, consistency
 from retrofit.check.pixel import PIXEL_METHODS, PixelSettings

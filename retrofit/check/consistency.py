@@ -469,6 +469,7 @@ def consistency_report(
     settings: ConsistencySettings,
     masks: Any = None,
     progress: bool = True,
+    backgrounds: Any = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """The check's consistency section: the interpretable model and, when given, the original
     side by side on the same images (results, before/after examples for the HTML report)."""
@@ -485,6 +486,7 @@ def consistency_report(
             class_names=imodel.class_names,
             settings=settings,
             progress=progress,
+            backgrounds=backgrounds,
         )
         results[name] = outcome.to_dict()
         examples[name] = outcome.examples

@@ -65,7 +65,8 @@ class MetricInputs:
     `logit_chunks`). `reference_predicted`: (N,) the original model's top-1 class (None without
     a reference). `reference_logits`: (N, C) of the original model, kept only while they fit
     `CheckConfig.reference_logits_budget_mb` (default 256 MB, i.e. 67 k images of 1,000
-    classes); otherwise None, with the reason in `reference_logits_note`.
+    classes); otherwise None, with the reason in `reference_logits_note`. `masks` and
+    `backgrounds`: what check() was given for the checked images (None when not given).
     """
 
     def __init__(
@@ -83,6 +84,8 @@ class MetricInputs:
         *,
         reference_predicted: torch.Tensor | None = None,
         reference_logits_note: str | None = None,
+        masks: Any = None,
+        backgrounds: Any = None,
     ) -> None:
         if reference_predicted is None and reference_logits is not None:
             reference_predicted = reference_logits.argmax(dim=1)
@@ -99,6 +102,8 @@ class MetricInputs:
             results=results,
             reference_predicted=reference_predicted,
             reference_logits_note=reference_logits_note,
+            masks=masks,
+            backgrounds=backgrounds,
         )
 
     def __setattr__(self, name: str, value: Any) -> None:

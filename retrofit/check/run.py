@@ -75,6 +75,7 @@ class _Plan:
     max_pixel_images: int
     masks: Any
     attributes: torch.Tensor | None
+    backgrounds: Any
     concept_names: Sequence[str] | None
     concept_labels: torch.Tensor | None
     truth_given: bool
@@ -326,6 +327,7 @@ def check(
     config: CheckConfig | None = None,
     *,
     masks: Any = None,
+    backgrounds: Any = None,
     attributes: torch.Tensor | None = None,
     concept_names: Sequence[str] | None = None,
     concept_labels: torch.Tensor | None = None,
@@ -337,7 +339,9 @@ def check(
     thresholds and budgets; keyword `options` are CheckConfig fields that override it
     (`check(m, data, min_fidelity=0.9)`). `masks` (per image in loader order:
     a (N, H, W) tensor, a list, or a callable index -> mask, (objects, H, W) masks or
-    (masks, object_concepts) as `SyntheticConceptDataset.masks` returns) enables localisation;
+    (masks, object_concepts) as `SyntheticConceptDataset.masks` returns) enables localisation
+    and the per-feature background reliance (with `backgrounds`: object-free images the
+    background swaps take their backgrounds from, for reliance and the consistency swap);
     `attributes` (classes x attributes) enables Structural Grounding. `concept_labels` (images x
     concepts, loader order) or `attributes`, with `concept_names` for their columns, enable the
     truth of the explanation (retrofit.check.truth); a dataset with `concepts` and
@@ -385,6 +389,7 @@ def check(
         config.max_pixel_images,
         masks,
         attributes,
+        backgrounds,
         concept_names,
         concept_labels,
         truth_given,
@@ -532,7 +537,13 @@ def _check(
             timings,
             "consistency",
             lambda: consistency_report(
-                imodel, loader, reference, plan.consistency, plan.masks, plan.progress
+                imodel,
+                loader,
+                reference,
+                plan.consistency,
+                plan.masks,
+                plan.progress,
+                plan.backgrounds,
             ),
             plan.progress,
         )
@@ -552,6 +563,8 @@ def _check(
                 results,
                 reference_predicted=reference_predicted,
                 reference_logits_note=_reference_note(tally),
+                masks=plan.masks,
+                backgrounds=plan.backgrounds,
             ),
             timings,
         )

@@ -26,6 +26,7 @@ from retrofit.extraction.hooks import LayerSpec
 from retrofit.extraction.inputs import check_class_count, require_module
 from retrofit.extraction.loaders import as_batches
 from retrofit.extraction.streaming import chunk_rows, row_slices
+from retrofit.fitting.counterfactual import repair_with_counterfactuals
 from retrofit.fitting.finetune import finetune_backbone
 from retrofit.fitting.layer_fit import HeadInputs, concept_head_inputs, fit_layer
 from retrofit.fitting.reweight import reweight_by_consistency
@@ -99,6 +100,7 @@ def convert(
     config: RetrofitConfig | None = None,
     *,
     masks: Any = None,
+    backgrounds: Any = None,
     **settings: Any,
 ) -> InterpretableModel:
     """Turn a trained classifier into an interpretable one; keyword arguments mirror RetrofitConfig.
@@ -107,11 +109,25 @@ def convert(
     result is validated again), so `convert(m, data, config=saved, seed=1)` varies one setting.
     The backbone runs once over `train_loader` (features are cached when `cache_dir` is set);
     the head, the assignment and the bottleneck are fitted on those cached features. `masks`:
-    foregrounds of the training images in loader order, for reweight="consistency".
+    foregrounds of the training images in loader order, for reweight="consistency" (optional)
+    and reweight="counterfactual" (required); `backgrounds`: object-free images the
+    counterfactuals take their backgrounds from (default: the other training images, their
+    objects filled in).
     """
     config = _config(settings, config)
-    if masks is not None and config.reweight != "consistency":
-        raise ConfigError("masks= are used only by reweight='consistency'; pass that too.")
+    if masks is not None and config.reweight is None:
+        raise ConfigError(
+            "masks= are used only by reweight='consistency' or 'counterfactual'; pass one."
+        )
+    if backgrounds is not None and config.reweight != "counterfactual":
+        raise ConfigError("backgrounds= are used only by reweight='counterfactual'; pass that too.")
+    if config.reweight == "counterfactual" and masks is None:
+        raise ConfigError(
+            "reweight='counterfactual' pastes each training object onto other backgrounds, so it "
+            "needs the objects: pass masks= (one foreground mask per training image, loader "
+            "order). Without masks no background can be swapped (the lowest-heat pixels do not "
+            "separate object from background reliably; see benchmarks/results/consistency.json)."
+        )
     require_module(model)
     train = _features(model, train_loader, config)
     check_class_count(train.labels)
@@ -179,6 +195,10 @@ def convert(
     if config.reweight == "consistency":
         history["reweight"] = reweight_by_consistency(
             imodel, train_loader, train, config, device, masks, inputs
+        )
+    elif config.reweight == "counterfactual":
+        history["counterfactual"] = repair_with_counterfactuals(
+            imodel, train_loader, train, config, device, masks, backgrounds, inputs
         )
     imodel.stats["history"] = history
     if config.concepts is not None:
