@@ -10,7 +10,9 @@ from retrofit.cli.common import (
     CHECK_DATA_FILE,
     UsageError,
     add_check_options,
+    add_mask_options,
     add_trust_option,
+    check_mask_paths,
     load_export,
     recorded_data,
     run_check,
@@ -19,6 +21,7 @@ from retrofit.cli.common import (
 
 
 def run(args: argparse.Namespace) -> int:
+    check_mask_paths(args)
     from retrofit.io.data_specs import open_data
 
     imodel = load_export(args.dir, args.trust_remote_code)
@@ -36,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    check_mask_paths(args)
     data = args.data
     if data is None:
         previous = Path(args.dir) / CHECK_DATA_FILE
@@ -60,6 +64,7 @@ def add(commands: Any) -> None:
     check.add_argument("dir")
     check.add_argument("--data", required=True)
     add_check_options(check)
+    add_mask_options(check)
     add_trust_option(check)
     check.set_defaults(run=run)
 
@@ -67,5 +72,6 @@ def add(commands: Any) -> None:
     report.add_argument("dir")
     report.add_argument("--data")
     add_check_options(report)
+    add_mask_options(report)
     add_trust_option(report)
     report.set_defaults(run=run_report)

@@ -118,6 +118,7 @@ def run_check(
         max_pixel_images=args.max_pixel_images,
         progress=not args.quiet,
         **consistency_options(args),
+        **mask_arguments(args, dataset, getattr(dataset, "transform", None)),
     )
     report.meta["data"] = data_spec
     report.to_json(out / "report.json")
@@ -253,3 +254,41 @@ def add_trust_option(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow the export's base model spec to run code or read files outside the export",
     )
+
+
+def add_mask_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--masks",
+        help="folder of object masks, one per image with the same relative path and name "
+        "(non-zero pixels: the object)",
+    )
+    parser.add_argument(
+        "--backgrounds", help="ImageFolder of object-free images for the background swaps"
+    )
+
+
+def check_mask_paths(args: argparse.Namespace) -> None:
+    """--masks and --backgrounds name folders: say so before any work, naming the path."""
+    for flag in ("masks", "backgrounds"):
+        value = getattr(args, flag, None)
+        if value is not None and not Path(value).is_dir():
+            raise UsageError(f"--{flag} {value} is not a folder; pass a folder of images.")
+
+
+def mask_arguments(args: argparse.Namespace, dataset: Any, transform: Any) -> dict[str, Any]:
+    """masks= and backgrounds= for convert() or check() from --masks and --backgrounds."""
+    from retrofit.io.data_specs import open_data
+    from retrofit.io.mask_folders import folder_masks
+
+    options: dict[str, Any] = {}
+    masks, backgrounds = getattr(args, "masks", None), getattr(args, "backgrounds", None)
+    if masks is not None:
+        options["masks"] = folder_masks(dataset, masks, transform)
+    if backgrounds is not None:
+        if masks is None:
+            raise UsageError(
+                f"--backgrounds {args.backgrounds} are swapped in behind the objects: pass "
+                "--masks too."
+            )
+        options["backgrounds"] = open_data(backgrounds, transform)
+    return options

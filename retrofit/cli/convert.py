@@ -10,11 +10,14 @@ from retrofit.cli.common import (
     DEMO_MODEL,
     Registered,
     UsageError,
+    add_mask_options,
     add_perturbation_option,
     add_solver_log_option,
     build_model_from_spec,
     check_cache_dir,
+    check_mask_paths,
     loader_of,
+    mask_arguments,
     positive_float,
     positive_int,
     prepare_out,
@@ -23,6 +26,7 @@ from retrofit.cli.common import (
 
 
 def run(args: argparse.Namespace) -> int:
+    check_mask_paths(args)
     import retrofit
     from retrofit.io.data_specs import model_transform, open_data
 
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         loader_of(train, args.batch_size),
         loader_of(val, args.batch_size) if val is not None else None,
         config=config,
+        **mask_arguments(args, train, transform),
         class_names=getattr(train, "classes", None) or getattr(train, "class_names", None),
         base_model=str(spec) if spec is not None else None,
         progress=not args.quiet,
@@ -105,15 +110,27 @@ def _reweight_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.reweight is None:
         given = [f for f, v in (("--reweight-rounds", args.reweight_rounds),
                                 ("--reweight-images", args.reweight_images),
+                                ("--reweight-copies", args.reweight_copies),
+                                ("--masks", args.masks), ("--backgrounds", args.backgrounds),
                                 ("--consistency-perturbation", args.consistency_perturbation))
                  if v is not None]  # fmt: skip
         if given:
-            raise UsageError(f"{given[0]} needs --reweight consistency.")
+            value = getattr(args, given[0].removeprefix("--").replace("-", "_"))
+            raise UsageError(
+                f"{given[0]} {value} needs --reweight (consistency or counterfactual)."
+            )
         return {}
+    if args.reweight == "counterfactual" and args.masks is None:
+        raise UsageError(
+            "--reweight counterfactual pastes each training object onto other backgrounds and "
+            "needs the objects: pass --masks DIR (one mask image per training image, same names)."
+        )
     options: dict[str, Any] = {
         "reweight": args.reweight,
         "reweight_consistency": {"perturbation": args.consistency_perturbation or "pgd"},
     }
+    if args.reweight_copies is not None:
+        options["reweight_copies"] = args.reweight_copies
     if args.reweight_rounds is not None:
         options["reweight_rounds"] = args.reweight_rounds
     if args.reweight_images is not None:
@@ -200,10 +217,16 @@ def add(commands: Any) -> None:
     convert.add_argument("--cache-dir", default=".retrofit_cache")
     convert.add_argument(
         "--reweight",
-        choices=["consistency"],
-        help="refit with more weight on images whose explanation changes with the background",
+        choices=["consistency", "counterfactual"],
+        help="consistency: refit with more weight on images whose explanation changes with the "
+        "background; counterfactual: refit on each object pasted onto other classes' "
+        "backgrounds (needs --masks)",
     )
     convert.add_argument("--reweight-rounds", type=positive_int)
     convert.add_argument("--reweight-images", type=positive_int)
+    convert.add_argument(
+        "--reweight-copies", type=positive_int, help="counterfactuals per image (default 2)"
+    )
+    add_mask_options(convert)
     add_perturbation_option(convert)
     convert.set_defaults(run=run)

@@ -10,9 +10,11 @@ from retrofit.cli.common import (
     CHECK_DATA_FILE,
     UsageError,
     add_check_options,
+    add_mask_options,
     add_solver_log_option,
     add_trust_option,
     check_cache_dir,
+    check_mask_paths,
     load_export,
     loader_of,
     positive_float,
@@ -25,6 +27,7 @@ from retrofit.cli.common import (
 
 def run(args: argparse.Namespace) -> int:
     """Apply an edits file to an export, save the edited model to a new folder, re-check it."""
+    check_mask_paths(args)
     import retrofit
     from retrofit.editing.apply import head_fingerprint
     from retrofit.editing.file import check_fingerprint, read_edits_file
@@ -93,5 +96,6 @@ def add(commands: Any) -> None:
     add_solver_log_option(edit)
     edit.add_argument("--cache-dir", default=".retrofit_cache")
     add_check_options(edit)
+    add_mask_options(edit)
     add_trust_option(edit)
     edit.set_defaults(run=run)
