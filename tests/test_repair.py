@@ -128,6 +128,8 @@ def test_check_reports_reliance_with_masks_and_says_why_not_without(world, tmp_p
     assert reliance["n_background_features"] == len(reliance["suggested_edits"]) > 0
     html = with_masks.to_html(tmp_path / "report.html").read_text()
     assert "Background reliance per feature" in html and "reads the background" in html
+    first = reliance["suggested_edits"][0]["feature"]
+    assert f'data-feature="{first}"> drop</label><br><span class="suggested"' in html  # editor
     without = retrofit.check(imodel, loader, **quick)
     assert "needs masks=" in without.results["background_reliance"]["skipped"]
     failing = retrofit.check(

@@ -702,6 +702,18 @@ EDITOR_SCRIPT = """(() => {
 })();"""
 
 
+def _suggested_drops(report: Report) -> dict[int, str]:
+    """Per feature the background-reliance check suggests dropping, a note for the editor."""
+    reliance = report.results.get("background_reliance") or {}
+    return {
+        edit["feature"]: (
+            f'<br><span class="suggested" title="{_esc(edit["why"])}">drop suggested: reads the '
+            f"background (R {_num(reliance['reliance'][edit['feature']], 1)})</span>"
+        )
+        for edit in reliance.get("suggested_edits", [])
+    }
+
+
 def editor_section(report: Report) -> str:
     """The editing mode: click a class-feature cell to forbid or pin it, rename or drop a
     feature, export edits.json for `retrofit edit`. Plain inline JS, no server."""
@@ -711,10 +723,11 @@ def editor_section(report: Report) -> str:
         return ""
     weight = visuals["weight"][:MAX_MATRIX_CLASSES]
     names = visuals["feature_names"]
+    suggested = _suggested_drops(report)
     head = "".join(
         f'<th><input class="rename" data-feature="{j}" value="{_esc(name)}" '
         f'title="rename feature {j}"><br><label><input type="checkbox" class="drop" '
-        f'data-feature="{j}"> drop</label></th>'
+        f'data-feature="{j}"> drop</label>{suggested.get(j, "")}</th>'
         for j, name in enumerate(names)
     )
     rows = []
