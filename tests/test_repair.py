@@ -137,3 +137,21 @@ def test_check_reports_reliance_with_masks_and_says_why_not_without(world, tmp_p
         **quick,
     )  # fmt: skip
     assert not failing.passed
+
+
+def test_the_backbone_repair_trains_a_copy_and_refits_the_head_on_its_features(world) -> None:
+    model = load_spurious_classifier("spurious")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    repaired = retrofit.convert(
+        model, DataLoader(world["train"], batch_size=64), reweight="counterfactual",
+        masks=world["masks"], reweight_images=200, reweight_copies=1, finetune="backbone",
+        backbone_epochs=1, backbone_lr=3e-3, **FAST,
+    )  # fmt: skip
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # yours, untouched
+    assert repaired.backbone is not model
+    record = repaired.stats["history"]["counterfactual"]
+    assert record["refit"] == "backbone" and len(record["history"]["backbone"]["loss"]) == 1
+    assert "backbone" not in repaired.stats["history"]  # no fine-tuning on the shortcut's data
+    images, _ = world["test"].tensors
+    with torch.no_grad():  # the refitted head reads the fine-tuned backbone's features
+        assert torch.isfinite(repaired(images[:8])).all()

@@ -188,7 +188,8 @@ def convert(
             ),
         },
     ).to(device)
-    if config.finetune == "backbone":
+    if config.finetune == "backbone" and config.reweight != "counterfactual":
+        # (the counterfactual repair fine-tunes on its own data instead of the shortcut's)
         history["backbone"] = finetune_backbone(
             imodel, as_batches(train_loader, config.batch_size), device
         )

@@ -9,8 +9,10 @@ times with different donors. Donors are object-free images the user passes (`bac
 else the other training images with their objects filled in from their background
 (retrofit.check.background_swap). The frozen backbone reads the counterfactual images once;
 the head and the bottleneck are then refitted on the original and the counterfactual features
-together (so clean accuracy holds), or, with finetune="backbone", backbone and bottleneck are
-fine-tuned on both sets of images (the stronger, costlier option).
+together (so clean accuracy holds), or, with finetune="backbone", the backbone and bottleneck
+are fine-tuned on both sets of images and the head and bottleneck refitted on the new
+features (the stronger, costlier option; on the spurious world it is the one that doubles
+shuffled-background accuracy, with backbone_lr=3e-3 and backbone_epochs=10).
 """
 
 from __future__ import annotations
@@ -91,10 +93,10 @@ def _read(
         for start in tqdm(batches, desc="counterfactual features", disable=not progress):
             imodel.backbone(images[start : start + BATCH].to(device))
             pooled.append(capture.features().float().cpu())
-            if with_maps:
+            if with_maps and capture.maps is not None:
                 maps.append(capture.maps.half().cpu())
             capture.clear()
-    return torch.cat(pooled), (torch.cat(maps) if with_maps else None)
+    return torch.cat(pooled), (torch.cat(maps) if maps else None)
 
 
 def _joined(
@@ -137,6 +139,35 @@ def _head_inputs(inputs: HeadInputs | None, joined: FeatureSet, device: torch.de
     )
 
 
+def _repair_backbone(
+    imodel: InterpretableModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    pasted: torch.Tensor,
+    pasted_labels: torch.Tensor,
+    config: RetrofitConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Fine-tune backbone and bottleneck on the originals and counterfactuals, shuffled together
+    (seeded), then refit head and bottleneck on the new backbone's features of both: the head
+    fitted on the shortcut features would otherwise keep reading what the backbone unlearns."""
+    both_images, both_labels = torch.cat([images, pasted]), torch.cat([labels, pasted_labels])
+    order = torch.randperm(len(both_images), generator=torch.Generator().manual_seed(config.seed))
+    size = config.batch_size
+    batches = [
+        (both_images[order[s : s + size]], both_labels[order[s : s + size]])
+        for s in range(0, len(order), size)
+    ]
+    backbone = finetune_backbone(imodel, batches, device)
+    features, maps = _read(
+        imodel, both_images, imodel.spec.maps_module is not None, config.progress
+    )
+    refit = FeatureSet(features=features, labels=both_labels, maps=maps, layer="", meta={})
+    layer = fit_layer(HeadInputs(features.to(device), maps), refit, config, device)
+    imodel.bottleneck, imodel.head = layer.bottleneck.to(device), layer.head.to(device)
+    return {"backbone": backbone, "bottleneck": layer.history}
+
+
 def repair_with_counterfactuals(
     imodel: InterpretableModel,
     train_loader: Any,
@@ -167,14 +198,7 @@ def repair_with_counterfactuals(
         images, labels, foreground, config.reweight_copies, config.seed, clean
     )
     if config.finetune == "backbone":
-        both = [
-            (pasted[s : s + config.batch_size], pasted_labels[s : s + config.batch_size])
-            for s in range(0, len(pasted), config.batch_size)
-        ] + [
-            (images[s : s + config.batch_size], labels[s : s + config.batch_size])
-            for s in range(0, len(images), config.batch_size)
-        ]
-        history = finetune_backbone(imodel, both, device)
+        history = _repair_backbone(imodel, images, labels, pasted, pasted_labels, config, device)
     else:
         features, maps = _read(imodel, pasted, train.maps is not None, config.progress)
         joined = _joined(train, features, pasted_labels, maps)
