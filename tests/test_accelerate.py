@@ -18,6 +18,8 @@ from tests.gloo import free_port
 pytest.importorskip("accelerate", reason="accelerate is not installed (pip install .[test])")
 from tests import accelerate_extract as script  # noqa: E402  (it imports accelerate)
 
+pytestmark = pytest.mark.slow  # Accelerate's launcher, two processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

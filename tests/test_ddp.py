@@ -16,6 +16,8 @@ from tests.gloo import free_port, join_gloo
 from tests.test_distributed import CountingDataset, batches_of, decoded
 from tests.tiny import SmallCNN, colour_coded_images
 
+pytestmark = pytest.mark.slow  # two Gloo processes
+
 BATCH = 8
 C = 4
 

@@ -25,6 +25,8 @@ from tests.gloo import free_port, join_gloo
 from tests.test_convert import SmallCNN
 from tests.tiny import colour_coded_images
 
+pytestmark = pytest.mark.slow  # two Gloo processes
+
 BATCH = 8
 N_BATCHES = 8
 

@@ -11,6 +11,8 @@ import torch
 
 import retrofit
 
+pytestmark = pytest.mark.slow  # every example end to end, in subprocesses
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 CASES = {
