@@ -90,7 +90,7 @@ def write_result(name: str, payload: dict[str, Any], measured_on: dict | None = 
     """Write results/NAME.json atomically (a crash keeps the old file).
 
     `measured_on` is machine() taken when the run began; by default it is taken now. Every
-    file records the commit it was measured at and the command (its settings) that made it.
+    file records the commit the process started at (its code) and the command (its settings).
     """
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
@@ -98,12 +98,16 @@ def write_result(name: str, payload: dict[str, Any], measured_on: dict | None = 
     report = {
         "machine": measured_on or machine(),
         **payload,
-        "commit": commit(),
+        "commit": STARTED_AT,
         "command": " ".join(["python -m", _module_name(), *sys.argv[1:]]),
     }
     tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
     tmp.replace(path)
     return path
+
+
+# the commit a benchmark process started at: its code, even if the checkout moves on mid-run
+STARTED_AT = commit()
 
 
 def _module_name() -> str:

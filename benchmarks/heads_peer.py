@@ -22,11 +22,11 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.common import write_result
 from retrofit.solvers.elastic_net import elastic_net_path, lambda_max, lambda_path, select_features
 from retrofit.solvers.stats import standardise
 
@@ -35,7 +35,6 @@ TOL = 1e-4
 LOOKBEHIND = 5
 GLM_SAGA_LR = 0.1  # glm-saga's usual max_lr
 GLM_SAGA_BATCH = 256
-RESULT = Path(__file__).parent / "results" / "heads_peer.json"
 
 
 def synthetic(n_train: int, n_test: int, d: int, c: int, seed: int = 0):
@@ -248,13 +247,9 @@ def main(argv=None):
         "equal_sparsity": equal_sparsity,
         "ours_select_50_features_seconds": select_s,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if not args.quick:
-        RESULT.parent.mkdir(parents=True, exist_ok=True)
-        tmp = RESULT.with_suffix(".json.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(RESULT)
+        write_result("heads_peer", result, result["machine"])
     return result
 
 
